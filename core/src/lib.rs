@@ -1,0 +1,16 @@
+//! Canopy's domain types, shared by every other crate.
+//!
+//! Nothing here does I/O or depends on an async runtime: these are the nouns of the system
+//! (ids, statuses, resources, names, jobs) and the rules that belong to them.
+
+pub mod ids;
+pub mod job;
+pub mod naming;
+pub mod resources;
+pub mod status;
+
+pub use ids::{ApplicationId, ClusterId, InstanceNumber, NodeId, ServiceId, UserId};
+pub use job::{Constraint, EnvVar, GeoPoint, PortMapping, Protocol, ServiceSpec};
+pub use naming::JobName;
+pub use resources::{Architecture, Resources, Virtualization};
+pub use status::{InstanceStatus, StatusClass};

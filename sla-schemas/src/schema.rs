@@ -1,0 +1,33 @@
+//! The JSON Schema of SLA v2.0, generated from [`crate::types`]. The committed copy lives in
+//! `sla-schemas/schemas/sla-v2.0.schema.json`; a golden test keeps it equal to what this makes.
+
+use crate::types::Sla;
+use schemars::generate::SchemaSettings;
+use std::sync::LazyLock;
+
+/// File name of the committed schema, under `sla-schemas/schemas/`.
+pub const SCHEMA_FILE: &str = "sla-v2.0.schema.json";
+
+/// The schema as a JSON value.
+pub fn schema() -> serde_json::Value {
+    let generator = SchemaSettings::draft2020_12().into_generator();
+    generator.into_root_schema_for::<Sla>().to_value()
+}
+
+/// The schema as pretty JSON text with a trailing newline, byte for byte the committed file.
+pub fn schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    // The schema is generated from our own types; the golden test compiles it, so a failure
+    // here is a build defect, not bad input.
+    jsonschema::validator_for(&schema()).expect("generated SLA schema must compile")
+});
+
+/// The compiled schema, built once.
+pub(crate) fn validator() -> &'static jsonschema::Validator {
+    &VALIDATOR
+}

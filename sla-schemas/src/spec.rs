@@ -1,0 +1,99 @@
+//! From an accepted SLA to the domain's [`ServiceSpec`]: what the root stores and deploys.
+
+use crate::types::{Application, ConstraintType, Microservice};
+use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, ServiceSpec};
+use canopy_core::{JobName, Resources};
+
+/// Builds the service spec of `ms` in `app`. The SLA must have passed [`crate::parse`]; the error
+/// case names the field for SLAs built by hand that did not.
+pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec, String> {
+    let job_name = JobName::new(
+        &app.application_name,
+        &app.application_namespace,
+        &ms.microservice_name,
+        &ms.microservice_namespace,
+    )
+    .map_err(|e| e.to_string())?;
+    let environment = ms
+        .environment
+        .iter()
+        .map(|e| EnvVar::parse(e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("environment: {e}"))?;
+    let ports = PortMapping::parse_list(&ms.port).map_err(|e| format!("port: {e}"))?;
+    let ip = |field: &str, v: &Option<String>| -> Result<Option<String>, String> {
+        Ok(v.as_ref().map(|s| s.trim().to_owned())).and_then(|s| {
+            if s.as_deref() == Some("") {
+                Err(format!("{field}: empty"))
+            } else {
+                Ok(s)
+            }
+        })
+    };
+    let rr_ip = ip("addresses.rr_ip", &ms.addresses.rr_ip)?
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("addresses.rr_ip: {s:?} is not an IPv4 address"))
+        })
+        .transpose()?;
+    let rr_ip_v6 = ip("addresses.rr_ip_v6", &ms.addresses.rr_ip_v6)?
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("addresses.rr_ip_v6: {s:?} is not an IPv6 address"))
+        })
+        .transpose()?;
+    let constraints = ms
+        .constraints
+        .iter()
+        .map(|c| {
+            Ok(match c.kind {
+                ConstraintType::Direct => Constraint::Direct {
+                    cluster: c.cluster.clone().filter(|s| !s.trim().is_empty()),
+                    nodes: c
+                        .node
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                },
+                ConstraintType::Clusters => Constraint::Clusters {
+                    allowed: c.allowed.clone(),
+                },
+                ConstraintType::Geo => Constraint::Geo {
+                    location: GeoPoint::parse(c.location.as_deref().unwrap_or_default())
+                        .map_err(|e| format!("constraints: {e}"))?,
+                    radius_km: c.threshold.unwrap_or_default(),
+                },
+                ConstraintType::Latency => Constraint::Latency {
+                    area: c.area.clone().unwrap_or_default(),
+                    threshold_ms: c.threshold.unwrap_or_default(),
+                },
+                ConstraintType::Addons => Constraint::Addons {
+                    needs: c.needs.clone(),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ServiceSpec {
+        job_name,
+        virtualization: ms.virtualization,
+        code: ms.code.trim().to_owned(),
+        cmd: ms.cmd.clone(),
+        environment,
+        resources: Resources {
+            vcpus: ms.vcpus,
+            memory_mb: ms.memory,
+            vgpus: ms.vgpus,
+        },
+        ports,
+        one_shot: ms.one_shot,
+        privileged: ms.privileged,
+        architectures: ms.arch.clone(),
+        constraints,
+        rr_ip,
+        rr_ip_v6,
+    })
+}
