@@ -1,0 +1,231 @@
+//! One test suite, run against both store implementations: the embedded redb file and MongoDB
+//! (in CI: PyPI `nx-27017` on loopback, started by `scripts/test.sh`, which exports
+//! `CANOPY_TEST_MONGODB_URI`).
+#![allow(clippy::unwrap_used)] // tests may panic: a panic is a failed test
+
+use canopy_store::{Collection, EmbeddedStore, MongoStore, SharedStore, Store, StoreError};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Opens stores that all see the same data, so a test can "restart" by opening again.
+trait Backend {
+    async fn open(&self) -> SharedStore;
+}
+
+struct Embedded(tempfile::TempDir);
+
+impl Backend for Embedded {
+    async fn open(&self) -> SharedStore {
+        Arc::new(EmbeddedStore::open(self.0.path()).await.unwrap())
+    }
+}
+
+struct Mongo(String);
+
+impl Backend for Mongo {
+    async fn open(&self) -> SharedStore {
+        let uri = std::env::var("CANOPY_TEST_MONGODB_URI").unwrap_or_else(|_| {
+            panic!(
+                "CANOPY_TEST_MONGODB_URI is not set: run the tests through scripts/test.sh, \
+                 which starts nx-27017 on loopback, or point it at a MongoDB you own"
+            )
+        });
+        Arc::new(MongoStore::connect(&uri, &self.0).await.unwrap())
+    }
+}
+
+fn embedded() -> Embedded {
+    Embedded(tempfile::tempdir().unwrap())
+}
+
+/// A fresh database per test, so tests do not see each other's data.
+fn mongo() -> Mongo {
+    static N: AtomicU32 = AtomicU32::new(0);
+    Mongo(format!(
+        "canopy_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+async fn put_get_replace(b: impl Backend) {
+    let s = b.open().await;
+    assert_eq!(s.get("apps", "a1").await.unwrap(), None);
+    let doc = json!({"name": "web", "n": 3, "ratio": 0.5, "tags": ["x", "y"], "nested": {"ok": true, "none": null}});
+    s.put("apps", "a1", &doc).await.unwrap();
+    assert_eq!(s.get("apps", "a1").await.unwrap(), Some(doc));
+    let doc2 = json!({"name": "web", "n": 4});
+    s.put("apps", "a1", &doc2).await.unwrap();
+    assert_eq!(s.get("apps", "a1").await.unwrap(), Some(doc2));
+    // collections are separate namespaces
+    assert_eq!(s.get("services", "a1").await.unwrap(), None);
+}
+
+async fn create_refuses_duplicates(b: impl Backend) {
+    let s = b.open().await;
+    s.create("users", "admin", &json!({"role": "admin"}))
+        .await
+        .unwrap();
+    match s.create("users", "admin", &json!({"role": "user"})).await {
+        Err(StoreError::Conflict { collection, key }) => {
+            assert_eq!((collection.as_str(), key.as_str()), ("users", "admin"))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        s.get("users", "admin").await.unwrap(),
+        Some(json!({"role": "admin"}))
+    );
+}
+
+async fn delete_reports_presence(b: impl Backend) {
+    let s = b.open().await;
+    s.put("nodes", "n1", &json!(1)).await.unwrap();
+    assert!(s.delete("nodes", "n1").await.unwrap());
+    assert!(!s.delete("nodes", "n1").await.unwrap());
+    assert_eq!(s.get("nodes", "n1").await.unwrap(), None);
+    assert!(!s.delete("never_used", "x").await.unwrap());
+}
+
+async fn list_is_ordered_by_key(b: impl Backend) {
+    let s = b.open().await;
+    assert!(s.list("instances").await.unwrap().is_empty());
+    for k in ["b", "a", "c/1", "A", "c"] {
+        s.put("instances", k, &json!({ "k": k })).await.unwrap();
+    }
+    let keys: Vec<String> = s
+        .list("instances")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, d)| {
+            assert_eq!(d, json!({ "k": k }));
+            k
+        })
+        .collect();
+    assert_eq!(keys, ["A", "a", "b", "c", "c/1"]);
+}
+
+async fn survives_reopen(b: impl Backend) {
+    {
+        let s = b.open().await;
+        s.put("clusters", "c1", &json!({"name": "munich"}))
+            .await
+            .unwrap();
+        s.put("clusters", "c2", &json!({"name": "berlin"}))
+            .await
+            .unwrap();
+        s.delete("clusters", "c2").await.unwrap();
+    }
+    let s = b.open().await;
+    assert_eq!(
+        s.list("clusters").await.unwrap(),
+        vec![("c1".to_owned(), json!({"name": "munich"}))]
+    );
+}
+
+async fn refuses_bad_names(b: impl Backend) {
+    let s = b.open().await;
+    for bad in ["", "Apps", "a-b", "a.b", "$x"] {
+        assert!(
+            matches!(
+                s.put(bad, "k", &json!(1)).await,
+                Err(StoreError::InvalidName { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        s.put("ok", "", &json!(1)).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        s.get("ok", &"k".repeat(513)).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+}
+
+async fn typed_collections(b: impl Backend) {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Node {
+        name: String,
+        vcpus: u32,
+    }
+    let s = b.open().await;
+    let nodes: Collection<Node> = Collection::new(s.clone(), "nodes");
+    let n = Node {
+        name: "w1".into(),
+        vcpus: 4,
+    };
+    nodes.put("w1", &n).await.unwrap();
+    assert_eq!(nodes.get("w1").await.unwrap(), Some(n));
+    // A document of another shape is a decode error naming the key, not a panic.
+    s.put("nodes", "junk", &json!({"name": 5})).await.unwrap();
+    match nodes.get("junk").await {
+        Err(StoreError::Decode { key, .. }) => assert_eq!(key, "junk"),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+async fn concurrent_writers(b: impl Backend) {
+    let s = b.open().await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                s.put("load", &format!("{t:02}-{i:03}"), &json!(i))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.list("load").await.unwrap().len(), 200);
+    // exactly one of many concurrent creates of the same key wins
+    let mut creates = Vec::new();
+    for t in 0..8 {
+        let s = s.clone();
+        creates.push(tokio::spawn(async move {
+            s.create("race", "only", &json!(t)).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for c in creates {
+        wins += usize::from(c.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+macro_rules! suite {
+    ($backend:ident: $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::$backend()).await;
+                }
+            )+
+        }
+    };
+}
+
+suite!(embedded: put_get_replace, create_refuses_duplicates, delete_reports_presence,
+    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers);
+suite!(mongo: put_get_replace, create_refuses_duplicates, delete_reports_presence,
+    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers);
+
+#[tokio::test]
+async fn embedded_store_is_one_file_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&dir.path().join("state"))
+        .await
+        .unwrap();
+    s.put("x", "k", &json!(1)).await.unwrap();
+    assert_eq!(s.path(), dir.path().join("state/canopy.redb"));
+    assert!(s.path().is_file());
+    assert_eq!(s.backend(), "embedded");
+}
