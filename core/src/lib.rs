@@ -5,6 +5,7 @@
 
 pub mod ids;
 pub mod job;
+pub mod link;
 pub mod naming;
 pub mod resources;
 pub mod status;

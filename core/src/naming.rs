@@ -128,6 +128,14 @@ impl From<JobName> for String {
     }
 }
 
+/// Cluster and worker names: 1 to 63 ASCII letters, digits, `-` or `_` (a DNS label, roughly).
+pub fn is_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

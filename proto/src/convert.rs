@@ -1,0 +1,579 @@
+//! Domain ↔ wire. Every wire → domain conversion is a `TryFrom` that names the offending field;
+//! domain → wire is infallible (`From`).
+
+use crate::pb;
+use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, Protocol};
+use canopy_core::link::{
+    ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
+    Registration, ResourceAggregate,
+};
+use canopy_core::{
+    Architecture, ClusterId, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
+    ServiceSpec, Virtualization,
+};
+use std::collections::BTreeMap;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConvertError {
+    /// Path of the field inside the message, e.g. `spec.ports[1].host`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConvertError {
+    fn new(field: impl Into<String>, reason: impl ToString) -> Self {
+        ConvertError {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Prefixes the field path with the enclosing field.
+    fn inside(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+impl From<ConvertError> for tonic::Status {
+    fn from(e: ConvertError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, ConvertError>;
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T> {
+    v.ok_or_else(|| ConvertError::new(field, "is required"))
+}
+
+fn percent(v: f64, field: &str) -> Result<f64> {
+    if v.is_finite() && (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConvertError::new(
+            field,
+            format!("{v} is not within 0..100"),
+        ))
+    }
+}
+
+fn optional_text(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+// ---- enums ----
+
+impl From<InstanceStatus> for pb::InstanceStatus {
+    fn from(s: InstanceStatus) -> Self {
+        use pb::InstanceStatus as P;
+        match s {
+            InstanceStatus::Requested => P::Requested,
+            InstanceStatus::ClusterScheduled => P::ClusterScheduled,
+            InstanceStatus::NodeScheduled => P::NodeScheduled,
+            InstanceStatus::TargetClusterNotFound => P::TargetClusterNotFound,
+            InstanceStatus::TargetClusterNotActive => P::TargetClusterNotActive,
+            InstanceStatus::TargetClusterNoCapacity => P::TargetClusterNoCapacity,
+            InstanceStatus::NoActiveClusterWithCapacity => P::NoActiveClusterWithCapacity,
+            InstanceStatus::NoWorkerCapacity => P::NoWorkerCapacity,
+            InstanceStatus::NoQualifiedWorkerFound => P::NoQualifiedWorkerFound,
+            InstanceStatus::NoNodeFound => P::NoNodeFound,
+            InstanceStatus::Creating => P::Creating,
+            InstanceStatus::Created => P::Created,
+            InstanceStatus::Running => P::Running,
+            InstanceStatus::Failed => P::Failed,
+            InstanceStatus::Dead => P::Dead,
+            InstanceStatus::Completed => P::Completed,
+            InstanceStatus::Undeployed => P::Undeployed,
+        }
+    }
+}
+
+/// Decodes a wire status; unknown numbers and `UNSPECIFIED` are errors.
+pub fn status_from_wire(v: i32, field: &str) -> Result<InstanceStatus> {
+    use pb::InstanceStatus as P;
+    let p = P::try_from(v).map_err(|_| ConvertError::new(field, format!("unknown status {v}")))?;
+    InstanceStatus::ALL
+        .iter()
+        .copied()
+        .find(|s| P::from(*s) == p)
+        .ok_or_else(|| ConvertError::new(field, "is unspecified"))
+}
+
+impl From<Virtualization> for pb::Virtualization {
+    fn from(v: Virtualization) -> Self {
+        match v {
+            Virtualization::Container => pb::Virtualization::Container,
+            Virtualization::Unikernel => pb::Virtualization::Unikernel,
+            Virtualization::Wasm => pb::Virtualization::Wasm,
+        }
+    }
+}
+
+fn virtualization_from_wire(v: i32, field: &str) -> Result<Virtualization> {
+    match pb::Virtualization::try_from(v) {
+        Ok(pb::Virtualization::Container) => Ok(Virtualization::Container),
+        Ok(pb::Virtualization::Unikernel) => Ok(Virtualization::Unikernel),
+        Ok(pb::Virtualization::Wasm) => Ok(Virtualization::Wasm),
+        Ok(pb::Virtualization::Unspecified) => Err(ConvertError::new(field, "is unspecified")),
+        Err(_) => Err(ConvertError::new(
+            field,
+            format!("unknown virtualization {v}"),
+        )),
+    }
+}
+
+// ---- resources and reports ----
+
+impl From<Resources> for pb::Resources {
+    fn from(r: Resources) -> Self {
+        pb::Resources {
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            vgpus: r.vgpus,
+        }
+    }
+}
+
+impl From<pb::Resources> for Resources {
+    fn from(r: pb::Resources) -> Self {
+        Resources {
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            vgpus: r.vgpus,
+        }
+    }
+}
+
+impl From<&ResourceAggregate> for pb::ResourceAggregate {
+    fn from(a: &ResourceAggregate) -> Self {
+        pb::ResourceAggregate {
+            active_nodes: a.active_nodes,
+            free: Some(a.free.into()),
+            cpu_percent: a.cpu_percent,
+            memory_percent: a.memory_percent,
+            virtualizations: a
+                .virtualizations
+                .iter()
+                .map(|v| pb::Virtualization::from(*v) as i32)
+                .collect(),
+            supported_addons: a.supported_addons.iter().cloned().collect(),
+            csi_drivers: a.csi_drivers.iter().cloned().collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ResourceAggregate> for ResourceAggregate {
+    type Error = ConvertError;
+    fn try_from(a: pb::ResourceAggregate) -> Result<Self> {
+        Ok(ResourceAggregate {
+            active_nodes: a.active_nodes,
+            free: a.free.map(Resources::from).unwrap_or_default(),
+            cpu_percent: percent(a.cpu_percent, "cpu_percent")?,
+            memory_percent: percent(a.memory_percent, "memory_percent")?,
+            virtualizations: a
+                .virtualizations
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| virtualization_from_wire(v, &format!("virtualizations[{i}]")))
+                .collect::<Result<_>>()?,
+            supported_addons: a.supported_addons.into_iter().collect(),
+            csi_drivers: a.csi_drivers.into_iter().collect(),
+        })
+    }
+}
+
+impl From<&ClusterReport> for pb::ClusterReport {
+    fn from(r: &ClusterReport) -> Self {
+        pb::ClusterReport {
+            total: Some((&r.total).into()),
+            per_architecture: r
+                .per_architecture
+                .iter()
+                .map(|(a, agg)| (a.as_str().to_owned(), agg.into()))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ClusterReport> for ClusterReport {
+    type Error = ConvertError;
+    fn try_from(r: pb::ClusterReport) -> Result<Self> {
+        let total = ResourceAggregate::try_from(required(r.total, "total")?)
+            .map_err(|e| e.inside("total"))?;
+        let mut per_architecture = BTreeMap::new();
+        for (name, agg) in r.per_architecture {
+            let field = format!("per_architecture[{name:?}]");
+            let arch = Architecture::parse(&name)
+                .ok_or_else(|| ConvertError::new(&field, "unknown architecture"))?;
+            per_architecture.insert(
+                arch,
+                ResourceAggregate::try_from(agg).map_err(|e| e.inside(&field))?,
+            );
+        }
+        Ok(ClusterReport {
+            total,
+            per_architecture,
+        })
+    }
+}
+
+impl From<&InstanceReport> for pb::InstanceReport {
+    fn from(r: &InstanceReport) -> Self {
+        pb::InstanceReport {
+            seq: r.seq,
+            service_id: r.service_id.to_string(),
+            instance_number: r.instance.0,
+            status: pb::InstanceStatus::from(r.status) as i32,
+            status_detail: r.detail.clone(),
+            node_id: r
+                .node_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            cpu_percent: r.cpu_percent,
+            memory_mb: r.memory_mb,
+        }
+    }
+}
+
+impl TryFrom<pb::InstanceReport> for InstanceReport {
+    type Error = ConvertError;
+    fn try_from(r: pb::InstanceReport) -> Result<Self> {
+        Ok(InstanceReport {
+            seq: r.seq,
+            service_id: ServiceId::parse(r.service_id)
+                .map_err(|e| ConvertError::new("service_id", e))?,
+            instance: InstanceNumber(r.instance_number),
+            status: status_from_wire(r.status, "status")?,
+            detail: r.status_detail,
+            node_id: optional_text(r.node_id)
+                .map(NodeId::parse)
+                .transpose()
+                .map_err(|e| ConvertError::new("node_id", e))?,
+            cpu_percent: percent(r.cpu_percent, "cpu_percent")?,
+            memory_mb: r.memory_mb,
+        })
+    }
+}
+
+// ---- registration ----
+
+impl From<&ClusterLocation> for pb::Location {
+    fn from(l: &ClusterLocation) -> Self {
+        pb::Location {
+            lat: l.point.lat,
+            lon: l.point.lon,
+            radius_km: l.radius_km,
+        }
+    }
+}
+
+impl TryFrom<pb::Location> for ClusterLocation {
+    type Error = ConvertError;
+    fn try_from(l: pb::Location) -> Result<Self> {
+        ClusterLocation::parse(&format!("{},{},{}", l.lat, l.lon, l.radius_km))
+            .map_err(|e| ConvertError::new("location", e))
+    }
+}
+
+impl From<&Registration> for pb::RegisterRequest {
+    fn from(r: &Registration) -> Self {
+        pb::RegisterRequest {
+            join_token: r.join_token.clone(),
+            cluster_name: r.cluster_name.clone(),
+            location: r.location.as_ref().map(Into::into),
+            cluster_id: r
+                .cluster_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            version: r.version.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::RegisterRequest> for Registration {
+    type Error = ConvertError;
+    fn try_from(r: pb::RegisterRequest) -> Result<Self> {
+        if r.join_token.is_empty() {
+            return Err(ConvertError::new("join_token", "is required"));
+        }
+        if !canopy_core::naming::is_cluster_name(&r.cluster_name) {
+            return Err(ConvertError::new(
+                "cluster_name",
+                format!(
+                    "{:?} must be 1 to 63 letters, digits, '-' or '_'",
+                    r.cluster_name
+                ),
+            ));
+        }
+        Ok(Registration {
+            join_token: r.join_token,
+            cluster_name: r.cluster_name,
+            location: r.location.map(ClusterLocation::try_from).transpose()?,
+            cluster_id: optional_text(r.cluster_id)
+                .map(ClusterId::parse)
+                .transpose()
+                .map_err(|e| ConvertError::new("cluster_id", e))?,
+            version: r.version,
+        })
+    }
+}
+
+// ---- commands ----
+
+impl From<&Command> for pb::Command {
+    fn from(c: &Command) -> Self {
+        let action = match &c.action {
+            CommandAction::Deploy {
+                service_id,
+                instance,
+                spec,
+                instance_ip,
+            } => pb::command::Action::Deploy(pb::Deploy {
+                service_id: service_id.to_string(),
+                instance_number: instance.0,
+                spec: Some(spec.as_ref().into()),
+                instance_ip: instance_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            }),
+            CommandAction::Undeploy {
+                service_id,
+                instance,
+            } => pb::command::Action::Undeploy(pb::Undeploy {
+                service_id: service_id.to_string(),
+                instance_number: instance.map(|n| n.0),
+            }),
+        };
+        pb::Command {
+            command_id: c.id,
+            action: Some(action),
+        }
+    }
+}
+
+impl TryFrom<pb::Command> for Command {
+    type Error = ConvertError;
+    fn try_from(c: pb::Command) -> Result<Self> {
+        let service =
+            |s: String| ServiceId::parse(s).map_err(|e| ConvertError::new("service_id", e));
+        let action = match required(c.action, "action")? {
+            pb::command::Action::Deploy(d) => CommandAction::Deploy {
+                service_id: service(d.service_id).map_err(|e| e.inside("deploy"))?,
+                instance: InstanceNumber(d.instance_number),
+                spec: Box::new(
+                    ServiceSpec::try_from(required(d.spec, "deploy.spec")?)
+                        .map_err(|e| e.inside("deploy.spec"))?,
+                ),
+                instance_ip: optional_text(d.instance_ip)
+                    .map(|s| s.parse())
+                    .transpose()
+                    .map_err(|e| ConvertError::new("deploy.instance_ip", e))?,
+            },
+            pb::command::Action::Undeploy(u) => CommandAction::Undeploy {
+                service_id: service(u.service_id).map_err(|e| e.inside("undeploy"))?,
+                instance: u.instance_number.map(InstanceNumber),
+            },
+        };
+        Ok(Command {
+            id: c.command_id,
+            action,
+        })
+    }
+}
+
+impl From<&CommandAck> for pb::CommandAck {
+    fn from(a: &CommandAck) -> Self {
+        pb::CommandAck {
+            command_id: a.id,
+            error: a.result.clone().err().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::CommandAck> for CommandAck {
+    fn from(a: pb::CommandAck) -> Self {
+        CommandAck {
+            id: a.command_id,
+            result: match optional_text(a.error) {
+                None => Ok(()),
+                Some(e) => Err(e),
+            },
+        }
+    }
+}
+
+// ---- service spec ----
+
+impl From<&ServiceSpec> for pb::ServiceSpec {
+    fn from(s: &ServiceSpec) -> Self {
+        pb::ServiceSpec {
+            job_name: s.job_name.to_string(),
+            virtualization: pb::Virtualization::from(s.virtualization) as i32,
+            code: s.code.clone(),
+            cmd: s.cmd.clone(),
+            environment: s.environment.iter().map(ToString::to_string).collect(),
+            resources: Some(s.resources.into()),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| pb::PortMapping {
+                    host: p.host.into(),
+                    container: p.container.into(),
+                    protocol: match p.protocol {
+                        Protocol::Tcp => pb::Protocol::Tcp,
+                        Protocol::Udp => pb::Protocol::Udp,
+                    } as i32,
+                })
+                .collect(),
+            one_shot: s.one_shot,
+            privileged: s.privileged,
+            architectures: s
+                .architectures
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
+            constraints: s.constraints.iter().map(constraint_to_wire).collect(),
+            rr_ip: s.rr_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            rr_ip_v6: s.rr_ip_v6.map(|ip| ip.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+fn constraint_to_wire(c: &Constraint) -> pb::Constraint {
+    use pb::constraint::Kind;
+    let kind = match c {
+        Constraint::Direct { cluster, nodes } => Kind::Direct(pb::Direct {
+            cluster: cluster.clone().unwrap_or_default(),
+            nodes: nodes.clone(),
+        }),
+        Constraint::Clusters { allowed } => Kind::Clusters(pb::Clusters {
+            allowed: allowed.clone(),
+        }),
+        Constraint::Geo {
+            location,
+            radius_km,
+        } => Kind::Geo(pb::Geo {
+            lat: location.lat,
+            lon: location.lon,
+            radius_km: *radius_km,
+        }),
+        Constraint::Latency { area, threshold_ms } => Kind::Latency(pb::Latency {
+            area: area.clone(),
+            threshold_ms: *threshold_ms,
+        }),
+        Constraint::Addons { needs } => Kind::Addons(pb::Addons {
+            needs: needs.clone(),
+        }),
+    };
+    pb::Constraint { kind: Some(kind) }
+}
+
+fn constraint_from_wire(c: pb::Constraint) -> Result<Constraint> {
+    use pb::constraint::Kind;
+    Ok(match required(c.kind, "kind")? {
+        Kind::Direct(d) => Constraint::Direct {
+            cluster: optional_text(d.cluster),
+            nodes: d.nodes,
+        },
+        Kind::Clusters(c) => Constraint::Clusters { allowed: c.allowed },
+        Kind::Geo(g) => Constraint::Geo {
+            location: GeoPoint::parse(&format!("{},{}", g.lat, g.lon))
+                .map_err(|e| ConvertError::new("geo", e))?,
+            radius_km: g.radius_km,
+        },
+        Kind::Latency(l) => Constraint::Latency {
+            area: l.area,
+            threshold_ms: l.threshold_ms,
+        },
+        Kind::Addons(a) => Constraint::Addons { needs: a.needs },
+    })
+}
+
+impl TryFrom<pb::ServiceSpec> for ServiceSpec {
+    type Error = ConvertError;
+    fn try_from(s: pb::ServiceSpec) -> Result<Self> {
+        let port = |v: u32, field: String| -> Result<u16> {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ConvertError::new(field, format!("{v} is not a port (1-65535)")))
+        };
+        let ports = s
+            .ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Ok(PortMapping {
+                    host: port(p.host, format!("ports[{i}].host"))?,
+                    container: port(p.container, format!("ports[{i}].container"))?,
+                    protocol: match pb::Protocol::try_from(p.protocol) {
+                        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+                        Ok(pb::Protocol::Udp) => Protocol::Udp,
+                        Err(_) => {
+                            return Err(ConvertError::new(
+                                format!("ports[{i}].protocol"),
+                                format!("unknown protocol {}", p.protocol),
+                            ));
+                        }
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if s.code.trim().is_empty() {
+            return Err(ConvertError::new("code", "must not be empty"));
+        }
+        Ok(ServiceSpec {
+            job_name: s
+                .job_name
+                .parse::<JobName>()
+                .map_err(|e| ConvertError::new("job_name", e))?,
+            virtualization: virtualization_from_wire(s.virtualization, "virtualization")?,
+            code: s.code,
+            cmd: s.cmd,
+            environment: s
+                .environment
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    EnvVar::parse(e).map_err(|r| ConvertError::new(format!("environment[{i}]"), r))
+                })
+                .collect::<Result<_>>()?,
+            resources: s.resources.map(Resources::from).unwrap_or_default(),
+            ports,
+            one_shot: s.one_shot,
+            privileged: s.privileged,
+            architectures: s
+                .architectures
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    Architecture::parse(a).ok_or_else(|| {
+                        ConvertError::new(
+                            format!("architectures[{i}]"),
+                            format!("unknown architecture {a:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+            constraints: s
+                .constraints
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    constraint_from_wire(c).map_err(|e| e.inside(&format!("constraints[{i}]")))
+                })
+                .collect::<Result<_>>()?,
+            rr_ip: optional_text(s.rr_ip)
+                .map(|ip| ip.parse())
+                .transpose()
+                .map_err(|e| ConvertError::new("rr_ip", e))?,
+            rr_ip_v6: optional_text(s.rr_ip_v6)
+                .map(|ip| ip.parse())
+                .transpose()
+                .map_err(|e| ConvertError::new("rr_ip_v6", e))?,
+        })
+    }
+}
