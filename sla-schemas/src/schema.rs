@@ -15,10 +15,25 @@ pub fn schema() -> serde_json::Value {
 }
 
 /// The schema as pretty JSON text with a trailing newline, byte for byte the committed file.
+/// Object keys are sorted, so the text does not depend on whether some other crate in the build
+/// turned on serde_json's `preserve_order`.
 pub fn schema_text() -> String {
-    let mut s = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&sorted(schema())).unwrap_or_default();
     s.push('\n');
     s
+}
+
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {

@@ -8,11 +8,12 @@
 //! Unknown fields are accepted, as Oakestra accepts them, and reported as warnings.
 
 use crate::schema::validator;
-use crate::types::{Application, ConstraintSpec, ConstraintType, Microservice, SLA_VERSION, Sla};
+use crate::types::{Application, ConstraintSpec, ConstraintType, Microservice, Sla};
+use canopy_core::Virtualization;
 use canopy_core::job::{EnvVar, GeoPoint, PortMapping};
-use canopy_core::{Virtualization, naming};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::LocationSegment;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -108,6 +109,9 @@ pub fn validate_value(value: &Value) -> Result<Validated, SlaError> {
         .map(|e| schema_problem(&e))
         .collect();
     if !problems.is_empty() {
+        // Still check the meaning of every service that is sound on its own, so one run
+        // reports all there is to fix.
+        problems.extend(check_sound_services(value));
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         problems.dedup();
         return Err(SlaError::Invalid {
@@ -291,7 +295,6 @@ fn unknown_field(p: &serde_ignored::Path<'_>) -> Problem {
 /// Checks what the schema cannot express.
 fn check_meaning(sla: &Sla) -> Vec<Problem> {
     let mut problems = Vec::new();
-    debug_assert_eq!(sla.sla_version, SLA_VERSION);
     let mut apps: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, app) in sla.applications.iter().enumerate() {
         let path = format!("applications[{i}]");
@@ -305,6 +308,25 @@ fn check_meaning(sla: &Sla) -> Vec<Problem> {
             ));
         }
         check_application(app, &path, &mut problems);
+    }
+    problems
+}
+
+/// Meaning checks of each service that deserializes by itself, in an SLA whose structure failed.
+fn check_sound_services(value: &Value) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let apps = value.get("applications").and_then(Value::as_array);
+    for (i, app) in apps.into_iter().flatten().enumerate() {
+        let services = app.get("microservices").and_then(Value::as_array);
+        for (j, ms) in services.into_iter().flatten().enumerate() {
+            if let Ok(ms) = Microservice::deserialize(ms) {
+                check_microservice(
+                    &ms,
+                    &format!("applications[{i}].microservices[{j}]"),
+                    &mut problems,
+                );
+            }
+        }
     }
     problems
 }
@@ -329,7 +351,6 @@ fn check_application(app: &Application, path: &str, problems: &mut Vec<Problem>)
 fn check_microservice(ms: &Microservice, path: &str, problems: &mut Vec<Problem>) {
     let mut push =
         |field: String, msg: String| problems.push(Problem::new(format!("{path}.{field}"), msg));
-    debug_assert!(naming::is_valid_name(&ms.microservice_name));
 
     if let Err(e) = PortMapping::parse_list(&ms.port) {
         push("port".into(), e);

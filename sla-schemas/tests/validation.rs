@@ -259,6 +259,21 @@ fn every_problem_is_reported_not_just_the_first() {
 }
 
 #[test]
+fn meaning_is_checked_even_when_structure_fails() {
+    let extra = r#","microservice_name":"bad name","port":"80:99999""#;
+    let problems = parse(&sla_with_service(extra)).unwrap_err().problems();
+    let ms = "applications[0].microservices[1]";
+    assert!(
+        has(&problems, &format!("{ms}.microservice_name"), "must match"),
+        "{problems:#?}"
+    );
+    assert!(
+        has(&problems, &format!("{ms}.port"), "1 to 65535"),
+        "{problems:#?}"
+    );
+}
+
+#[test]
 fn unikernel_needs_one_kernel_per_arch() {
     let extra =
         r#","virtualization":"unikernel","code":"http://h/k1.tar.gz","arch":["amd64","arm64"]"#;

@@ -99,6 +99,23 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    async fn write_doc(
+        &self,
+        collection: &str,
+        key: &str,
+        doc: &Document,
+        only_if_absent: bool,
+    ) -> Result<()> {
+        check_collection(collection)?;
+        check_key(key)?;
+        let (c, k, bytes) = (collection.to_owned(), key.to_owned(), doc.to_string());
+        self.blocking(move |db| Self::write(db, &c, &k, Some(bytes.as_bytes()), only_if_absent))
+            .await
+            .map(|_| ())
+    }
+}
+
 fn decode(collection: &str, key: &str, bytes: &[u8]) -> Result<Document> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
         collection: collection.to_owned(),
@@ -110,21 +127,11 @@ fn decode(collection: &str, key: &str, bytes: &[u8]) -> Result<Document> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn put(&self, collection: &str, key: &str, doc: &Document) -> Result<()> {
-        check_collection(collection)?;
-        check_key(key)?;
-        let (c, k, bytes) = (collection.to_owned(), key.to_owned(), doc.to_string());
-        self.blocking(move |db| Self::write(db, &c, &k, Some(bytes.as_bytes()), false))
-            .await
-            .map(|_| ())
+        self.write_doc(collection, key, doc, false).await
     }
 
     async fn create(&self, collection: &str, key: &str, doc: &Document) -> Result<()> {
-        check_collection(collection)?;
-        check_key(key)?;
-        let (c, k, bytes) = (collection.to_owned(), key.to_owned(), doc.to_string());
-        self.blocking(move |db| Self::write(db, &c, &k, Some(bytes.as_bytes()), true))
-            .await
-            .map(|_| ())
+        self.write_doc(collection, key, doc, true).await
     }
 
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>> {

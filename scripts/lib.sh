@@ -1,0 +1,81 @@
+# Shared helpers for Canopy's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+step() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Where caches (build output, Python venv) live, outside the clone so reruns are incremental.
+CANOPY_CACHE_DIR=${CANOPY_CACHE_DIR:-/var/cache/canopy}
+
+# apt_install PKG...: installs the Debian packages that are missing; runs `apt-get update` once.
+_apt_updated=
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { note "Debian packages present: $*"; return 0; }
+  [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
+  if [ -z "$_apt_updated" ]; then
+    step "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    _apt_updated=1
+  fi
+  step "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# ensure_rust: a Rust toolchain matching rust-toolchain.toml.
+ensure_rust() {
+  local want
+  want=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$REPO/rust-toolchain.toml")
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v rustup >/dev/null 2>&1; then
+    command -v cargo >/dev/null 2>&1 || die "Rust $want is needed: install it with rustup (rustup.rs), then rerun"
+    return 0
+  fi
+  if ! rustup toolchain list | grep -q "^$want-"; then
+    # A machine whose stable toolchain is already $want can serve the pin without a download.
+    local stable_version stable_dir triple
+    stable_version=$(cd / && rustc +stable --version 2>/dev/null | awk '{print $2}')
+    triple=$(cd / && rustc +stable -vV 2>/dev/null | sed -n 's/^host: //p')
+    stable_dir="${RUSTUP_HOME:-$HOME/.rustup}/toolchains/stable-$triple"
+    if [ "$stable_version" = "$want" ] && [ -d "$stable_dir" ]; then
+      note "linking toolchain $want to the installed stable $stable_version"
+      ln -sfn "$stable_dir" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$want-$triple"
+    else
+      step "rustup toolchain install $want"
+      rustup toolchain install "$want" --profile minimal --component rustfmt,clippy
+    fi
+  fi
+}
+
+# free_port: an unused TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_port PORT SECONDS NAME: waits until something accepts connections on 127.0.0.1:PORT.
+wait_port() {
+  local port=$1 secs=$2 name=$3 i
+  for ((i = 0; i < secs * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  printf 'error: %s did not start listening on 127.0.0.1:%s within %ss\n' "$name" "$port" "$secs" >&2
+  return 1
+}
+
+# Processes started by a script, stopped by PID on exit (never by name).
+_started_pids=()
+remember_pid() { _started_pids+=("$1"); }
+stop_started() {
+  local pid
+  for pid in "${_started_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
