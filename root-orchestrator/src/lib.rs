@@ -1,7 +1,10 @@
-//! Root orchestrator: Oakestra-compatible REST API, auth, root scheduler, cluster link server, service IPs.
+//! Root orchestrator: Oakestra-compatible REST API, auth, root scheduler, cluster link server,
+//! service IPs.
 //!
-//! Not implemented yet: this crate is a placeholder until its issue (root orchestrator issue). The layout is fixed
-//! now so that every change has an obvious home (see `ARCHITECTURE.md`).
+//! Done so far: [`scheduler`]. The API, auth, cluster link and address allocation are still to
+//! come (root orchestrator issue); the binary says so when run.
+
+pub mod scheduler;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "root-orchestrator";
