@@ -3,6 +3,7 @@
 //! Nothing here does I/O or depends on an async runtime: these are the nouns of the system
 //! (ids, statuses, resources, names, jobs) and the rules that belong to them.
 
+pub mod addressing;
 pub mod ids;
 pub mod job;
 pub mod link;
