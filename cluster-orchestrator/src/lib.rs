@@ -1,7 +1,10 @@
-//! Cluster orchestrator: root link, MQTT broker and worker protocol, cluster scheduler, failure handling.
+//! Cluster orchestrator: root link, MQTT broker and worker protocol, cluster scheduler,
+//! failure handling.
 //!
-//! Not implemented yet: this crate is a placeholder until its issue (cluster orchestrator issue). The layout is fixed
-//! now so that every change has an obvious home (see `ARCHITECTURE.md`).
+//! Done so far: [`scheduler`]. The rest arrives with the cluster orchestrator issue; the binary
+//! says so when run.
+
+pub mod scheduler;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "cluster-orchestrator";

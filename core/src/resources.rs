@@ -159,6 +159,12 @@ impl Resources {
     }
 }
 
+/// How much room a machine (or a set of them) has left, for spreading load: `(100 − cpu%) +
+/// (100 − memory%)`, from 0 (full) to 200 (idle). Both schedulers rank by it.
+pub fn load_headroom(cpu_percent: f64, memory_percent: f64) -> f64 {
+    (100.0 - cpu_percent.clamp(0.0, 100.0)) + (100.0 - memory_percent.clamp(0.0, 100.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

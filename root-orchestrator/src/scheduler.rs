@@ -29,6 +29,7 @@
 
 use canopy_core::job::Constraint;
 use canopy_core::link::{ClusterLocation, ClusterReport, ResourceAggregate};
+use canopy_core::resources::load_headroom;
 use canopy_core::{ClusterId, InstanceStatus, ServiceSpec};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -199,7 +200,7 @@ fn fits(spec: &ServiceSpec, agg: &ResourceAggregate) -> Result<Score, &'static s
         return Err("too few free GPUs");
     }
     Ok(Score {
-        headroom: (100.0 - agg.cpu_percent) + (100.0 - agg.memory_percent),
+        headroom: load_headroom(agg.cpu_percent, agg.memory_percent),
         free_memory_mb: agg.free.memory_mb,
         free_vcpus: agg.free.vcpus,
     })
