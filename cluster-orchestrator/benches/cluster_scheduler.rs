@@ -40,25 +40,14 @@ fn workers(n: usize) -> Vec<WorkerCandidate> {
 }
 
 fn main() {
-    let spec = ServiceSpec {
-        job_name: JobName::new("bench", "bench", "svc", "bench").unwrap_or_else(|e| panic!("{e}")),
-        virtualization: Virtualization::Container,
-        code: "img".into(),
-        cmd: vec![],
-        environment: vec![],
-        resources: Resources {
-            vcpus: 2,
-            memory_mb: 1024,
-            vgpus: 0,
-        },
-        ports: vec![],
-        one_shot: false,
-        privileged: false,
-        architectures: vec![Architecture::Amd64],
-        constraints: vec![],
-        rr_ip: None,
-        rr_ip_v6: None,
+    let job = JobName::new("bench", "bench", "svc", "bench").unwrap_or_else(|e| panic!("{e}"));
+    let mut spec = ServiceSpec::new(job, Virtualization::Container, "img");
+    spec.resources = Resources {
+        vcpus: 2,
+        memory_mb: 1024,
+        vgpus: 0,
     };
+    spec.architectures = vec![Architecture::Amd64];
     let exclude = BTreeSet::new();
     println!("cluster scheduler decision time (one instance)");
     println!("| workers | median | p99 |");

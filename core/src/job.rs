@@ -33,6 +33,27 @@ pub struct ServiceSpec {
     pub rr_ip_v6: Option<Ipv6Addr>,
 }
 
+impl ServiceSpec {
+    /// A spec with no command, environment, resources, ports or constraints; fill in the rest.
+    pub fn new(job_name: JobName, virtualization: Virtualization, code: impl Into<String>) -> Self {
+        ServiceSpec {
+            job_name,
+            virtualization,
+            code: code.into(),
+            cmd: Vec::new(),
+            environment: Vec::new(),
+            resources: Resources::ZERO,
+            ports: Vec::new(),
+            one_shot: false,
+            privileged: false,
+            architectures: Vec::new(),
+            constraints: Vec::new(),
+            rr_ip: None,
+            rr_ip_v6: None,
+        }
+    }
+}
+
 /// A placement constraint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -61,35 +61,24 @@ fn clusters(n: usize) -> Vec<ClusterCandidate> {
 }
 
 fn spec(geo: bool) -> ServiceSpec {
-    ServiceSpec {
-        job_name: JobName::new("bench", "bench", "svc", "bench").unwrap_or_else(|e| panic!("{e}")),
-        virtualization: Virtualization::Container,
-        code: "img".into(),
-        cmd: vec![],
-        environment: vec![],
-        resources: Resources {
-            vcpus: 2,
-            memory_mb: 2048,
-            vgpus: 0,
-        },
-        ports: vec![],
-        one_shot: false,
-        privileged: false,
-        architectures: vec![Architecture::Amd64],
-        constraints: if geo {
-            vec![Constraint::Geo {
-                location: GeoPoint {
-                    lat: 48.1,
-                    lon: 11.5,
-                },
-                radius_km: 5000.0,
-            }]
-        } else {
-            vec![]
-        },
-        rr_ip: None,
-        rr_ip_v6: None,
+    let job = JobName::new("bench", "bench", "svc", "bench").unwrap_or_else(|e| panic!("{e}"));
+    let mut s = ServiceSpec::new(job, Virtualization::Container, "img");
+    s.resources = Resources {
+        vcpus: 2,
+        memory_mb: 2048,
+        vgpus: 0,
+    };
+    s.architectures = vec![Architecture::Amd64];
+    if geo {
+        s.constraints = vec![Constraint::Geo {
+            location: GeoPoint {
+                lat: 48.1,
+                lon: 11.5,
+            },
+            radius_km: 5000.0,
+        }];
     }
+    s
 }
 
 fn main() {

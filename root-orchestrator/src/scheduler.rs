@@ -221,25 +221,17 @@ mod tests {
     use canopy_core::{Architecture, JobName, Resources, Virtualization};
 
     fn spec(vcpus: u32, memory_mb: u64) -> ServiceSpec {
-        ServiceSpec {
-            job_name: JobName::new("a", "b", "c", "d").unwrap(),
-            virtualization: Virtualization::Container,
-            code: "img".into(),
-            cmd: vec![],
-            environment: vec![],
-            resources: Resources {
-                vcpus,
-                memory_mb,
-                vgpus: 0,
-            },
-            ports: vec![],
-            one_shot: false,
-            privileged: false,
-            architectures: vec![],
-            constraints: vec![],
-            rr_ip: None,
-            rr_ip_v6: None,
-        }
+        let mut s = ServiceSpec::new(
+            JobName::new("a", "b", "c", "d").unwrap(),
+            Virtualization::Container,
+            "img",
+        );
+        s.resources = Resources {
+            vcpus,
+            memory_mb,
+            vgpus: 0,
+        };
+        s
     }
 
     fn agg(vcpus: u32, memory_mb: u64, cpu_percent: f64) -> ResourceAggregate {
