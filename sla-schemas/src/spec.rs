@@ -21,22 +21,19 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("environment: {e}"))?;
     let ports = PortMapping::parse_list(&ms.port).map_err(|e| format!("port: {e}"))?;
-    let ip = |field: &str, v: &Option<String>| -> Result<Option<String>, String> {
-        Ok(v.as_ref().map(|s| s.trim().to_owned())).and_then(|s| {
-            if s.as_deref() == Some("") {
-                Err(format!("{field}: empty"))
-            } else {
-                Ok(s)
-            }
-        })
-    };
-    let rr_ip = ip("addresses.rr_ip", &ms.addresses.rr_ip)?
+    let rr_ip = ms
+        .addresses
+        .rr_ip
+        .as_deref()
         .map(|s| {
             s.parse()
                 .map_err(|_| format!("addresses.rr_ip: {s:?} is not an IPv4 address"))
         })
         .transpose()?;
-    let rr_ip_v6 = ip("addresses.rr_ip_v6", &ms.addresses.rr_ip_v6)?
+    let rr_ip_v6 = ms
+        .addresses
+        .rr_ip_v6
+        .as_deref()
         .map(|s| {
             s.parse()
                 .map_err(|_| format!("addresses.rr_ip_v6: {s:?} is not an IPv6 address"))

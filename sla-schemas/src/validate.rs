@@ -108,19 +108,19 @@ pub fn validate_value(value: &Value) -> Result<Validated, SlaError> {
         .iter_errors(value)
         .map(|e| schema_problem(&e))
         .collect();
+    // Unknown fields are collected as warnings whether or not the structure holds.
+    let mut warnings = Vec::new();
+    let typed: Result<Sla, _> =
+        serde_ignored::deserialize(value, |p| warnings.push(unknown_field(&p)));
     if !problems.is_empty() {
         // Still check the meaning of every service that is sound on its own, so one run
         // reports all there is to fix.
         problems.extend(check_sound_services(value));
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         problems.dedup();
-        return Err(SlaError::Invalid {
-            problems,
-            warnings: unknown_fields(value),
-        });
+        return Err(SlaError::Invalid { problems, warnings });
     }
-    let mut warnings = Vec::new();
-    let sla: Sla = match serde_ignored::deserialize(value, |p| warnings.push(unknown_field(&p))) {
+    let sla = match typed {
         Ok(sla) => sla,
         Err(e) => {
             // The schema and the types agree, so this is a value the schema allows but Rust
@@ -137,13 +137,6 @@ pub fn validate_value(value: &Value) -> Result<Validated, SlaError> {
     } else {
         Err(SlaError::Invalid { problems, warnings })
     }
-}
-
-fn unknown_fields(value: &Value) -> Vec<Problem> {
-    let mut warnings = Vec::new();
-    let _ =
-        serde_ignored::deserialize(value, |p| warnings.push(unknown_field(&p))).map(|_: Sla| ());
-    warnings
 }
 
 /// Formats a JSON pointer location as `a[0].b`.

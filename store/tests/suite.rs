@@ -3,9 +3,8 @@
 //! `CANOPY_TEST_MONGODB_URI`).
 #![allow(clippy::unwrap_used)] // tests may panic: a panic is a failed test
 
-use canopy_store::{Collection, EmbeddedStore, MongoStore, SharedStore, Store, StoreError};
+use canopy_store::{Collection, EmbeddedStore, SharedStore, Store, StoreConfig, StoreError};
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Opens stores that all see the same data, so a test can "restart" by opening again.
@@ -17,7 +16,12 @@ struct Embedded(tempfile::TempDir);
 
 impl Backend for Embedded {
     async fn open(&self) -> SharedStore {
-        Arc::new(EmbeddedStore::open(self.0.path()).await.unwrap())
+        StoreConfig::Embedded {
+            data_dir: self.0.path().to_owned(),
+        }
+        .open()
+        .await
+        .unwrap()
     }
 }
 
@@ -31,7 +35,13 @@ impl Backend for Mongo {
                  which starts nx-27017 on loopback, or point it at a MongoDB you own"
             )
         });
-        Arc::new(MongoStore::connect(&uri, &self.0).await.unwrap())
+        StoreConfig::Mongo {
+            uri,
+            database: self.0.clone(),
+        }
+        .open()
+        .await
+        .unwrap()
     }
 }
 
