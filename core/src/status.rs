@@ -18,7 +18,7 @@ pub enum StatusClass {
 macro_rules! statuses {
     ($( $(#[$doc:meta])* $variant:ident = $wire:literal => $class:ident ),+ $(,)?) => {
         /// Status of one service instance (and, by aggregation, of a service).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum InstanceStatus {
             $( $(#[$doc])* #[serde(rename = $wire)] $variant, )+
         }

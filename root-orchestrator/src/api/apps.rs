@@ -1,0 +1,287 @@
+//! Applications, services and instances. A user sees and changes only their own; an admin any.
+
+use super::views::*;
+use super::{ApiError, ApiResult, ApiState, Body};
+use crate::control::Caller;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use canopy_sla::{Sla, SlaError};
+
+/// Validates an SLA body: 422 with every problem when it is not a valid SLA.
+fn validated(value: &serde_json::Value) -> ApiResult<Sla> {
+    match canopy_sla::validate_value(value) {
+        Ok(v) => Ok(v.sla),
+        Err(e) => {
+            let problems: Vec<ProblemView> = e
+                .problems()
+                .into_iter()
+                .map(|p| ProblemView {
+                    path: p.path,
+                    message: p.message,
+                })
+                .collect();
+            let message = match &e {
+                SlaError::Syntax { .. } => "the SLA is not valid JSON".to_owned(),
+                SlaError::Invalid { .. } => format!("the SLA is not valid: {e}"),
+            };
+            Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: ErrorBody {
+                    message,
+                    field: problems.first().map(|p| p.path.clone()),
+                    problems,
+                },
+            })
+        }
+    }
+}
+
+/// Registers the applications of a full SLA with their services (no instance is deployed:
+/// that is `POST /api/service/<id>/instance`). Answers with every application of the caller.
+#[utoipa::path(post, path = "/api/application", tag = "applications",
+    request_body(content = Object, description = "An SLA v2.0 document (see /docs/sla-v2.0.schema.json in the repository)"),
+    responses((status = 200, body = Vec<ApplicationView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, description = "invalid SLA; every problem listed", body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn create_applications(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Body(body): Body<serde_json::Value>,
+) -> ApiResult<Json<Vec<ApplicationView>>> {
+    let sla = validated(&body)?;
+    s.root.create_applications(&caller, &sla).await?;
+    let apps = s.root.applications(&caller, Some(&caller.name)).await;
+    Ok(Json(apps.iter().map(ApplicationView::from).collect()))
+}
+
+#[utoipa::path(get, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
+    responses((status = 200, body = ApplicationView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn get_application(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApplicationView>> {
+    let a = s.root.application(&caller, &id).await?;
+    Ok(Json(ApplicationView::from(&a)))
+}
+
+#[utoipa::path(put, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
+    request_body = UpdateApplicationRequest,
+    responses((status = 200, body = ApplicationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn update_application(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateApplicationRequest>,
+) -> ApiResult<Json<ApplicationView>> {
+    if let Some(list) = &req.microservices {
+        let current = s.root.application(&caller, &id).await?.services;
+        let sent: Vec<Option<&str>> = list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .or_else(|| v.get("microserviceID").and_then(|x| x.as_str()))
+            })
+            .collect();
+        let same = sent.len() == current.len()
+            && sent
+                .iter()
+                .zip(&current)
+                .all(|(a, b)| *a == Some(b.as_str()));
+        if !same {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "microservices",
+                "services are added with POST /api/service/ and removed with DELETE /api/service/<id>",
+            ));
+        }
+    }
+    let a = s
+        .root
+        .update_application(
+            &caller,
+            &id,
+            req.application_name,
+            req.application_namespace,
+            req.application_desc,
+        )
+        .await?;
+    Ok(Json(ApplicationView::from(&a)))
+}
+
+/// Deletes an application, its services and their instances.
+#[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
+    responses((status = 200, body = MessageBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn delete_application(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageBody>> {
+    s.root.delete_application(&caller, &id).await?;
+    Ok(Json(MessageBody::new("application deleted")))
+}
+
+/// The caller's applications (every application for an admin).
+#[utoipa::path(get, path = "/api/applications", tag = "applications",
+    responses((status = 200, body = Vec<ApplicationView>), (status = 401, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_applications(
+    State(s): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ApplicationView>>> {
+    let apps = s.root.applications(&caller, None).await;
+    Ok(Json(apps.iter().map(ApplicationView::from).collect()))
+}
+
+/// The applications of one user, by user id (the caller's own, or any for an admin).
+#[utoipa::path(get, path = "/api/applications/{userid}", tag = "applications", params(("userid" = String, Path)),
+    responses((status = 200, body = Vec<ApplicationView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_user_applications(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(userid): Path<String>,
+) -> ApiResult<Json<Vec<ApplicationView>>> {
+    let name = s.root.user_name_by_id(&userid).await.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("user {userid:?} not found"))
+    })?;
+    if !caller.admin && name != caller.name {
+        return Err(crate::control::Error::Forbidden.into());
+    }
+    let apps = s.root.applications(&caller, Some(&name)).await;
+    Ok(Json(apps.iter().map(ApplicationView::from).collect()))
+}
+
+/// Adds services to an existing application: the body is an SLA whose one application carries
+/// `applicationID`.
+#[utoipa::path(post, path = "/api/service", tag = "services",
+    request_body(content = Object, description = "An SLA v2.0 document with one application that has applicationID set"),
+    responses((status = 200, body = AddServicesView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn add_services(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Body(body): Body<serde_json::Value>,
+) -> ApiResult<Json<AddServicesView>> {
+    let sla = validated(&body)?;
+    let ids = s.root.add_services(&caller, &sla).await?;
+    let mut created = Vec::new();
+    for id in &ids {
+        let svc = s.root.service(&caller, id).await?;
+        created.push(ServiceCreated {
+            service_name: svc.spec.job_name.service().to_owned(),
+            status: svc.status().0.as_str().to_owned(),
+        });
+    }
+    Ok(Json(AddServicesView {
+        job_id: ids.last().cloned().unwrap_or_default(),
+        deployed_services: created,
+        failed_services: Vec::new(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
+    responses((status = 200, body = ServiceView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn get_service(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ServiceView>> {
+    let svc = s.root.service(&caller, &id).await?;
+    Ok(Json(ServiceView::from(&svc)))
+}
+
+/// Not supported, as in Oakestra: delete the service and add it again.
+#[utoipa::path(put, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
+    responses((status = 501, body = ErrorBody)), security(("bearerAuth" = [])))]
+pub async fn update_service(_caller: Caller, Path(_id): Path<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "changing a service is not supported: delete it and add it again",
+    )
+}
+
+/// Deletes a service and undeploys its instances.
+#[utoipa::path(delete, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
+    responses((status = 200, body = MessageBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn delete_service(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageBody>> {
+    s.root.delete_service(&caller, &id).await?;
+    Ok(Json(MessageBody::new("service deleted")))
+}
+
+/// The services of one application.
+#[utoipa::path(get, path = "/api/services/{appid}", tag = "services", params(("appid" = String, Path)),
+    responses((status = 200, body = Vec<ServiceView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_services(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(appid): Path<String>,
+) -> ApiResult<Json<Vec<ServiceView>>> {
+    let list = s.root.services(&caller, Some(&appid)).await?;
+    Ok(Json(list.iter().map(ServiceView::from).collect()))
+}
+
+/// Every service the caller may see (all for an admin).
+#[utoipa::path(get, path = "/api/services", tag = "services",
+    responses((status = 200, body = Vec<ServiceView>), (status = 401, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_all_services(
+    State(s): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ServiceView>>> {
+    let list = s.root.services(&caller, None).await?;
+    Ok(Json(list.iter().map(ServiceView::from).collect()))
+}
+
+/// Deploys one more instance of a service.
+#[utoipa::path(post, path = "/api/service/{id}/instance", tag = "services", params(("id" = String, Path)),
+    responses((status = 200, body = ScaleUpView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "no instance address left", body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn scale_up(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScaleUpView>> {
+    let n = s.root.scale_up(&caller, &id).await?;
+    Ok(Json(ScaleUpView {
+        message: "ok".into(),
+        instance_number: n.0,
+    }))
+}
+
+/// Removes one instance of a service.
+#[utoipa::path(delete, path = "/api/service/{id}/instance/{n}", tag = "services",
+    params(("id" = String, Path), ("n" = u32, Path, description = "instance number")),
+    responses((status = 200, body = MessageBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn scale_down(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, n)): Path<(String, String)>,
+) -> ApiResult<Json<MessageBody>> {
+    let n: u32 = n.parse().map_err(|_| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "instance_number",
+            format!("{n:?} is not an instance number"),
+        )
+    })?;
+    s.root.scale_down(&caller, &id, n).await?;
+    Ok(Json(MessageBody::new("ok")))
+}

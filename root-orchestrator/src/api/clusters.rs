@@ -1,0 +1,31 @@
+//! The clusters known to the root, with their last report.
+
+use super::views::{ClusterInfo, ErrorBody};
+use super::{ApiResult, ApiState};
+use crate::control::Caller;
+use axum::Json;
+use axum::extract::State;
+
+/// Every registered cluster.
+#[utoipa::path(get, path = "/api/clusters", tag = "clusters",
+    responses((status = 200, body = Vec<ClusterInfo>), (status = 401, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_clusters(
+    State(s): State<ApiState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<ClusterInfo>>> {
+    let list = s.root.clusters(false).await;
+    Ok(Json(list.iter().map(ClusterInfo::from).collect()))
+}
+
+/// Clusters that reported within the grace period.
+#[utoipa::path(get, path = "/api/clusters/active", tag = "clusters",
+    responses((status = 200, body = Vec<ClusterInfo>), (status = 401, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_active_clusters(
+    State(s): State<ApiState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<ClusterInfo>>> {
+    let list = s.root.clusters(true).await;
+    Ok(Json(list.iter().map(ClusterInfo::from).collect()))
+}

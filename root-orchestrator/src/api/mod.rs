@@ -1,0 +1,277 @@
+//! The REST API on `--api-addr` (default port 10000): Oakestra's paths, methods and shapes.
+//!
+//! - [`accounts`]: login, refresh, users, organisations;
+//! - [`apps`]: applications, services, instances;
+//! - [`clusters`]: the cluster list;
+//! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
+//!
+//! Every path answers with and without a trailing slash. Errors are JSON
+//! `{"message", "field"?, "problems"?}` with one mapping from [`control::Error`] to a status
+//! ([`ApiError`]). Nothing but login, refresh, `/health` and the docs is reachable without a
+//! bearer access token.
+
+pub mod accounts;
+pub mod apps;
+pub mod clusters;
+pub mod docs;
+pub mod views;
+
+use crate::auth::{TokenKeys, TokenType};
+use crate::control::{self, Caller, Root};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use views::ErrorBody;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct ApiState {
+    pub root: Arc<Root>,
+    pub keys: TokenKeys,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                message: message.into(),
+                field: None,
+                problems: Vec::new(),
+            },
+        }
+    }
+
+    pub fn field(status: StatusCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        ApiError {
+            status,
+            body: ErrorBody {
+                message: format!("{field}: {message}"),
+                field: Some(field),
+                problems: Vec::new(),
+            },
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<control::Error> for ApiError {
+    fn from(e: control::Error) -> Self {
+        use control::Error as E;
+        match e {
+            E::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            E::Conflict { field, message } => ApiError::field(StatusCode::CONFLICT, field, message),
+            E::Unprocessable { field, message } => {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+            }
+            E::BadRequest { field, message } => {
+                ApiError::field(StatusCode::BAD_REQUEST, field, message)
+            }
+            E::BadCredentials => ApiError::unauthorized("invalid username or password"),
+            E::Forbidden => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            E::Store(_) | E::Auth(_) => {
+                tracing::error!(error = %e, "request failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body of type `T`. Any content type is accepted (Oakestra's clients are not strict);
+/// a body that does not fit answers 400 naming the first field at fault.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "body", e.body_text()))?;
+        parse_body(&bytes).map(Body)
+    }
+}
+
+/// Decodes a JSON body, naming the field at fault.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("not valid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        ApiError::field(StatusCode::BAD_REQUEST, field, message)
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("Missing authentication token"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("Authorization header is not text"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
+    Ok(token.trim())
+}
+
+/// Verifies a bearer token of the given type and returns its claims.
+pub fn verify_token(
+    keys: &TokenKeys,
+    headers: &HeaderMap,
+    want: TokenType,
+) -> ApiResult<crate::auth::Claims> {
+    let claims = keys
+        .verify(bearer(headers)?)
+        .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+    if claims.token_type != want {
+        return Err(ApiError::unauthorized(match want {
+            TokenType::Access => "Only access token allowed",
+            TokenType::Refresh => "Only refresh token allowed",
+        }));
+    }
+    Ok(claims)
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let claims = verify_token(&state.keys, &parts.headers, TokenType::Access)?;
+        state
+            .root
+            .caller(&claims)
+            .await
+            .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))
+    }
+}
+
+async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let response = next.run(req).await;
+    state
+        .root
+        .metrics
+        .request(&method, &route, response.status().as_u16());
+    response
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The API's routes (paths without trailing slash; [`service`] adds the slash-less rewrite).
+pub fn router(state: ApiState) -> Router {
+    use accounts as ac;
+    use apps as ap;
+    Router::new()
+        .route("/api/auth/login", post(ac::login))
+        .route("/api/auth/refresh", post(ac::refresh))
+        .route("/api/auth/register", post(ac::register))
+        .route("/api/permission/{username}", get(ac::permission))
+        .route(
+            "/api/user/{username}",
+            get(ac::get_user)
+                .post(ac::change_password)
+                .put(ac::update_user)
+                .delete(ac::delete_user),
+        )
+        .route("/api/users", get(ac::list_users))
+        .route(
+            "/api/organization",
+            get(ac::list_organizations).post(ac::create_organization),
+        )
+        .route(
+            "/api/organization/{id}",
+            axum::routing::put(ac::update_organization).delete(ac::delete_organization),
+        )
+        .route("/api/application", post(ap::create_applications))
+        .route(
+            "/api/application/{id}",
+            get(ap::get_application)
+                .put(ap::update_application)
+                .delete(ap::delete_application),
+        )
+        .route("/api/applications", get(ap::list_applications))
+        .route(
+            "/api/applications/{userid}",
+            get(ap::list_user_applications),
+        )
+        .route("/api/service", post(ap::add_services))
+        .route(
+            "/api/service/{id}",
+            get(ap::get_service)
+                .put(ap::update_service)
+                .delete(ap::delete_service),
+        )
+        .route("/api/services", get(ap::list_all_services))
+        .route("/api/services/{appid}", get(ap::list_services))
+        .route("/api/service/{id}/instance", post(ap::scale_up))
+        .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
+        .route("/api/clusters", get(clusters::list_clusters))
+        .route("/api/clusters/active", get(clusters::list_active_clusters))
+        .route("/health", get(health))
+        .route("/docs/openapi.json", get(docs::openapi_json))
+        .route("/api/docs", get(docs::page))
+        .fallback(no_route)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(tower_http::cors::CorsLayer::permissive())
+        .with_state(state)
+}
+
+/// The router wrapped so that `/x/` and `/x` are the same path, ready for `axum::serve`.
+pub fn service(
+    state: ApiState,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+    tower_http::normalize_path::NormalizePath<Router>,
+    std::net::SocketAddr,
+> {
+    use tower::Layer;
+    let app =
+        tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router(state));
+    axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(app)
+}

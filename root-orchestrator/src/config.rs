@@ -1,0 +1,86 @@
+//! Command line and environment of the root orchestrator (clap; every flag also reads an
+//! environment variable, flags win).
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = crate::COMPONENT,
+    version,
+    about = "Canopy root orchestrator: Oakestra-compatible REST API, auth, root scheduler, cluster link server, service IPs."
+)]
+pub struct Config {
+    /// REST API (Oakestra's port 10000).
+    #[arg(long, env = "CANOPY_API_ADDR", default_value = "0.0.0.0:10000")]
+    pub api_addr: SocketAddr,
+    /// Cluster link, gRPC (Oakestra's port 50052).
+    #[arg(long, env = "CANOPY_GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics`, without authentication: keep it on loopback or a private network.
+    #[arg(long, env = "CANOPY_METRICS_ADDR", default_value = "127.0.0.1:10009")]
+    pub metrics_addr: SocketAddr,
+    /// State directory: the embedded store (unless --mongodb-uri), `admin-password`,
+    /// `cluster-token`.
+    #[arg(long, env = "CANOPY_DATA_DIR", default_value = "/var/lib/canopy/root")]
+    pub data_dir: PathBuf,
+    /// Keep the state in MongoDB instead of the embedded store.
+    #[arg(long, env = "CANOPY_MONGODB_URI")]
+    pub mongodb_uri: Option<String>,
+    #[arg(long, env = "CANOPY_MONGODB_DATABASE", default_value = "canopy_root")]
+    pub mongodb_database: String,
+    /// Seconds without a report after which a cluster is inactive and its instances move.
+    #[arg(long, env = "CANOPY_CLUSTER_GRACE_SECS", default_value_t = 30.0)]
+    pub cluster_grace_secs: f64,
+    /// Lifetime of access tokens, seconds.
+    #[arg(long, env = "CANOPY_ACCESS_TOKEN_SECS", default_value_t = 600)]
+    pub access_token_secs: u64,
+    /// Lifetime of refresh tokens, seconds.
+    #[arg(long, env = "CANOPY_REFRESH_TOKEN_SECS", default_value_t = 7 * 24 * 3600)]
+    pub refresh_token_secs: u64,
+    /// Password of the initial `Admin` user (first start only); generated and written to
+    /// `<data-dir>/admin-password` when unset.
+    #[arg(long, env = "CANOPY_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Token clusters present to join; read from (or generated into) `<data-dir>/cluster-token`
+    /// when unset.
+    #[arg(long, env = "CANOPY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "CANOPY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn store(&self) -> canopy_store::StoreConfig {
+        match &self.mongodb_uri {
+            Some(uri) => canopy_store::StoreConfig::Mongo {
+                uri: uri.clone(),
+                database: self.mongodb_database.clone(),
+            },
+            None => canopy_store::StoreConfig::Embedded {
+                data_dir: self.data_dir.clone(),
+            },
+        }
+    }
+
+    pub fn cluster_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.cluster_grace_secs.clamp(0.1, 86_400.0))
+    }
+
+    /// Defaults for a test: everything on loopback port 0 under `data_dir`.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
+        let mut c = Config::parse_from([crate::COMPONENT]);
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.api_addr = any;
+        c.grpc_addr = any;
+        c.metrics_addr = any;
+        c.data_dir = data_dir.into();
+        c.mongodb_uri = None;
+        c.admin_password = None;
+        c.cluster_token = None;
+        c
+    }
+}

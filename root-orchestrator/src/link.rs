@@ -1,0 +1,187 @@
+//! The cluster link server (gRPC, `--grpc-addr`, default port 50052): clusters register with the
+//! cluster join token, then hold one session that carries their reports up and commands down.
+//! Wire ⇄ domain conversions are in `canopy-proto`; the decisions are in [`crate::control`].
+
+use crate::auth::constant_time_eq;
+use crate::control::{self, Outbound, Root};
+use canopy_core::ClusterId;
+use canopy_core::link::{ClusterReport, CommandAck, InstanceReport, Registration};
+use canopy_proto::pb::cluster_link_server::{ClusterLink, ClusterLinkServer};
+use canopy_proto::pb::{self, cluster_message, root_message};
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The tonic service.
+pub struct LinkService {
+    root: Arc<Root>,
+    join_token: String,
+}
+
+impl LinkService {
+    pub fn new(root: Arc<Root>, join_token: String) -> ClusterLinkServer<LinkService> {
+        ClusterLinkServer::new(LinkService { root, join_token })
+    }
+}
+
+fn status_of(e: control::Error) -> Status {
+    use control::Error as E;
+    match e {
+        E::NotFound { .. } => Status::not_found(e.to_string()),
+        E::BadCredentials => Status::unauthenticated("session token is not valid; register again"),
+        E::Conflict { .. } => Status::already_exists(e.to_string()),
+        E::BadRequest { .. } | E::Unprocessable { .. } => Status::invalid_argument(e.to_string()),
+        E::Forbidden => Status::permission_denied(e.to_string()),
+        E::Store(_) | E::Auth(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+type RootStream = Pin<Box<dyn Stream<Item = Result<pb::RootMessage, Status>> + Send>>;
+
+fn message(body: root_message::Body) -> pb::RootMessage {
+    pb::RootMessage { body: Some(body) }
+}
+
+#[tonic::async_trait]
+impl ClusterLink for LinkService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let reg = Registration::try_from(request.into_inner())?;
+        if !constant_time_eq(&reg.join_token, &self.join_token) {
+            tracing::warn!(name = %reg.cluster_name, "cluster registration with a wrong join token");
+            return Err(Status::unauthenticated("wrong cluster join token"));
+        }
+        let (id, token) = self.root.register_cluster(&reg).await.map_err(status_of)?;
+        Ok(Response::new(pb::RegisterResponse {
+            cluster_id: id.to_string(),
+            session_token: token,
+        }))
+    }
+
+    type SessionStream = RootStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::ClusterMessage>>,
+    ) -> Result<Response<RootStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session closed before hello"))?;
+        let Some(cluster_message::Body::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument(
+                "body: the first session message must be hello",
+            ));
+        };
+        let cluster = ClusterId::parse(hello.cluster_id)
+            .map_err(|e| Status::invalid_argument(format!("hello.cluster_id: {e}")))?;
+        let (last_seq, generation, mut commands) = self
+            .root
+            .open_session(&cluster, &hello.session_token)
+            .await
+            .map_err(status_of)?;
+        tracing::info!(cluster = %cluster, "cluster session opened");
+
+        let (out_tx, out_rx) = mpsc::channel::<Result<pb::RootMessage, Status>>(64);
+        let welcome = message(root_message::Body::Welcome(pb::Welcome {
+            last_acked_seq: last_seq,
+        }));
+        out_tx
+            .send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))?;
+        let root = self.root.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = commands.recv() => {
+                        let Some(Outbound::Command(c)) = cmd else { break };
+                        let m = message(root_message::Body::Command(pb::Command::from(&c)));
+                        if out_tx.send(Ok(m)).await.is_err() { break; }
+                    }
+                    msg = inbound.message() => {
+                        let msg = match msg {
+                            Ok(Some(m)) => m,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::info!(cluster = %cluster, error = %e, "cluster session ended");
+                                break;
+                            }
+                        };
+                        match handle(&root, &cluster, msg).await {
+                            Ok(Some(reply)) => {
+                                if out_tx.send(Ok(reply)).await.is_err() { break; }
+                            }
+                            Ok(None) => {}
+                            Err(status) => {
+                                tracing::warn!(cluster = %cluster, error = %status, "cluster session failed");
+                                let _ = out_tx.send(Err(status)).await;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            root.close_session(&cluster, generation);
+            tracing::info!(cluster = %cluster, "cluster session closed");
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One message from a cluster; returns the reply to send, if any. A message that does not
+/// convert is logged and dropped (the session goes on); a store failure ends the session so the
+/// cluster retries later.
+async fn handle(
+    root: &Root,
+    cluster: &ClusterId,
+    msg: pb::ClusterMessage,
+) -> Result<Option<pb::RootMessage>, Status> {
+    match apply(root, cluster, msg).await {
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(cluster = %cluster, error = %status, "invalid message from cluster dropped");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+async fn apply(
+    root: &Root,
+    cluster: &ClusterId,
+    msg: pb::ClusterMessage,
+) -> Result<Option<pb::RootMessage>, Status> {
+    match msg.body {
+        Some(cluster_message::Body::Report(r)) => {
+            let report = ClusterReport::try_from(r)?;
+            root.cluster_report(cluster, report).await;
+            Ok(None)
+        }
+        Some(cluster_message::Body::Instance(r)) => {
+            let report = InstanceReport::try_from(r)?;
+            let seq = root
+                .instance_report(cluster, report)
+                .await
+                .map_err(status_of)?;
+            Ok(Some(message(root_message::Body::StatusAck(
+                pb::StatusAck { seq },
+            ))))
+        }
+        Some(cluster_message::Body::Ack(a)) => {
+            root.command_ack(cluster, CommandAck::from(a))
+                .await
+                .map_err(status_of)?;
+            Ok(None)
+        }
+        Some(cluster_message::Body::Hello(_)) => Err(Status::invalid_argument(
+            "body: hello is only allowed as the first message",
+        )),
+        None => Err(Status::invalid_argument("body: missing")),
+    }
+}

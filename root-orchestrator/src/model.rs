@@ -1,0 +1,277 @@
+//! What the root keeps: users, organisations, applications, services with their instances,
+//! clusters and the commands not yet acknowledged by a cluster. These are the stored documents
+//! (one store collection each, see [`crate::control`]); the REST shapes are in [`crate::api`].
+
+use canopy_core::link::{ClusterLocation, Command};
+use canopy_core::{ClusterId, InstanceNumber, InstanceStatus, NodeId, ServiceSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Store collection names.
+pub mod collections {
+    pub const USERS: &str = "users";
+    pub const ORGANIZATIONS: &str = "organizations";
+    pub const APPLICATIONS: &str = "applications";
+    pub const SERVICES: &str = "services";
+    pub const INSTANCES: &str = "instances";
+    pub const CLUSTERS: &str = "clusters";
+    pub const OUTBOX: &str = "outbox";
+    pub const SECRETS: &str = "secrets";
+}
+
+/// Oakestra's roles. Only `Admin` grants anything beyond owning one's own work.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+pub enum Role {
+    Admin,
+    #[serde(rename = "Organization_Admin")]
+    OrganizationAdmin,
+    #[serde(rename = "Application_Provider")]
+    ApplicationProvider,
+    #[serde(rename = "Infrastructure_Provider")]
+    InfrastructureProvider,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Admin,
+        Role::OrganizationAdmin,
+        Role::ApplicationProvider,
+        Role::InfrastructureProvider,
+    ];
+}
+
+/// The user every root starts with.
+pub const ADMIN_USER: &str = "Admin";
+/// The organisation every root starts with; login uses it when none is named.
+pub const ROOT_ORGANIZATION: &str = "root";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Member {
+    pub user_id: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+impl Organization {
+    pub fn roles_of(&self, user_id: &str) -> Option<&[Role]> {
+        self.members
+            .iter()
+            .find(|m| m.user_id == user_id)
+            .map(|m| m.roles.as_slice())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub description: String,
+    /// The owner's user name (Oakestra's `userId`).
+    pub owner: String,
+    /// Service ids, in creation order.
+    pub services: Vec<String>,
+}
+
+/// One service (Oakestra's "job").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub application_id: String,
+    pub owner: String,
+    /// The microservice as the user sent it (shown back in the job document).
+    pub sla: serde_json::Value,
+    pub spec: ServiceSpec,
+    /// Round-robin service address.
+    pub rr_ip: Ipv4Addr,
+    /// The number the next instance gets (Oakestra's `next_instance_progressive_number`).
+    pub next_instance: u32,
+    /// Stored apart, one document per instance (collection `instances`).
+    #[serde(skip)]
+    pub instances: BTreeMap<u32, Instance>,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub number: InstanceNumber,
+    pub status: InstanceStatus,
+    #[serde(default)]
+    pub detail: String,
+    pub ip: Ipv4Addr,
+    /// The cluster it is placed on; `None` while waiting for one.
+    pub cluster_id: Option<ClusterId>,
+    pub node_id: Option<NodeId>,
+    #[serde(default)]
+    pub cpu_percent: f64,
+    #[serde(default)]
+    pub memory_mb: u64,
+    /// Unix seconds of the last status change.
+    pub updated_at: f64,
+}
+
+impl Instance {
+    pub fn new(number: InstanceNumber, ip: Ipv4Addr) -> Self {
+        Instance {
+            number,
+            status: InstanceStatus::Requested,
+            detail: String::new(),
+            ip,
+            cluster_id: None,
+            node_id: None,
+            cpu_percent: 0.0,
+            memory_mb: 0,
+            updated_at: unix_now(),
+        }
+    }
+
+    pub fn set_status(&mut self, status: InstanceStatus, detail: impl Into<String>) {
+        self.status = status;
+        self.detail = detail.into();
+        self.updated_at = unix_now();
+    }
+
+    /// Waiting for the root scheduler: never placed, placement refused, or taken back from a
+    /// cluster that went away.
+    pub fn awaits_cluster(&self) -> bool {
+        self.cluster_id.is_none() && !self.status.is_terminal()
+    }
+}
+
+impl Service {
+    /// The service's status, derived from its instances: a scheduling failure if any instance
+    /// has one, else the least advanced instance's status; `UNDEPLOYED` without instances.
+    pub fn status(&self) -> (InstanceStatus, String) {
+        use canopy_core::StatusClass;
+        let mut worst: Option<&Instance> = None;
+        for i in self.instances.values() {
+            let rank = |s: InstanceStatus| match s.class() {
+                StatusClass::NegativeScheduling => 0,
+                _ if s.needs_rescheduling() => 1,
+                StatusClass::PositiveScheduling => 2,
+                _ if s == InstanceStatus::Running => 4,
+                _ if s.is_terminal() => 5,
+                _ => 3,
+            };
+            if worst.is_none_or(|w| rank(i.status) < rank(w.status)) {
+                worst = Some(i);
+            }
+        }
+        match worst {
+            Some(i) => (i.status, i.detail.clone()),
+            None => (InstanceStatus::Undeployed, "no instances".into()),
+        }
+    }
+}
+
+/// A registered cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub name: String,
+    pub location: Option<ClusterLocation>,
+    /// Proves a session belongs to the latest registration.
+    pub session_token: String,
+    /// Highest instance-report sequence number stored from this cluster.
+    pub last_acked_seq: u64,
+    pub registered_at: f64,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A command waiting for its cluster's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCommand {
+    pub cluster_id: ClusterId,
+    pub command: Command,
+}
+
+/// Outbox key: zero-padded so the store lists commands in id order.
+pub fn outbox_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A new object id in Oakestra's (MongoDB's) form: 24 hex digits, the first 8 the creation time.
+pub fn new_object_id() -> String {
+    let secs = unix_now() as u32;
+    let mut rest = [0u8; 8];
+    crate::auth::fill_random(&mut rest);
+    format!("{secs:08x}{}", hex::encode(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(n: u32, status: InstanceStatus) -> Instance {
+        let mut i = Instance::new(InstanceNumber(n), Ipv4Addr::new(10, 30, 0, n as u8));
+        i.status = status;
+        i
+    }
+
+    #[test]
+    fn service_status_is_the_least_advanced_instance() {
+        let spec = ServiceSpec::new(
+            "a.b.c.d".parse().unwrap(),
+            canopy_core::Virtualization::Container,
+            "img",
+        );
+        let mut s = Service {
+            id: "s".into(),
+            application_id: "a".into(),
+            owner: "u".into(),
+            sla: serde_json::json!({}),
+            spec,
+            rr_ip: Ipv4Addr::new(10, 30, 0, 1),
+            next_instance: 0,
+            instances: BTreeMap::new(),
+        };
+        assert_eq!(s.status().0, InstanceStatus::Undeployed);
+        s.instances.insert(0, instance(0, InstanceStatus::Running));
+        assert_eq!(s.status().0, InstanceStatus::Running);
+        s.instances
+            .insert(1, instance(1, InstanceStatus::ClusterScheduled));
+        assert_eq!(s.status().0, InstanceStatus::ClusterScheduled);
+        s.instances
+            .insert(2, instance(2, InstanceStatus::NoActiveClusterWithCapacity));
+        assert_eq!(s.status().0, InstanceStatus::NoActiveClusterWithCapacity);
+    }
+
+    #[test]
+    fn object_ids_look_like_mongodb_ones() {
+        let (a, b) = (new_object_id(), new_object_id());
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

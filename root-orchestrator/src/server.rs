@@ -1,0 +1,209 @@
+//! Start-up and serving: opens the store, sets up secrets and the admin user, then serves the
+//! REST API, the cluster link and `/metrics` on listeners the caller has bound, until shutdown.
+
+use crate::api::{self, ApiState};
+use crate::auth::{self, SecretSource, TokenKeys};
+use crate::config::Config;
+use crate::control::{self, Root, Settings};
+use crate::link::LinkService;
+use crate::model::collections;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("store: {0}")]
+    Store(#[from] canopy_store::StoreError),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cluster link: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// The listeners a root serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub grpc: TcpListener,
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+        let bind = |what: &'static str, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Io { what, source })
+        };
+        Ok(Listeners {
+            api: bind("--api-addr", config.api_addr).await?,
+            grpc: bind("--grpc-addr", config.grpc_addr).await?,
+            metrics: bind("--metrics-addr", config.metrics_addr).await?,
+        })
+    }
+}
+
+/// A root ready to serve.
+pub struct Server {
+    pub root: Arc<Root>,
+    pub keys: TokenKeys,
+    pub cluster_token: String,
+}
+
+impl Server {
+    pub async fn open(config: &Config) -> Result<Server, ServeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::Io {
+            what: "--data-dir",
+            source,
+        })?;
+        let store = config.store().open().await?;
+        tracing::info!(backend = store.backend(), "store opened");
+        let secret = jwt_secret(&store).await?;
+        let keys = TokenKeys::new(
+            &secret,
+            Duration::from_secs(config.access_token_secs.max(1)),
+            Duration::from_secs(config.refresh_token_secs.max(1)),
+        );
+        let settings = Settings {
+            cluster_grace: config.cluster_grace(),
+            ..Settings::default()
+        };
+        let root = Root::open(store, settings).await?;
+        if let Some(pw) = root
+            .bootstrap_admin(config.admin_password.as_deref())
+            .await?
+            && config.admin_password.as_deref().is_none_or(str::is_empty)
+        {
+            let path = config.data_dir.join("admin-password");
+            auth::write_private(&path, &format!("{pw}\n")).map_err(|source| ServeError::Io {
+                what: "admin-password",
+                source,
+            })?;
+            tracing::warn!(
+                password = %pw,
+                file = %path.display(),
+                "created user Admin with a generated password (shown this once; also in the file)"
+            );
+        }
+        let (cluster_token, source) = auth::file_secret(
+            config.cluster_token.as_deref(),
+            &config.data_dir.join("cluster-token"),
+        )?;
+        if source == SecretSource::Generated {
+            tracing::info!(
+                file = %config.data_dir.join("cluster-token").display(),
+                "generated the cluster join token"
+            );
+        }
+        Ok(Server {
+            root,
+            keys,
+            cluster_token,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            drop(stop_tx);
+        });
+
+        let ticker = tokio::spawn(self.root.clone().run_ticker(stopped()));
+
+        let state = ApiState {
+            root: self.root.clone(),
+            keys: self.keys.clone(),
+        };
+        let api = axum::serve(listeners.api, api::service(state))
+            .with_graceful_shutdown(stopped())
+            .into_future();
+
+        let metrics_root = self.root.clone();
+        let metrics_app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let root = metrics_root.clone();
+                async move {
+                    root.refresh_gauges().await;
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        root.metrics.render(),
+                    )
+                }
+            }),
+        );
+        let metrics = axum::serve(listeners.metrics, metrics_app)
+            .with_graceful_shutdown(stopped())
+            .into_future();
+
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(LinkService::new(self.root.clone(), self.cluster_token))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                stopped(),
+            );
+
+        let (a, m, g) = tokio::join!(api, metrics, grpc);
+        let _ = ticker.await;
+        a.map_err(|source| ServeError::Io {
+            what: "REST API",
+            source,
+        })?;
+        m.map_err(|source| ServeError::Io {
+            what: "metrics",
+            source,
+        })?;
+        g?;
+        Ok(())
+    }
+}
+
+/// The token signing key: made once, kept in the store so tokens outlive restarts.
+async fn jwt_secret(store: &canopy_store::SharedStore) -> Result<Vec<u8>, ServeError> {
+    const KEY: &str = "jwt";
+    let read = |doc: Option<serde_json::Value>| {
+        doc.and_then(|d| d.get("key").and_then(|k| k.as_str()).map(str::to_owned))
+            .and_then(|k| hex::decode(k).ok())
+            .filter(|k| k.len() >= 32)
+    };
+    if let Some(k) = read(store.get(collections::SECRETS, KEY).await?) {
+        return Ok(k);
+    }
+    let key = auth::random_token(32);
+    let doc = serde_json::json!({ "key": key });
+    match store.create(collections::SECRETS, KEY, &doc).await {
+        Ok(()) => {}
+        // Another root process sharing the database made it first: use theirs.
+        Err(canopy_store::StoreError::Conflict { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    read(store.get(collections::SECRETS, KEY).await?).ok_or_else(|| {
+        ServeError::Store(canopy_store::StoreError::Backend(
+            "the stored token key is unreadable".into(),
+        ))
+    })
+}
