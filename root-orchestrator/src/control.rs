@@ -995,8 +995,13 @@ impl Root {
     /// instance in memory and records the deploy command in `tx`; the caller stores the instance.
     fn place(&self, st: &mut State, tx: &mut Tx, id: &str, n: u32, exclude: &[ClusterId]) {
         let Some(s) = st.services.get(id) else { return };
+        let refused = s
+            .instances
+            .get(&n)
+            .map(|i| i.refused_by.as_slice())
+            .unwrap_or_default();
         let mut candidates = self.candidates(st);
-        candidates.retain(|c| !exclude.contains(&c.id));
+        candidates.retain(|c| !exclude.contains(&c.id) && !refused.contains(&c.id));
         let decision = scheduler::schedule(&s.spec, &candidates);
         self.metrics.schedule_decision(decision.is_ok());
         let spec = s.spec.clone();
@@ -1284,12 +1289,19 @@ impl Root {
                 .and_then(|s| s.instances.get_mut(&n))
             {
                 i.set_status(r.status, r.detail.clone());
+                if r.status == InstanceStatus::Running {
+                    i.refused_by.clear();
+                } else if r.status.class() == StatusClass::NegativeScheduling
+                    && !i.refused_by.contains(cluster)
+                {
+                    i.refused_by.push(cluster.clone());
+                }
                 i.node_id = r.node_id.clone();
                 i.cpu_percent = r.cpu_percent;
                 i.memory_mb = r.memory_mb;
             }
             if r.status.class() == StatusClass::NegativeScheduling {
-                // The cluster has no worker for it: try another cluster before settling.
+                // The cluster has no worker for it: try a cluster that has not refused it yet.
                 let exclude = [cluster.clone()];
                 let saved = st
                     .services

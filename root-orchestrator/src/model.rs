@@ -131,6 +131,9 @@ pub struct Instance {
     pub memory_mb: u64,
     /// Unix seconds of the last status change.
     pub updated_at: f64,
+    /// Clusters that answered they have no worker for it; not tried again until it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_by: Vec<ClusterId>,
 }
 
 impl Instance {
@@ -145,6 +148,7 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             updated_at: unix_now(),
+            refused_by: Vec::new(),
         }
     }
 

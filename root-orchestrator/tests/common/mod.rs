@@ -221,6 +221,24 @@ impl Api {
         b["instance_number"].as_u64().unwrap() as u32
     }
 
+    /// Waits until `n` clusters are active (up to 10 s).
+    pub async fn wait_active_clusters(&self, n: usize) {
+        for _ in 0..200 {
+            if self
+                .ok("/api/clusters/active")
+                .await
+                .as_array()
+                .unwrap()
+                .len()
+                == n
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} clusters never became active");
+    }
+
     /// Waits until instance `n` of the service has `status` (up to 20 s).
     pub async fn wait_instance(&self, service_id: &str, n: u32, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
