@@ -427,12 +427,7 @@ impl Root {
 
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> Result<User> {
         caller.require_admin()?;
-        if !is_cluster_name(&new.name) {
-            return Err(Error::BadRequest {
-                field: "name".into(),
-                message: "must be 1 to 63 letters, digits, '-' or '_'".into(),
-            });
-        }
+        check_label("name", &new.name)?;
         check_password("password", &new.password)?;
         let hash = hash_blocking(new.password.clone()).await?;
         let mut st = self.state.lock().await;
@@ -605,12 +600,7 @@ impl Root {
         members: Vec<Member>,
     ) -> Result<Organization> {
         caller.require_admin()?;
-        if !is_cluster_name(&name) {
-            return Err(Error::BadRequest {
-                field: "name".into(),
-                message: "must be 1 to 63 letters, digits, '-' or '_'".into(),
-            });
-        }
+        check_label("name", &name)?;
         let mut st = self.state.lock().await;
         if let Some(id) = id
             && !st.orgs.contains_key(id)
@@ -1135,12 +1125,7 @@ impl Root {
     /// Registers a cluster (the join token was checked by the caller). The same name, or the
     /// id the cluster already holds, keeps its identity. Returns the id and a session token.
     pub async fn register_cluster(&self, reg: &Registration) -> Result<(ClusterId, String)> {
-        if !is_cluster_name(&reg.cluster_name) {
-            return Err(Error::BadRequest {
-                field: "cluster_name".into(),
-                message: "must be 1 to 63 letters, digits, '-' or '_'".into(),
-            });
-        }
+        check_label("cluster_name", &reg.cluster_name)?;
         let mut st = self.state.lock().await;
         let by_id = reg
             .cluster_id
@@ -1558,6 +1543,18 @@ fn service_id(id: &str) -> ServiceId {
         #[allow(clippy::unwrap_used)]
         ServiceId::parse("invalid").unwrap()
     })
+}
+
+/// User, organisation and cluster names: a DNS-label-like word.
+fn check_label(field: &str, value: &str) -> Result<()> {
+    if is_cluster_name(value) {
+        Ok(())
+    } else {
+        Err(Error::BadRequest {
+            field: field.into(),
+            message: "must be 1 to 63 letters, digits, '-' or '_'".into(),
+        })
+    }
 }
 
 fn check_password(field: &str, p: &str) -> Result<()> {

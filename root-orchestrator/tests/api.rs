@@ -727,3 +727,56 @@ async fn services_instances_and_addresses() {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 }
+
+#[tokio::test]
+async fn no_input_crashes_the_daemon() {
+    let root = TestRoot::start().await;
+    let admin = root.admin().await;
+    let app = admin.create_app(sla("shop", "web")).await.remove(0);
+    let app_id = app["applicationID"].as_str().unwrap().to_owned();
+    let svc = app["microservices"][0].as_str().unwrap().to_owned();
+    let bodies = [
+        "",
+        "null",
+        "[]",
+        "{}",
+        "\"text\"",
+        "{\"sla_version\": 5}",
+        "{\"applications\": [{}]}",
+        "{\"name\": {\"deep\": [1, 2, {\"x\": null}]}}",
+        "\u{0}\u{1}\u{2}",
+        "{\"username\": \"\u{1F600}\", \"password\": \"\"}",
+    ];
+    let paths = [
+        (Method::POST, "/api/auth/login".to_owned()),
+        (Method::POST, "/api/auth/refresh".to_owned()),
+        (Method::POST, "/api/auth/register".to_owned()),
+        (Method::POST, "/api/user/Admin".to_owned()),
+        (Method::PUT, "/api/user/Admin".to_owned()),
+        (Method::POST, "/api/organization".to_owned()),
+        (Method::PUT, "/api/organization/x".to_owned()),
+        (Method::POST, "/api/application".to_owned()),
+        (Method::PUT, format!("/api/application/{app_id}")),
+        (Method::POST, "/api/service".to_owned()),
+        (Method::POST, format!("/api/service/{svc}/instance/../..")),
+        (
+            Method::DELETE,
+            format!("/api/service/{svc}/instance/99999999999"),
+        ),
+        (Method::GET, "/api/application/%00%ff".to_owned()),
+    ];
+    for (method, path) in &paths {
+        for body in bodies {
+            let (s, b) = admin.raw(method.clone(), path, body).await;
+            assert!(
+                s.is_client_error() || s.is_success(),
+                "{method} {path} with {body:?}: {s} {b}"
+            );
+        }
+    }
+    // Still serving, state intact.
+    assert_eq!(
+        admin.ok(&format!("/api/application/{app_id}")).await["application_name"],
+        "shop"
+    );
+}
