@@ -23,7 +23,7 @@ pub struct ConvertError {
 }
 
 impl ConvertError {
-    fn new(field: impl Into<String>, reason: impl ToString) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl ToString) -> Self {
         ConvertError {
             field: field.into(),
             reason: reason.to_string(),
