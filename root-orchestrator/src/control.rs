@@ -25,6 +25,7 @@ use canopy_core::link::{
 use canopy_core::naming::is_cluster_name;
 use canopy_core::{ClusterId, InstanceNumber, InstanceStatus, ServiceId, StatusClass};
 use canopy_sla::Sla;
+use canopy_store::secrets;
 use canopy_store::{SharedStore, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -346,7 +347,7 @@ impl Root {
             None => {
                 let pw = password
                     .filter(|p| !p.is_empty())
-                    .map_or_else(|| auth::random_token(12), str::to_owned);
+                    .map_or_else(|| secrets::random_token(12), str::to_owned);
                 let hash = hash_blocking(pw.clone()).await?;
                 let u = User {
                     id: new_object_id(),
@@ -1153,7 +1154,7 @@ impl Root {
                     .map_err(|e| StoreError::Backend(e.to_string()))?,
             },
         };
-        let token = auth::random_token(16);
+        let token = secrets::random_token(16);
         let last_acked_seq = st.clusters.get(&id).map_or(0, |e| e.doc.last_acked_seq);
         let doc = Cluster {
             id: id.clone(),
@@ -1198,7 +1199,7 @@ impl Root {
             .clusters
             .get_mut(cluster)
             .ok_or_else(|| not_found("cluster", cluster.as_str()))?;
-        if !auth::constant_time_eq(&e.doc.session_token, session_token) {
+        if !secrets::constant_time_eq(&e.doc.session_token, session_token) {
             return Err(Error::BadCredentials);
         }
         e.last_seen = Instant::now();

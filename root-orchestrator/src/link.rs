@@ -2,12 +2,12 @@
 //! cluster join token, then hold one session that carries their reports up and commands down.
 //! Wire ⇄ domain conversions are in `canopy-proto`; the decisions are in [`crate::control`].
 
-use crate::auth::constant_time_eq;
 use crate::control::{self, Outbound, Root};
 use canopy_core::ClusterId;
 use canopy_core::link::{ClusterReport, CommandAck, InstanceReport, Registration};
 use canopy_proto::pb::cluster_link_server::{ClusterLink, ClusterLinkServer};
 use canopy_proto::pb::{self, cluster_message, root_message};
+use canopy_store::secrets::constant_time_eq;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -229,7 +229,7 @@ pub fn unix_now() -> f64 {
 pub fn new_object_id() -> String {
     let secs = unix_now() as u32;
     let mut rest = [0u8; 8];
-    crate::auth::fill_random(&mut rest);
+    canopy_store::secrets::fill_random(&mut rest);
     format!("{secs:08x}{}", hex::encode(rest))
 }
 

@@ -2,11 +2,12 @@
 //! REST API, the cluster link and `/metrics` on listeners the caller has bound, until shutdown.
 
 use crate::api::{self, ApiState};
-use crate::auth::{self, SecretSource, TokenKeys};
+use crate::auth::{self, TokenKeys};
 use crate::config::Config;
 use crate::control::{self, Root, Settings};
 use crate::link::LinkService;
 use crate::model::collections;
+use canopy_store::secrets::{self, SecretSource};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +84,7 @@ impl Server {
             && config.admin_password.as_deref().is_none_or(str::is_empty)
         {
             let path = config.data_dir.join("admin-password");
-            auth::write_private(&path, &format!("{pw}\n")).map_err(|source| ServeError::Io {
+            secrets::write_private(&path, &format!("{pw}\n")).map_err(|source| ServeError::Io {
                 what: "admin-password",
                 source,
             })?;
@@ -93,10 +94,14 @@ impl Server {
                 "created user Admin with a generated password (shown this once; also in the file)"
             );
         }
-        let (cluster_token, source) = auth::file_secret(
+        let (cluster_token, source) = secrets::file_secret(
             config.cluster_token.as_deref(),
             &config.data_dir.join("cluster-token"),
-        )?;
+        )
+        .map_err(|source| ServeError::Io {
+            what: "cluster-token",
+            source,
+        })?;
         if source == SecretSource::Generated {
             tracing::info!(
                 file = %config.data_dir.join("cluster-token").display(),
@@ -193,7 +198,7 @@ async fn jwt_secret(store: &canopy_store::SharedStore) -> Result<Vec<u8>, ServeE
     if let Some(k) = read(store.get(collections::SECRETS, KEY).await?) {
         return Ok(k);
     }
-    let key = auth::random_token(32);
+    let key = secrets::random_token(32);
     let doc = serde_json::json!({ "key": key });
     match store.create(collections::SECRETS, KEY, &doc).await {
         Ok(()) => {}

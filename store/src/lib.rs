@@ -11,6 +11,7 @@
 
 mod embedded;
 mod mongo;
+pub mod secrets;
 mod typed;
 
 pub use embedded::EmbeddedStore;
