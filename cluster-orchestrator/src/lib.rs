@@ -1,10 +1,29 @@
-//! Cluster orchestrator: root link, MQTT broker and worker protocol, cluster scheduler,
-//! failure handling.
+//! Cluster orchestrator: the root link, the MQTT broker and worker protocol, node registration,
+//! the cluster scheduler, failure detection and rescheduling.
 //!
-//! Done so far: [`scheduler`]. The rest arrives with the cluster orchestrator issue; the binary
-//! says so when run.
+//! - [`config`]: flags and environment;
+//! - [`server`]: start-up and serving;
+//! - [`api`]: node registration, status, health, `/metrics` (HTTP);
+//! - [`broker`]: the embedded rumqttd broker or an external Mosquitto (worker credentials);
+//! - [`mqtt`]: the cluster's MQTT client and message dispatch;
+//! - [`control`]: workers, services, instances, placement, failure handling, reports;
+//! - [`lifecycle`]: the instance state machine;
+//! - [`scheduler`]: the cluster scheduler, a pure function;
+//! - [`uplink`]: the root link client;
+//! - [`model`]: the stored documents;
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod control;
+pub mod lifecycle;
+pub mod metrics;
+pub mod model;
+pub mod mqtt;
 pub mod scheduler;
+pub mod server;
+pub mod uplink;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "cluster-orchestrator";

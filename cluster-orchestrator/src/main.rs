@@ -1,17 +1,49 @@
 //! `cluster-orchestrator`: thin binary over the `cluster_orchestrator` library.
 
 use clap::Parser;
+use cluster_orchestrator::config::Config;
+use cluster_orchestrator::server::Server;
 use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(name = cluster_orchestrator::COMPONENT, version, about = "Cluster orchestrator: root link, MQTT broker and worker protocol, cluster scheduler, failure handling.")]
-struct Args {}
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster orchestrator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!(
-        "{} is not implemented yet (cluster orchestrator issue)",
-        cluster_orchestrator::COMPONENT
-    );
-    ExitCode::from(2)
+async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::open(&config).await?;
+    let api = tokio::net::TcpListener::bind(config.api_addr).await?;
+    tracing::info!(api = %api.local_addr()?, mqtt = %config.mqtt_addr, "cluster orchestrator ready");
+    server.serve(api, shutdown_signal()).await?;
+    tracing::info!("cluster orchestrator stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

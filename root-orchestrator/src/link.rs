@@ -18,11 +18,21 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct LinkService {
     root: Arc<Root>,
     join_token: String,
+    /// Changes (closes) when the server shuts down; open sessions end then.
+    stop: tokio::sync::watch::Receiver<()>,
 }
 
 impl LinkService {
-    pub fn new(root: Arc<Root>, join_token: String) -> ClusterLinkServer<LinkService> {
-        ClusterLinkServer::new(LinkService { root, join_token })
+    pub fn new(
+        root: Arc<Root>,
+        join_token: String,
+        stop: tokio::sync::watch::Receiver<()>,
+    ) -> ClusterLinkServer<LinkService> {
+        ClusterLinkServer::new(LinkService {
+            root,
+            join_token,
+            stop,
+        })
     }
 }
 
@@ -96,9 +106,11 @@ impl ClusterLink for LinkService {
             .await
             .map_err(|_| Status::cancelled("session closed"))?;
         let root = self.root.clone();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    _ = stop.changed() => break,
                     cmd = commands.recv() => {
                         let Some(Outbound::Command(c)) = cmd else { break };
                         let m = message(root_message::Body::Command(pb::Command::from(&c)));

@@ -122,6 +122,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        let link_stop = stop_rx.clone();
         let stopped = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -166,7 +167,11 @@ impl Server {
 
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(LinkService::new(self.root.clone(), self.cluster_token))
+            .add_service(LinkService::new(
+                self.root.clone(),
+                self.cluster_token,
+                link_stop,
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
                 stopped(),

@@ -79,8 +79,13 @@ impl TestRoot {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        if let Some(mut t) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(10), &mut t)
+                .await
+                .is_err()
+        {
+            t.abort();
+            panic!("the root did not stop within 10 s");
         }
     }
 

@@ -1,0 +1,105 @@
+//! The cluster's HTTP API on `--api-addr` (Oakestra's port 10100): node registration with the
+//! node join token, the cluster's status, health and `/metrics`.
+
+use crate::control::{self, Cluster};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use canopy_proto::worker::{NodeRegistration, RegistrationAnswer};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub cluster: Arc<Cluster>,
+    pub node_token: String,
+    pub name: String,
+    pub root_connected: Arc<AtomicBool>,
+    /// Broker host and port workers are told to use (empty host: the cluster's address).
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+}
+
+fn error(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Response {
+    let message = message.into();
+    let body = match field {
+        Some(f) => json!({"message": format!("{f}: {message}"), "field": f}),
+        None => json!({ "message": message }),
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let reg: NodeRegistration = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some(&field),
+                e.into_inner().to_string(),
+            );
+        }
+    };
+    if !canopy_store::secrets::constant_time_eq(&reg.token, &s.node_token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            Some("token"),
+            "wrong node join token",
+        );
+    }
+    match s.cluster.register_worker(&reg).await {
+        Ok((id, password)) => Json(RegistrationAnswer {
+            id: id.to_string(),
+            mqtt_broker_port: s.mqtt_port.to_string(),
+            mqtt_host: s.mqtt_host.clone(),
+            mqtt_username: id.to_string(),
+            mqtt_password: password,
+        })
+        .into_response(),
+        Err(control::Error::Invalid { field, message }) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, Some(&field), message)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "node registration failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string())
+        }
+    }
+}
+
+async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let id = s.cluster.cluster_id().await;
+    Json(json!({
+        "cluster_name": s.name,
+        "cluster_id": id.map(|i| i.to_string()),
+        "connected_to_root": s.root_connected.load(Ordering::Relaxed),
+    }))
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    s.cluster.refresh_metrics().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.cluster.metrics.render(),
+    )
+        .into_response()
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/node/register", post(register))
+        .route("/api/node/register/", post(register))
+        .route("/api/cluster/status", get(status))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, None, "no such endpoint") })
+        .with_state(state)
+}

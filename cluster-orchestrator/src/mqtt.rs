@@ -1,0 +1,132 @@
+//! The cluster's MQTT client: subscribes to what workers publish, hands each message to the
+//! control plane after checking it, and publishes the control plane's deploy/delete messages.
+//! A malformed payload is logged and dropped; it never stops the loop.
+
+use crate::broker::{DYNSEC_RESPONSE_TOPIC, DynsecWaiters, dynsec_response};
+use crate::control::{Cluster, Publish};
+use canopy_proto::worker::topics::{self, Incoming};
+use canopy_proto::worker::{JobStatus, NodeInformation, ResourcesReport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Where the cluster's own client connects.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+/// Builds the client (not yet connected: the event loop connects when run).
+pub fn client(endpoint: &Endpoint, client_id: &str) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+    opts.set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true)
+        .set_credentials(endpoint.username.clone(), endpoint.password.clone())
+        .set_max_packet_size(1 << 20, 1 << 20);
+    AsyncClient::new(opts, 1024)
+}
+
+/// Runs the event loop until `shutdown`: dispatches incoming messages, reconnects with back-off.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    client: AsyncClient,
+    mut events: EventLoop,
+    mut outgoing: mpsc::UnboundedReceiver<Publish>,
+    dynsec: Option<DynsecWaiters>,
+    subscribed: tokio::sync::watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let publisher = client.clone();
+    let publish_task = tokio::spawn(async move {
+        while let Some(p) = outgoing.recv().await {
+            if let Err(e) = publisher
+                .publish(p.topic, QoS::AtLeastOnce, false, p.payload)
+                .await
+            {
+                tracing::warn!(error = %e, "MQTT publish failed");
+            }
+        }
+    });
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    let mut pending_subacks = 0usize;
+    loop {
+        let event = tokio::select! {
+            _ = &mut shutdown => break,
+            e = events.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!("connected to the MQTT broker");
+                let mut filters: Vec<&str> = topics::CLUSTER_FILTERS.to_vec();
+                if dynsec.is_some() {
+                    filters.push(DYNSEC_RESPONSE_TOPIC);
+                }
+                pending_subacks = filters.len();
+                for f in filters {
+                    if let Err(e) = client.subscribe(f, QoS::AtLeastOnce).await {
+                        tracing::error!(filter = f, error = %e, "MQTT subscribe failed");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 {
+                    subscribed.send_replace(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == DYNSEC_RESPONSE_TOPIC {
+                    if let Some(w) = &dynsec {
+                        dynsec_response(w, &p.payload);
+                    }
+                    continue;
+                }
+                dispatch(&cluster, &p.topic, &p.payload).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                subscribed.send_replace(false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    publish_task.abort();
+    let _ = client.disconnect().await;
+}
+
+/// One message from a worker, checked and handed to the control plane.
+pub async fn dispatch(cluster: &Cluster, topic: &str, payload: &[u8]) {
+    let Some(kind) = topics::parse(topic) else {
+        tracing::debug!(topic, "message on an unknown topic dropped");
+        return;
+    };
+    match kind {
+        Incoming::Information(node) => match serde_json::from_slice::<NodeInformation>(payload) {
+            Ok(info) => match info.check() {
+                Ok(()) => cluster.on_information(&node, info).await,
+                Err(e) => tracing::warn!(%node, error = %e, "bad node information dropped"),
+            },
+            Err(e) => tracing::warn!(%node, error = %e, "bad node information dropped"),
+        },
+        Incoming::Job(node) => match serde_json::from_slice::<JobStatus>(payload) {
+            Ok(js) => cluster.on_job_status(&node, js).await,
+            Err(e) => tracing::warn!(%node, error = %e, "bad job status dropped"),
+        },
+        Incoming::Resources(node) => match serde_json::from_slice::<ResourcesReport>(payload) {
+            Ok(r) => cluster.on_resources(&node, r).await,
+            Err(e) => tracing::warn!(%node, error = %e, "bad resource report dropped"),
+        },
+        Incoming::Will(node) => cluster.on_will(&node).await,
+    }
+}
