@@ -38,6 +38,8 @@ pub struct Worker {
     pub virtualizations: Vec<Virtualization>,
     /// What the worker offered at registration.
     pub capacity: Resources,
+    #[serde(default)]
+    pub supported_addons: Vec<String>,
     /// Hex SHA-256 of the worker's MQTT password (its user name is its id).
     pub mqtt_password_sha256: String,
     pub registered_at: f64,
