@@ -33,18 +33,9 @@ fn error(status: StatusCode, field: Option<&str>, message: impl Into<String>) ->
 }
 
 async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let de = &mut serde_json::Deserializer::from_slice(&body);
-    let reg: NodeRegistration = match serde_path_to_error::deserialize(de) {
+    let reg: NodeRegistration = match canopy_daemon::json_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." { "body".to_owned() } else { path };
-            return error(
-                StatusCode::BAD_REQUEST,
-                Some(&field),
-                e.into_inner().to_string(),
-            );
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, Some(&e.field), e.message),
     };
     if !canopy_store::secrets::constant_time_eq(&reg.token, &s.node_token) {
         return error(
@@ -86,7 +77,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            canopy_daemon::metrics::CONTENT_TYPE,
         )],
         s.cluster.metrics.render(),
     )

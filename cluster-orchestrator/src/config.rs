@@ -69,15 +69,11 @@ pub struct Config {
 
 impl Config {
     pub fn store(&self) -> canopy_store::StoreConfig {
-        match &self.mongodb_uri {
-            Some(uri) => canopy_store::StoreConfig::Mongo {
-                uri: uri.clone(),
-                database: self.mongodb_database.clone(),
-            },
-            None => canopy_store::StoreConfig::Embedded {
-                data_dir: self.data_dir.clone(),
-            },
-        }
+        canopy_store::StoreConfig::choose(
+            self.mongodb_uri.as_deref(),
+            &self.mongodb_database,
+            &self.data_dir,
+        )
     }
 
     pub fn worker_timeout(&self) -> Duration {

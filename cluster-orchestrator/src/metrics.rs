@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-type Labels = Vec<(String, String)>;
+use canopy_daemon::metrics::{Labels, labels};
 
 pub struct Metrics {
     registry: Registry,
@@ -29,13 +29,6 @@ pub struct Metrics {
     decisions: Family<Labels, Counter>,
     reschedules: Counter,
     detection: Histogram,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 impl Default for Metrics {
@@ -116,10 +109,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        canopy_daemon::metrics::render(&self.registry)
     }
 }

@@ -145,17 +145,8 @@ impl Server {
         api: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
-        tokio::spawn(async move {
-            shutdown.await;
-            drop(stop_tx);
-        });
+        let stopper = canopy_daemon::Stopper::new(shutdown);
+        let stopped = || stopper.stopped();
         let connected = Arc::new(AtomicBool::new(false));
         let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
         let mqtt_task = tokio::spawn(mqtt::run(

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 
-type Labels = Vec<(String, String)>;
+use canopy_daemon::metrics::{Labels, labels};
 
 pub struct Metrics {
     registry: Registry,
@@ -56,13 +56,6 @@ impl Default for Metrics {
             instances,
         }
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 impl Metrics {
@@ -106,11 +99,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        canopy_daemon::metrics::render(&self.registry)
     }
 }
 

@@ -121,18 +121,8 @@ impl Server {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-        let link_stop = stop_rx.clone();
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
-        tokio::spawn(async move {
-            shutdown.await;
-            drop(stop_tx);
-        });
+        let stopper = canopy_daemon::Stopper::new(shutdown);
+        let stopped = || stopper.stopped();
 
         let ticker = tokio::spawn(self.root.clone().run_ticker(stopped()));
 
@@ -154,7 +144,7 @@ impl Server {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            canopy_daemon::metrics::CONTENT_TYPE,
                         )],
                         root.metrics.render(),
                     )
@@ -170,7 +160,7 @@ impl Server {
             .add_service(LinkService::new(
                 self.root.clone(),
                 self.cluster_token,
-                link_stop,
+                stopper.receiver(),
             ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),

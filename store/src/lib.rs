@@ -82,6 +82,19 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// MongoDB when a URI is given (`--mongodb-uri`), else the embedded store in `data_dir`.
+    pub fn choose(mongodb_uri: Option<&str>, database: &str, data_dir: &std::path::Path) -> Self {
+        match mongodb_uri {
+            Some(uri) => StoreConfig::Mongo {
+                uri: uri.to_owned(),
+                database: database.to_owned(),
+            },
+            None => StoreConfig::Embedded {
+                data_dir: data_dir.to_owned(),
+            },
+        }
+    }
+
     pub async fn open(&self) -> Result<SharedStore> {
         Ok(match self {
             StoreConfig::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir).await?),

@@ -120,18 +120,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 
 /// Decodes a JSON body, naming the field at fault.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        let inner = e.into_inner();
-        let message = if inner.is_syntax() || inner.is_eof() {
-            format!("not valid JSON: {inner}")
-        } else {
-            inner.to_string()
-        };
-        ApiError::field(StatusCode::BAD_REQUEST, field, message)
-    })
+    canopy_daemon::json_body(bytes)
+        .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, e.field, e.message))
 }
 
 fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
