@@ -114,11 +114,7 @@ struct Tx {
 
 impl Tx {
     fn put<T: Serialize>(&mut self, collection: &'static str, key: &str, value: &T) -> Result<()> {
-        let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode {
-            collection: collection.to_owned(),
-            key: key.to_owned(),
-            reason: format!("cannot encode: {e}"),
-        })?;
+        let doc = canopy_store::encode(collection, key, value)?;
         self.puts.push((collection, key.to_owned(), doc));
         Ok(())
     }
@@ -563,20 +559,7 @@ impl Cluster {
             && let Some(node) = &old_node
             && st.workers.get(node).is_some_and(|w| w.online)
         {
-            let job = st
-                .services
-                .get(&k.0)
-                .map(|s| s.spec.job_name.to_string())
-                .unwrap_or_default();
-            tx.publish(
-                topics::delete(node),
-                &DeleteMessage {
-                    id: k.0.to_string(),
-                    job_name: job,
-                    virtualization: String::new(),
-                    instance_number: k.1,
-                },
-            );
+            tell_delete(st, tx, node, k);
         }
         self.store_instance(st, tx, k)?;
         if changed {
@@ -844,20 +827,7 @@ impl Cluster {
             tx.deletes.push((col::REPORTS, report_key(seq)));
         }
         if let Some(node) = &i.node {
-            let job = st
-                .services
-                .get(&k.0)
-                .map(|s| s.spec.job_name.to_string())
-                .unwrap_or_default();
-            tx.publish(
-                topics::delete(node),
-                &DeleteMessage {
-                    id: k.0.to_string(),
-                    job_name: job,
-                    virtualization: String::new(),
-                    instance_number: k.1,
-                },
-            );
+            tell_delete(st, tx, node, k);
         }
     }
 
@@ -971,6 +941,24 @@ impl Aggregator {
         self.agg.memory_percent = (self.mem_sum / n).clamp(0.0, 100.0);
         self.agg
     }
+}
+
+/// Tells `node` to stop and remove instance `k`.
+fn tell_delete(st: &State, tx: &mut Tx, node: &NodeId, k: &Key) {
+    let job = st
+        .services
+        .get(&k.0)
+        .map(|s| s.spec.job_name.to_string())
+        .unwrap_or_default();
+    tx.publish(
+        topics::delete(node),
+        &DeleteMessage {
+            id: k.0.to_string(),
+            job_name: job,
+            virtualization: String::new(),
+            instance_number: k.1,
+        },
+    );
 }
 
 fn tail(s: &str, max: usize) -> String {

@@ -156,11 +156,7 @@ struct Tx {
 
 impl Tx {
     fn put<T: Serialize>(&mut self, collection: &'static str, key: &str, value: &T) -> Result<()> {
-        let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode {
-            collection: collection.to_owned(),
-            key: key.to_owned(),
-            reason: format!("cannot encode: {e}"),
-        })?;
+        let doc = canopy_store::encode(collection, key, value)?;
         self.puts.push((collection, key.to_owned(), doc));
         Ok(())
     }

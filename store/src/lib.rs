@@ -105,6 +105,16 @@ impl StoreConfig {
     }
 }
 
+/// Encodes a value as a stored document; a value serde cannot encode is a [`StoreError::Decode`]
+/// naming where it was going.
+pub fn encode<T: serde::Serialize>(collection: &str, key: &str, value: &T) -> Result<Document> {
+    serde_json::to_value(value).map_err(|e| StoreError::Decode {
+        collection: collection.to_owned(),
+        key: key.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })
+}
+
 pub(crate) fn check_collection(name: &str) -> Result<()> {
     let bad = |reason| {
         Err(StoreError::InvalidName {

@@ -32,11 +32,7 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
     }
 
     fn encode(&self, key: &str, value: &T) -> Result<serde_json::Value> {
-        serde_json::to_value(value).map_err(|e| StoreError::Decode {
-            collection: self.name.to_owned(),
-            key: key.to_owned(),
-            reason: format!("cannot encode: {e}"),
-        })
+        crate::encode(self.name, key, value)
     }
 
     fn decode(&self, key: &str, doc: serde_json::Value) -> Result<T> {
