@@ -722,12 +722,13 @@ impl Cluster {
             self.lose_worker(&mut st, &mut tx, &node, "it stopped reporting", since);
         }
         self.place_waiting(&mut st, &mut tx);
-        self.refresh_gauges(&st);
         drop(st);
         self.finish(tx).await;
     }
 
-    fn refresh_gauges(&self, st: &State) {
+    /// Sets the gauges from the current state (when metrics are scraped).
+    pub async fn refresh_metrics(&self) {
+        let st = self.state.lock().await;
         let active = st
             .workers
             .values()
@@ -740,12 +741,6 @@ impl Cluster {
         self.metrics
             .set_workers(active as i64, (st.workers.len() - active) as i64);
         self.metrics.set_instances(&by_status);
-    }
-
-    /// Sets the gauges from the current state.
-    pub async fn refresh_metrics(&self) {
-        let st = self.state.lock().await;
-        self.refresh_gauges(&st);
     }
 
     pub async fn run_ticker(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {

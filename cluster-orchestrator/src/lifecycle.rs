@@ -85,11 +85,8 @@ pub fn transition(current: InstanceStatus, event: &Event, restarts: u32) -> Opti
         Event::NotPlaced(_) => None,
         Event::WorkerLost if placed(current) => t(S::Failed, Next::PlaceNow, false),
         Event::WorkerLost => None,
-        Event::Reported(r) if !placed(current) && !current.needs_rescheduling() => {
-            // A worker reporting on an instance the cluster has not placed: stale.
-            let _ = r;
-            None
-        }
+        // A worker reporting on an instance the cluster has not placed: stale.
+        Event::Reported(_) if !placed(current) && !current.needs_rescheduling() => None,
         Event::Reported(r) => match r {
             S::Creating | S::Created | S::Running => {
                 if current.needs_rescheduling() {

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use canopy_daemon::metrics::{Labels, labels};
+use canopy_daemon::metrics::{Labels, labels, set_gauges};
 
 pub struct Metrics {
     registry: Registry,
@@ -93,19 +93,14 @@ impl Metrics {
     }
 
     pub fn set_workers(&self, active: i64, lost: i64) {
-        for (state, n) in [("active", active), ("lost", lost)] {
-            self.workers
-                .get_or_create(&labels(&[("state", state)]))
-                .set(n);
-        }
+        set_gauges(&self.workers, "state", [("active", active), ("lost", lost)]);
     }
 
     pub fn set_instances(&self, by_status: &BTreeMap<InstanceStatus, i64>) {
-        for s in InstanceStatus::ALL {
-            self.instances
-                .get_or_create(&labels(&[("status", s.as_str())]))
-                .set(by_status.get(s).copied().unwrap_or(0));
-        }
+        let counts = InstanceStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
+        set_gauges(&self.instances, "status", counts);
     }
 
     pub fn render(&self) -> String {

@@ -8,7 +8,7 @@ use crate::config::{BrokerUrl, Config};
 use crate::control::{self, Cluster, NodeAuth, Publish, Settings};
 use crate::mqtt::{self, Endpoint};
 use crate::uplink::Uplink;
-use canopy_store::secrets::{self, SecretSource};
+use canopy_store::secrets;
 use rumqttc::{AsyncClient, EventLoop};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,20 +53,12 @@ impl Server {
         })?;
         let store = config.store().open().await?;
         tracing::info!(backend = store.backend(), "store opened");
-        let (node_token, source) = secrets::file_secret(
-            config.node_token.as_deref(),
-            &config.data_dir.join("node-token"),
-        )
-        .map_err(|source| ServeError::Io {
-            what: "node-token",
-            source,
-        })?;
-        if source == SecretSource::Generated {
-            tracing::info!(
-                file = %config.data_dir.join("node-token").display(),
-                "generated the node join token"
-            );
-        }
+        let node_token =
+            canopy_daemon::join_token(config.node_token.as_deref(), &config.data_dir, "node-token")
+                .map_err(|source| ServeError::Io {
+                    what: "node-token",
+                    source,
+                })?;
         let settings = Settings {
             worker_timeout: config.worker_timeout(),
             ..Settings::default()

@@ -4,7 +4,8 @@
 //! - [`shutdown_signal`]: SIGINT or SIGTERM;
 //! - [`Stopper`]: one shutdown future fanned out to every task of a server;
 //! - [`metrics`]: label sets and the Prometheus text exposition;
-//! - [`json_body`]: JSON request bodies decoded with the path of the field at fault.
+//! - [`json_body`]: JSON request bodies decoded with the path of the field at fault;
+//! - [`join_token`]: a join token from configuration or its file under the data directory.
 
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -17,6 +18,22 @@ pub fn init_logging(filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A join token: `given` (flag or environment) if set, else `<data_dir>/<file>`, else a new one
+/// written to that file (and announced in the log once).
+pub fn join_token(
+    given: Option<&str>,
+    data_dir: &std::path::Path,
+    file: &str,
+) -> std::io::Result<String> {
+    use canopy_store::secrets::{SecretSource, file_secret};
+    let path = data_dir.join(file);
+    let (token, source) = file_secret(given, &path)?;
+    if source == SecretSource::Generated {
+        tracing::info!(file = %path.display(), "generated a join token");
+    }
+    Ok(token)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -68,6 +85,8 @@ impl Stopper {
 
 /// Prometheus helpers.
 pub mod metrics {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
 
     /// A label set as name/value pairs.
@@ -81,6 +100,17 @@ pub mod metrics {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// Sets one gauge per value of `label`.
+    pub fn set_gauges<'a>(
+        family: &Family<Labels, Gauge>,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, i64)>,
+    ) {
+        for (value, n) in values {
+            family.get_or_create(&labels(&[(label, value)])).set(n);
+        }
     }
 
     /// The text exposition of `registry`.

@@ -932,7 +932,8 @@ impl Root {
         s.next_instance = n + 1;
         s.instances.insert(n, Instance::new(InstanceNumber(n), ip));
         tx.put(col::SERVICES, id, &*s)?;
-        self.place(&mut st, &mut tx, id, n, &[]);
+        let candidates = self.candidates(&st);
+        self.place(&mut st, &mut tx, &candidates, id, n);
         put_instance(&mut tx, &st, id, n)?;
         self.commit(tx).await?;
         Ok(InstanceNumber(n))
@@ -954,11 +955,7 @@ impl Root {
         tx.delete(col::INSTANCES, &instance_key(id, n));
         st.pool.release(inst.ip);
         if let Some(c) = inst.cluster_id {
-            let action = CommandAction::Undeploy {
-                service_id: service_id(id),
-                instance: Some(inst.number),
-            };
-            st.queue(&mut tx, c, action)?;
+            st.undeploy(&mut tx, c, id, Some(inst.number))?;
         }
         self.commit(tx).await
     }
@@ -978,47 +975,48 @@ impl Root {
             .collect()
     }
 
-    /// Tries to place instance `n` of service `id` on a cluster not in `exclude`. Changes the
-    /// instance in memory and records the deploy command in `tx`; the caller stores the instance.
-    fn place(&self, st: &mut State, tx: &mut Tx, id: &str, n: u32, exclude: &[ClusterId]) {
-        let Some(s) = st.services.get(id) else { return };
-        let refused = s
-            .instances
-            .get(&n)
-            .map(|i| i.refused_by.as_slice())
-            .unwrap_or_default();
-        let mut candidates = self.candidates(st);
-        candidates.retain(|c| !exclude.contains(&c.id) && !refused.contains(&c.id));
-        let decision = scheduler::schedule(&s.spec, &candidates);
+    /// Runs the scheduler for instance `n` of service `id`, leaving out the clusters in
+    /// `exclude` and those that refused the instance before. `None` if there is no such instance.
+    fn decide(
+        &self,
+        st: &State,
+        candidates: &[ClusterCandidate],
+        id: &str,
+        n: u32,
+        exclude: &[ClusterId],
+    ) -> Option<Result<ClusterId, scheduler::Rejection>> {
+        let s = st.services.get(id)?;
+        let refused = &s.instances.get(&n)?.refused_by;
+        let allowed: Vec<ClusterCandidate> = candidates
+            .iter()
+            .filter(|c| !exclude.contains(&c.id) && !refused.contains(&c.id))
+            .cloned()
+            .collect();
+        let decision = scheduler::schedule(&s.spec, &allowed);
         self.metrics.schedule_decision(decision.is_ok());
-        let spec = s.spec.clone();
-        let Some(inst) = st
-            .services
-            .get_mut(id)
-            .and_then(|s| s.instances.get_mut(&n))
-        else {
-            return;
-        };
-        match decision {
-            Ok(cluster) => {
-                inst.cluster_id = Some(cluster.clone());
-                inst.node_id = None;
-                inst.set_status(InstanceStatus::ClusterScheduled, "");
-                let action = CommandAction::Deploy {
-                    service_id: service_id(id),
-                    instance: inst.number,
-                    spec: Box::new(spec),
-                    instance_ip: Some(inst.ip),
-                };
-                if let Err(e) = st.queue(tx, cluster, action) {
-                    tracing::error!(error = %e, "cannot encode a deploy command");
-                }
-            }
-            Err(rejection) => {
-                if inst.status != rejection.status || inst.detail != rejection.detail {
+        Some(decision)
+    }
+
+    /// Places instance `n` of service `id`: `CLUSTER_SCHEDULED` and a deploy command, or the
+    /// scheduler's negative status. The caller stores the instance.
+    fn place(
+        &self,
+        st: &mut State,
+        tx: &mut Tx,
+        candidates: &[ClusterCandidate],
+        id: &str,
+        n: u32,
+    ) {
+        match self.decide(st, candidates, id, n, &[]) {
+            Some(Ok(cluster)) => st.assign(tx, id, n, cluster),
+            Some(Err(rejection)) => {
+                if let Some(inst) = st.instance_mut(id, n)
+                    && (inst.status != rejection.status || inst.detail != rejection.detail)
+                {
                     inst.set_status(rejection.status, rejection.detail);
                 }
             }
+            None => {}
         }
     }
 
@@ -1043,6 +1041,7 @@ impl Root {
                 }
             }
         }
+        let candidates = self.candidates(&st);
         for (sid, n) in touched {
             let Some(inst) = st.services.get(&sid).and_then(|s| s.instances.get(&n)) else {
                 continue;
@@ -1051,19 +1050,8 @@ impl Root {
             if let Some(old) = before.cluster_id.clone() {
                 tracing::warn!(cluster = %old, service = %sid, instance = n,
                     "cluster stopped reporting; moving the instance");
-                st.queue(
-                    &mut tx,
-                    old.clone(),
-                    CommandAction::Undeploy {
-                        service_id: service_id(&sid),
-                        instance: Some(InstanceNumber(n)),
-                    },
-                )?;
-                if let Some(i) = st
-                    .services
-                    .get_mut(&sid)
-                    .and_then(|s| s.instances.get_mut(&n))
-                {
+                st.undeploy(&mut tx, old.clone(), &sid, Some(InstanceNumber(n)))?;
+                if let Some(i) = st.instance_mut(&sid, n) {
                     i.cluster_id = None;
                     i.node_id = None;
                     i.set_status(
@@ -1073,17 +1061,14 @@ impl Root {
                 }
                 self.metrics.reschedule();
             }
-            self.place(&mut st, &mut tx, &sid, n, &[]);
+            self.place(&mut st, &mut tx, &candidates, &sid, n);
             let after = st.services.get(&sid).and_then(|s| s.instances.get(&n));
             if after.is_some_and(|a| a.status != before.status || a.cluster_id != before.cluster_id)
             {
                 put_instance(&mut tx, &st, &sid, n)?;
             }
         }
-        let result = self.commit(tx).await;
-        drop(st);
-        self.refresh_gauges().await;
-        result
+        self.commit(tx).await
     }
 
     /// Sets the cluster and instance gauges from the current state.
@@ -1255,14 +1240,7 @@ impl Root {
         if !ours {
             // Unknown here, or placed elsewhere since (failover): the cluster must drop it.
             if r.status != InstanceStatus::Undeployed {
-                st.queue(
-                    &mut tx,
-                    cluster.clone(),
-                    CommandAction::Undeploy {
-                        service_id: r.service_id.clone(),
-                        instance: Some(r.instance),
-                    },
-                )?;
+                st.undeploy(&mut tx, cluster.clone(), &sid, Some(r.instance))?;
             }
         } else {
             if let Some(i) = st
@@ -1283,31 +1261,14 @@ impl Root {
                 i.memory_mb = r.memory_mb;
             }
             if r.status.class() == StatusClass::NegativeScheduling {
-                // The cluster has no worker for it: try a cluster that has not refused it yet.
-                let exclude = [cluster.clone()];
-                let saved = st
-                    .services
-                    .get(&sid)
-                    .and_then(|s| s.instances.get(&n))
-                    .cloned();
-                self.place(&mut st, &mut tx, &sid, n, &exclude);
-                let moved = st
-                    .services
-                    .get(&sid)
-                    .and_then(|s| s.instances.get(&n))
-                    .is_some_and(|i| i.cluster_id.as_ref() != Some(cluster));
-                if moved {
-                    st.queue(
-                        &mut tx,
-                        cluster.clone(),
-                        CommandAction::Undeploy {
-                            service_id: r.service_id.clone(),
-                            instance: Some(r.instance),
-                        },
-                    )?;
+                // The cluster has no worker for it: move it to a cluster that has not refused
+                // it yet, if one fits; otherwise the cluster's answer stands.
+                let candidates = self.candidates(&st);
+                let others = [cluster.clone()];
+                if let Some(Ok(to)) = self.decide(&st, &candidates, &sid, n, &others) {
+                    st.undeploy(&mut tx, cluster.clone(), &sid, Some(r.instance))?;
+                    st.assign(&mut tx, &sid, n, to);
                     self.metrics.reschedule();
-                } else if let (Some(saved), Some(s)) = (saved, st.services.get_mut(&sid)) {
-                    s.instances.insert(n, saved);
                 }
             }
             put_instance(&mut tx, &st, &sid, n)?;
@@ -1398,6 +1359,47 @@ impl State {
         self.apps = work.apps;
         self.services.extend(work.services);
         self.pool = work.pool;
+    }
+
+    fn instance_mut(&mut self, id: &str, n: u32) -> Option<&mut Instance> {
+        self.services.get_mut(id)?.instances.get_mut(&n)
+    }
+
+    /// Puts instance `n` of service `id` on `cluster` and queues its deploy.
+    fn assign(&mut self, tx: &mut Tx, id: &str, n: u32, cluster: ClusterId) {
+        let Some(spec) = self.services.get(id).map(|s| s.spec.clone()) else {
+            return;
+        };
+        let Some(inst) = self.instance_mut(id, n) else {
+            return;
+        };
+        inst.cluster_id = Some(cluster.clone());
+        inst.node_id = None;
+        inst.set_status(InstanceStatus::ClusterScheduled, "");
+        let action = CommandAction::Deploy {
+            service_id: service_id(id),
+            instance: inst.number,
+            spec: Box::new(spec),
+            instance_ip: Some(inst.ip),
+        };
+        if let Err(e) = self.queue(tx, cluster, action) {
+            tracing::error!(error = %e, "cannot encode a deploy command");
+        }
+    }
+
+    /// Queues an undeploy of one instance (or, with `None`, every instance) of service `id`.
+    fn undeploy(
+        &mut self,
+        tx: &mut Tx,
+        cluster: ClusterId,
+        id: &str,
+        instance: Option<InstanceNumber>,
+    ) -> Result<()> {
+        let action = CommandAction::Undeploy {
+            service_id: service_id(id),
+            instance,
+        };
+        self.queue(tx, cluster, action)
     }
 
     /// Queues a command for a cluster: stored in the outbox, sent after the commit.
@@ -1507,14 +1509,7 @@ fn remove_service(st: &mut State, tx: &mut Tx, id: &str) -> Result<()> {
         }
     }
     for c in clusters {
-        st.queue(
-            tx,
-            c,
-            CommandAction::Undeploy {
-                service_id: service_id(id),
-                instance: None,
-            },
-        )?;
+        st.undeploy(tx, c, id, None)?;
     }
     Ok(())
 }

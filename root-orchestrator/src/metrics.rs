@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 
-use canopy_daemon::metrics::{Labels, labels};
+use canopy_daemon::metrics::{Labels, labels, set_gauges};
 
 pub struct Metrics {
     registry: Registry,
@@ -81,20 +81,19 @@ impl Metrics {
     }
 
     pub fn set_clusters(&self, active: i64, inactive: i64) {
-        for (state, n) in [("active", active), ("inactive", inactive)] {
-            self.clusters
-                .get_or_create(&labels(&[("state", state)]))
-                .set(n);
-        }
+        set_gauges(
+            &self.clusters,
+            "state",
+            [("active", active), ("inactive", inactive)],
+        );
     }
 
     /// Sets the instance gauge of every status (zero for the absent ones).
     pub fn set_instances(&self, by_status: &BTreeMap<InstanceStatus, i64>) {
-        for s in InstanceStatus::ALL {
-            self.instances
-                .get_or_create(&labels(&[("status", s.as_str())]))
-                .set(by_status.get(s).copied().unwrap_or(0));
-        }
+        let counts = InstanceStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
+        set_gauges(&self.instances, "status", counts);
     }
 
     /// The text exposition.

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::control::{self, Root, Settings};
 use crate::link::LinkService;
 use crate::model::collections;
-use canopy_store::secrets::{self, SecretSource};
+use canopy_store::secrets;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,20 +94,15 @@ impl Server {
                 "created user Admin with a generated password (shown this once; also in the file)"
             );
         }
-        let (cluster_token, source) = secrets::file_secret(
+        let cluster_token = canopy_daemon::join_token(
             config.cluster_token.as_deref(),
-            &config.data_dir.join("cluster-token"),
+            &config.data_dir,
+            "cluster-token",
         )
         .map_err(|source| ServeError::Io {
             what: "cluster-token",
             source,
         })?;
-        if source == SecretSource::Generated {
-            tracing::info!(
-                file = %config.data_dir.join("cluster-token").display(),
-                "generated the cluster join token"
-            );
-        }
         Ok(Server {
             root,
             keys,
