@@ -1,7 +1,14 @@
-//! Node engine: registration, MQTT, container and wasm runtimes, reports, logs, recovery.
-//!
-//! Not implemented yet: this crate is a placeholder until its issue (node engine issue). The layout is fixed
-//! now so that every change has an obvious home (see `ARCHITECTURE.md`).
+//! Node engine: registration with a cluster, the MQTT worker protocol, containerd and wasmtime
+//! runtimes behind one trait, reports, logs, and recovery after a restart or an offline boot.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod uplink;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "node-engine";

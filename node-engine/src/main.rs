@@ -1,17 +1,29 @@
 //! `node-engine`: thin binary over the `node_engine` library.
 
 use clap::Parser;
+use node_engine::config::Config;
+use node_engine::server::Node;
 use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(name = node_engine::COMPONENT, version, about = "Node engine: registration, MQTT, container and wasm runtimes, reports, logs, recovery.")]
-struct Args {}
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    canopy_daemon::init_logging(&config.log);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node engine stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!(
-        "{} is not implemented yet (node engine issue)",
-        node_engine::COMPONENT
-    );
-    ExitCode::from(2)
+async fn run(config: Config) -> anyhow::Result<()> {
+    let node = Node::start(&config).await?;
+    let api = tokio::net::TcpListener::bind(config.api_addr).await?;
+    tracing::info!(api = %api.local_addr()?, cluster = %config.cluster_addr, "node engine ready");
+    node.serve(api, None, canopy_daemon::shutdown_signal())
+        .await?;
+    tracing::info!("node engine stopped cleanly");
+    Ok(())
 }

@@ -1,0 +1,105 @@
+//! Command line and environment of the node engine.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = crate::COMPONENT,
+    version,
+    about = "Canopy node engine: joins a cluster, runs containers (containerd) and wasm modules (wasmtime), reports, recovers."
+)]
+pub struct Config {
+    /// The cluster's node registration address, HOST:PORT (its --api-addr, port 10100).
+    #[arg(long, env = "CANOPY_CLUSTER_ADDR")]
+    pub cluster_addr: String,
+    /// The cluster's node join token.
+    #[arg(long, env = "CANOPY_NODE_TOKEN", hide_env_values = true)]
+    pub join_token: String,
+    /// This worker's name at the cluster (default: the host name); the same name keeps the
+    /// same node id.
+    #[arg(long, env = "CANOPY_NODE_NAME")]
+    pub name: Option<String>,
+    /// State directory: the instances this worker runs, their logs, scratch space.
+    #[arg(long, env = "CANOPY_DATA_DIR", default_value = "/var/lib/canopy/node")]
+    pub data_dir: PathBuf,
+    /// Local HTTP: /metrics, /health, /instances and instance logs.
+    #[arg(long, env = "CANOPY_API_ADDR", default_value = "127.0.0.1:10110")]
+    pub api_addr: SocketAddr,
+    /// Runtimes to offer: container, wasm (comma-separated).
+    #[arg(
+        long,
+        env = "CANOPY_RUNTIMES",
+        value_delimiter = ',',
+        default_value = "container,wasm"
+    )]
+    pub runtimes: Vec<String>,
+    #[arg(
+        long,
+        env = "CANOPY_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace this engine owns (everything else in it is removed at start).
+    #[arg(long, env = "CANOPY_CONTAINERD_NAMESPACE", default_value = "canopy")]
+    pub containerd_namespace: String,
+    /// A registry reached over plain HTTP, HOST:PORT (repeatable; loopback always is).
+    #[arg(
+        long = "insecure-registry",
+        env = "CANOPY_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// How often node information and instance resources are reported.
+    #[arg(long, env = "CANOPY_REPORT_INTERVAL_SECS", default_value_t = 2.0)]
+    pub report_interval_secs: f64,
+    /// Grace between SIGTERM and SIGKILL when an instance is stopped.
+    #[arg(long, env = "CANOPY_STOP_GRACE_SECS", default_value_t = 10.0)]
+    pub stop_grace_secs: f64,
+    /// Remove every instance when the engine stops (for all-in-one set-ups such as
+    /// `canopy up`); by default instances keep running across an engine restart.
+    #[arg(long, env = "CANOPY_REMOVE_ON_EXIT")]
+    pub remove_on_exit: bool,
+    #[arg(long, env = "CANOPY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.report_interval_secs.clamp(0.1, 3600.0))
+    }
+
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.stop_grace_secs.clamp(0.0, 3600.0))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// A configuration for tests: everything local, short intervals.
+    pub fn for_test(
+        cluster_addr: &str,
+        join_token: &str,
+        data_dir: PathBuf,
+        namespace: &str,
+    ) -> Config {
+        Config {
+            cluster_addr: cluster_addr.to_owned(),
+            join_token: join_token.to_owned(),
+            name: Some("test-worker".into()),
+            data_dir,
+            api_addr: "127.0.0.1:0".parse().expect("a socket address"),
+            runtimes: vec!["container".into(), "wasm".into()],
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            containerd_namespace: namespace.to_owned(),
+            insecure_registries: Vec::new(),
+            report_interval_secs: 0.5,
+            stop_grace_secs: 2.0,
+            remove_on_exit: false,
+            log: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Start-up: open the local state, connect the runtimes, recover the instances, then serve the
+//! local API and hold the cluster link until shutdown.
+
+use crate::api;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::runtime::Runtime;
+use crate::runtime::containerd::ContainerdRuntime;
+use crate::runtime::wasm::WasmRuntime;
+use crate::uplink::{LinkState, Uplink, UplinkConfig};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("local state: {0}")]
+    Store(#[from] canopy_store::StoreError),
+    #[error("runtime {name}: {error}")]
+    Runtime {
+        name: String,
+        error: crate::runtime::RuntimeError,
+    },
+    #[error("--runtimes: {0:?} is not a runtime (container, wasm)")]
+    UnknownRuntime(String),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A started engine: instances recovered, not yet linked to a cluster.
+pub struct Node {
+    pub engine: Arc<Engine>,
+    config: Config,
+    updates: tokio::sync::mpsc::UnboundedReceiver<canopy_proto::worker::JobStatus>,
+}
+
+impl Node {
+    /// Opens the state, connects the runtimes and recovers persisted instances (no cluster
+    /// needed).
+    pub async fn start(config: &Config) -> Result<Node, StartError> {
+        let dir = |e| StartError::DataDir(config.data_dir.display().to_string(), e);
+        std::fs::create_dir_all(&config.data_dir).map_err(dir)?;
+        std::fs::create_dir_all(config.log_dir()).map_err(dir)?;
+        let scratch = config.data_dir.join("scratch");
+        std::fs::create_dir_all(&scratch).map_err(dir)?;
+        let store = canopy_store::StoreConfig::choose(None, "", &config.data_dir)
+            .open()
+            .await?;
+        let mut runtimes: Vec<Arc<dyn Runtime>> = Vec::new();
+        for name in &config.runtimes {
+            let rt_err = |error| StartError::Runtime {
+                name: name.clone(),
+                error,
+            };
+            match name.trim() {
+                "container" | "docker" => runtimes.push(Arc::new(
+                    ContainerdRuntime::connect(
+                        &config.containerd_socket,
+                        &config.containerd_namespace,
+                        config.insecure_registries.clone(),
+                        scratch.clone(),
+                    )
+                    .await
+                    .map_err(rt_err)?,
+                )),
+                "wasm" => runtimes.push(Arc::new(WasmRuntime::new().map_err(rt_err)?)),
+                "" => {}
+                other => return Err(StartError::UnknownRuntime(other.to_owned())),
+            }
+        }
+        let (engine, updates) = Engine::new(
+            runtimes,
+            store,
+            EngineConfig {
+                log_dir: config.log_dir(),
+                stop_grace: config.stop_grace(),
+                public_ip: crate::host::primary_ipv4(),
+            },
+        );
+        engine.recover().await?;
+        Ok(Node {
+            engine,
+            config: config.clone(),
+            updates,
+        })
+    }
+
+    /// Serves the local API on `api` and holds the cluster link until `shutdown`. The returned
+    /// receiver (through `link`) tells the link's state.
+    pub async fn serve(
+        self,
+        api: tokio::net::TcpListener,
+        link: Option<watch::Sender<LinkState>>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let stopper = canopy_daemon::Stopper::new(shutdown);
+        let (uplink, mut state) = Uplink::new(
+            self.engine.clone(),
+            UplinkConfig {
+                cluster_addr: self.config.cluster_addr.clone(),
+                join_token: self.config.join_token.clone(),
+                name: crate::host::node_name(self.config.name.as_deref()),
+                report_interval: self.config.report_interval(),
+                data_dir: self.config.data_dir.clone(),
+            },
+        );
+        if let Some(out) = link {
+            tokio::spawn(async move {
+                loop {
+                    out.send_replace(state.borrow_and_update().clone());
+                    if state.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let uplink_task = tokio::spawn(uplink.run(self.updates, stopper.stopped()));
+        let http = axum::serve(api, api::router(self.engine.clone()))
+            .with_graceful_shutdown(stopper.stopped());
+        http.await.map_err(StartError::Serve)?;
+        let _ = uplink_task.await;
+        if self.config.remove_on_exit {
+            tracing::info!("removing every instance before exit");
+            self.engine.remove_all().await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! The worker's side of the cluster protocol (spec §5): HTTP registration on the cluster's
+//! port 10100, then one MQTT session with the credentials it answered, a last will, and:
+//! `control/deploy` and `control/delete` in; `information` and `jobs/resources` every report
+//! interval and `job` on every status change out. On every (re)connect the status of every
+//! instance is sent again, so the cluster reconciles after an outage.
+//!
+//! Nothing here is needed for instances to run: the engine recovers and runs its instances
+//! whether or not a cluster answers. Registration and the broker are retried with back-off;
+//! refused credentials lead to a new registration.
+
+use crate::engine::Engine;
+use crate::host::{self, CpuMeter};
+use canopy_core::NodeId;
+use canopy_proto::worker::{
+    JobStatus, NodeInformation, NodeRegistration, RegistrationAnswer, WillMessage, topics,
+};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Broker failures in a row after which the engine registers again (the cluster may have
+/// been reinstalled, or its broker may have lost the credentials).
+const REREGISTER_AFTER_FAILURES: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// `HOST:PORT` of the cluster's registration API.
+    pub cluster_addr: String,
+    pub join_token: String,
+    pub name: String,
+    pub report_interval: Duration,
+    /// The filesystem whose use is reported as disk use.
+    pub data_dir: PathBuf,
+}
+
+/// What the uplink tells the rest of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Offline,
+    Registered(NodeId),
+    Connected(NodeId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("cluster unreachable: {0}")]
+    Unreachable(String),
+    #[error("cluster refused the registration ({status}): {body}")]
+    Refused { status: u16, body: String },
+    #[error("cluster answered nonsense: {0}")]
+    BadAnswer(String),
+}
+
+enum SessionEnd {
+    Shutdown,
+    Reregister,
+}
+
+pub struct Uplink {
+    engine: Arc<Engine>,
+    config: UplinkConfig,
+    http: reqwest::Client,
+    state: watch::Sender<LinkState>,
+}
+
+impl Uplink {
+    pub fn new(engine: Arc<Engine>, config: UplinkConfig) -> (Uplink, watch::Receiver<LinkState>) {
+        let (state, rx) = watch::channel(LinkState::Offline);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap_or_default();
+        (
+            Uplink {
+                engine,
+                config,
+                http,
+                state,
+            },
+            rx,
+        )
+    }
+
+    fn registration(&self) -> NodeRegistration {
+        let (total, available) = host::memory();
+        NodeRegistration {
+            host: self.config.name.clone(),
+            ip: host::primary_ipv4(),
+            port: String::new(),
+            architecture: crate::runtime::containerd::oci::host_arch().to_owned(),
+            vcpus: host::vcpus(),
+            memory: available >> 20,
+            cpu_percent: 0.0,
+            memory_percent: used_percent(total, available),
+            vgpus: 0,
+            virtualization: self.engine.virtualizations(),
+            supported_addons: Vec::new(),
+            token: self.config.join_token.clone(),
+        }
+    }
+
+    /// One registration attempt.
+    pub async fn register(&self) -> Result<RegistrationAnswer, RegisterError> {
+        let mut body = self.registration();
+        body.vgpus = host::gpus().await.0;
+        let url = format!("http://{}/api/node/register", self.config.cluster_addr);
+        let resp = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| RegisterError::Unreachable(format!("{url}: {e}")))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(RegisterError::Refused {
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| RegisterError::BadAnswer(e.to_string()))
+    }
+
+    /// Runs until `shutdown`: register, hold the session, start again when it ends.
+    pub async fn run(
+        self,
+        mut updates: mpsc::UnboundedReceiver<JobStatus>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let answer = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.register() => r,
+            };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "registration failed");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            let Ok(id) = NodeId::parse(answer.id.clone()) else {
+                tracing::error!(id = %answer.id, "cluster gave a malformed node id");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            };
+            backoff = Duration::from_millis(250);
+            tracing::info!(node = %id, "registered with the cluster");
+            self.state.send_replace(LinkState::Registered(id.clone()));
+            match self
+                .session(&id, &answer, &mut updates, &mut shutdown)
+                .await
+            {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Reregister => {
+                    self.state.send_replace(LinkState::Offline);
+                }
+            }
+        }
+    }
+
+    fn mqtt_options(&self, id: &NodeId, answer: &RegistrationAnswer) -> Option<MqttOptions> {
+        let host = if answer.mqtt_host.is_empty() {
+            self.config
+                .cluster_addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                .unwrap_or_else(|| self.config.cluster_addr.clone())
+        } else {
+            answer.mqtt_host.clone()
+        };
+        let port: u16 = answer.mqtt_broker_port.parse().ok()?;
+        let will = WillMessage {
+            node_id: id.to_string(),
+            connected: false,
+        };
+        let mut opts = MqttOptions::new(format!("{id}-ne"), host, port);
+        opts.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(true)
+            .set_credentials(answer.mqtt_username.clone(), answer.mqtt_password.clone())
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_last_will(LastWill::new(
+                topics::will(id),
+                serde_json::to_vec(&will).unwrap_or_default(),
+                QoS::AtLeastOnce,
+                false,
+            ));
+        Some(opts)
+    }
+
+    async fn session(
+        &self,
+        id: &NodeId,
+        answer: &RegistrationAnswer,
+        updates: &mut mpsc::UnboundedReceiver<JobStatus>,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> SessionEnd {
+        let Some(opts) = self.mqtt_options(id, answer) else {
+            tracing::error!(port = %answer.mqtt_broker_port, "cluster gave a malformed broker port");
+            return SessionEnd::Reregister;
+        };
+        let (client, mut events) = AsyncClient::new(opts, 1000);
+        let mut ticker = tokio::time::interval(self.config.report_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cpu = CpuMeter::default();
+        cpu.sample();
+        let mut connected = false;
+        let mut failures = 0u32;
+        let mut backoff = Duration::from_millis(100);
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => break SessionEnd::Shutdown,
+                u = updates.recv() => {
+                    match u {
+                        Some(status) if connected => self.publish(&client, topics::job(id), &status, "job"),
+                        Some(_) => {} // sent with the full status list on reconnect
+                        None => break SessionEnd::Shutdown,
+                    }
+                }
+                _ = ticker.tick(), if connected => {
+                    let info = self.information(&mut cpu).await;
+                    self.publish(&client, topics::information(id), &info, "information");
+                    let resources = self.engine.resources().await;
+                    if !resources.services.is_empty() {
+                        self.publish(&client, topics::resources(id), &resources, "resources");
+                    }
+                }
+                e = events.poll() => match e {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        failures = 0;
+                        backoff = Duration::from_millis(100);
+                        tracing::info!(node = %id, "connected to the cluster's broker");
+                        for t in [topics::deploy(id), topics::delete(id)] {
+                            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "MQTT subscribe failed");
+                            }
+                        }
+                        // Reconcile: the cluster learns the state of everything held here.
+                        for s in self.engine.statuses().await {
+                            self.publish(&client, topics::job(id), &s, "job");
+                        }
+                        let info = self.information(&mut cpu).await;
+                        self.publish(&client, topics::information(id), &info, "information");
+                        self.state.send_replace(LinkState::Connected(id.clone()));
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let engine = self.engine.clone();
+                        if p.topic == topics::deploy(id) {
+                            tokio::spawn(async move { engine.deploy_payload(&p.payload).await });
+                        } else if p.topic == topics::delete(id) {
+                            tokio::spawn(async move { engine.delete_payload(&p.payload).await });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if connected {
+                            self.state.send_replace(LinkState::Registered(id.clone()));
+                        }
+                        connected = false;
+                        failures += 1;
+                        let refused = matches!(
+                            e,
+                            ConnectionError::ConnectionRefused(
+                                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
+                            )
+                        );
+                        tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection failed");
+                        if refused || failures >= REREGISTER_AFTER_FAILURES {
+                            break SessionEnd::Reregister;
+                        }
+                        tokio::select! {
+                            _ = shutdown.as_mut() => break SessionEnd::Shutdown,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        };
+        if connected {
+            let _ = client.try_disconnect();
+            // Let the DISCONNECT go out (a clean disconnect does not fire the last will).
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while events.poll().await.is_ok() {}
+            })
+            .await;
+        }
+        end
+    }
+
+    fn publish<T: serde::Serialize>(
+        &self,
+        client: &AsyncClient,
+        topic: String,
+        body: &T,
+        kind: &str,
+    ) {
+        let Ok(payload) = serde_json::to_vec(body) else {
+            return;
+        };
+        match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+            Ok(()) => self.engine.metrics.mqtt_message("out", kind),
+            Err(e) => tracing::warn!(kind, error = %e, "MQTT publish dropped"),
+        }
+    }
+
+    /// The `information` report: Oakestra's dynamic fields plus disk use, architecture and
+    /// runtimes (extra keys are ignored by clusters that do not read them).
+    async fn information(&self, cpu: &mut CpuMeter) -> serde_json::Value {
+        let (total, available) = host::memory();
+        let (vgpus, gpu_usage) = host::gpus().await;
+        let info = NodeInformation {
+            ip: host::primary_ipv4(),
+            cpu_percent: cpu.sample(),
+            vcpus: host::vcpus(),
+            memory_percent: used_percent(total, available),
+            memory: available >> 20,
+            vgpus,
+            gpu_usage,
+        };
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        v["disk_info"] = serde_json::json!({ "/": host::disk_used_percent(&self.config.data_dir) });
+        v["architecture"] = crate::runtime::containerd::oci::host_arch().into();
+        v["virtualization"] = self.engine.virtualizations().into();
+        v
+    }
+}
+
+fn used_percent(total: u64, available: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        (total.saturating_sub(available)) as f64 / total as f64 * 100.0
+    }
+}
