@@ -91,12 +91,15 @@ impl Containerd {
     /// first error message about the socket, not about a resource).
     pub async fn ensure_namespace(&self) -> Result<()> {
         let r = NamespacesClient::new(self.channel.clone())
-            .create(Request::new(CreateNamespaceRequest {
-                namespace: Some(Namespace {
-                    name: self.namespace.clone(),
-                    labels: HashMap::new(),
-                }),
-            }))
+            .create(self.req(
+                CreateNamespaceRequest {
+                    namespace: Some(Namespace {
+                        name: self.namespace.clone(),
+                        labels: HashMap::new(),
+                    }),
+                },
+                None,
+            ))
             .await;
         match r {
             Ok(_) => Ok(()),

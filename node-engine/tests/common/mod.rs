@@ -1,0 +1,548 @@
+//! Test harness for the node engine, against real components: containerd (the machine's,
+//! in a containerd namespace of the test's own), Debian's `docker-registry` and Mosquitto on
+//! loopback ports, and test images built by `scripts/busybox-image.sh`.
+//!
+//! The cluster side is a stand-in that speaks the real worker protocol: an HTTP
+//! `/api/node/register` answering with the broker's address, and an MQTT client on that
+//! broker that publishes deploy/delete messages and collects what the worker reports. (The
+//! real cluster with a real engine is exercised by the end-to-end suite.)
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use canopy_proto::worker::{DeleteMessage, DeployMessage, JobStatus, ResourcesReport, topics};
+use node_engine::config::Config;
+use node_engine::server::Node;
+use node_engine::uplink::LinkState;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+pub const NODE_TOKEN: &str = "node-token-for-tests";
+pub const NODE_ID: &str = "testnode01";
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(port: u16, what: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not listen on {port}");
+}
+
+/// Fails clearly when containerd is not there (scripts/test.sh starts it).
+pub fn require_containerd() {
+    assert!(
+        Path::new(SOCKET).exists(),
+        "containerd is not running at {SOCKET}: run the tests through scripts/test.sh, which starts it"
+    );
+}
+
+/// The test images, built once per test binary: `(dir with oci.tar, docker.tar, layout/)`.
+pub fn images() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("canopy-ne-images-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/busybox-image.sh"))
+            .arg("build")
+            .arg(&dir)
+            .arg("canopy.test/busybox:1")
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "building the test image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn oci_archive() -> String {
+    format!("oci-archive:{}", images().join("oci.tar").display())
+}
+
+pub fn docker_archive() -> String {
+    format!("docker-archive:{}", images().join("docker.tar").display())
+}
+
+/// A child process stopped (SIGKILL) on drop, by its PID.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's `docker-registry` on a loopback port.
+pub struct Registry {
+    pub addr: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub async fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("config.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry) is installed");
+        let proc = Proc(child);
+        wait_listening(port, "docker-registry").await;
+        Registry {
+            addr: format!("127.0.0.1:{port}"),
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes the test image as `repo:tag` with the script.
+    pub fn push(&self, reference: &str) {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/busybox-image.sh"))
+            .arg("push")
+            .arg(images())
+            .arg(&self.addr)
+            .arg(reference)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Mosquitto on a loopback port, accepting any client (the stand-in does not check
+/// credentials; the real cluster's broker does, see the cluster's tests).
+pub struct Broker {
+    pub port: u16,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nlog_dest none\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed");
+        let proc = Proc(child);
+        wait_listening(port, "mosquitto").await;
+        Broker {
+            port,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// What the cluster stand-in received from the worker.
+#[derive(Debug, Clone)]
+pub enum Heard {
+    Job(JobStatus),
+    Resources(ResourcesReport),
+    Information(serde_json::Value),
+}
+
+/// The cluster stand-in: registration endpoint + an MQTT client on the broker.
+pub struct Cluster {
+    pub addr: String,
+    pub registrations: watch::Receiver<u32>,
+    client: AsyncClient,
+    heard: mpsc::UnboundedReceiver<Heard>,
+    /// Every job status so far, in order.
+    pub jobs: Vec<JobStatus>,
+    pub last_resources: Option<ResourcesReport>,
+    http: tokio::task::JoinHandle<()>,
+    mqtt: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    pub async fn start(broker: &Broker) -> Cluster {
+        Self::start_on(broker, free_port()).await
+    }
+
+    /// Serves registration on `port` (a test can pick the port before the cluster exists).
+    pub async fn start_on(broker: &Broker, port: u16) -> Cluster {
+        let (reg_tx, registrations) = watch::channel(0u32);
+        let mqtt_port = broker.port;
+        let app = axum::Router::new().route(
+            "/api/node/register",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                let reg_tx = reg_tx.clone();
+                async move {
+                    if body.get("token").and_then(|t| t.as_str()) != Some(NODE_TOKEN) {
+                        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "token"})));
+                    }
+                    reg_tx.send_modify(|n| *n += 1);
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"id": NODE_ID, "MQTT_BROKER_PORT": mqtt_port.to_string(),
+                            "mqtt_host": "127.0.0.1", "mqtt_username": NODE_ID, "mqtt_password": "pw"})),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let http = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let mut opts =
+            MqttOptions::new(format!("cluster-standin-{port}"), "127.0.0.1", broker.port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(opts, 100);
+        let (tx, heard) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let sub = client.clone();
+        let mqtt = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        sub.subscribe("nodes/+/#", QoS::AtLeastOnce).await.unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(t) = ready_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let h = if p.topic.ends_with("/job") {
+                            serde_json::from_slice(&p.payload).ok().map(Heard::Job)
+                        } else if p.topic.ends_with("/jobs/resources") {
+                            serde_json::from_slice(&p.payload)
+                                .ok()
+                                .map(Heard::Resources)
+                        } else if p.topic.ends_with("/information") {
+                            serde_json::from_slice(&p.payload)
+                                .ok()
+                                .map(Heard::Information)
+                        } else {
+                            None
+                        };
+                        if let Some(h) = h {
+                            let _ = tx.send(h);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .expect("stand-in subscribes")
+            .unwrap();
+        Cluster {
+            addr: format!("127.0.0.1:{port}"),
+            registrations,
+            client,
+            heard,
+            jobs: Vec::new(),
+            last_resources: None,
+            http,
+            mqtt,
+        }
+    }
+
+    pub async fn deploy(&self, msg: &DeployMessage) {
+        self.publish_raw(topics::deploy(&node_id()), serde_json::to_vec(msg).unwrap())
+            .await;
+    }
+
+    pub async fn delete(&self, job: &str, n: u32) {
+        let m = DeleteMessage {
+            id: String::new(),
+            job_name: job.into(),
+            virtualization: String::new(),
+            instance_number: n,
+        };
+        self.publish_raw(topics::delete(&node_id()), serde_json::to_vec(&m).unwrap())
+            .await;
+    }
+
+    pub async fn publish_raw(&self, topic: String, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Collects what arrived until `pred` holds on one message; panics after `within`.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Heard) -> bool,
+    ) -> Heard {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let h = match tokio::time::timeout(left, self.heard.recv()).await {
+                Ok(Some(h)) => h,
+                _ => panic!(
+                    "no {what} within {within:?}; job statuses so far: {:#?}",
+                    self.jobs
+                ),
+            };
+            match &h {
+                Heard::Job(j) => self.jobs.push(j.clone()),
+                Heard::Resources(r) => self.last_resources = Some(r.clone()),
+                Heard::Information(_) => {}
+            }
+            if pred(&h) {
+                return h;
+            }
+        }
+    }
+
+    /// Waits for `job`/`n` to be reported with `status`; returns that report.
+    pub async fn status(&mut self, job: &str, n: u32, status: &str, within: Duration) -> JobStatus {
+        let what = format!("{job}/{n} {status}");
+        match self
+            .until(within, &what, |h| {
+                matches!(h, Heard::Job(j) if j.sname == job && j.instance == n && j.status == status)
+            })
+            .await
+        {
+            Heard::Job(j) => j,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits for a resource report on `job`/`n` whose log tail contains `text`.
+    pub async fn logs_contain(&mut self, job: &str, n: u32, text: &str, within: Duration) {
+        self.until(within, &format!("{job}/{n} logs with {text:?}"), |h| {
+            matches!(h, Heard::Resources(r) if r.services.iter().any(|s| s.job_name == job && s.instance == n && s.logs.contains(text)))
+        })
+        .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.http.abort();
+        self.mqtt.abort();
+    }
+}
+
+pub fn node_id() -> canopy_core::NodeId {
+    canopy_core::NodeId::parse(NODE_ID).unwrap()
+}
+
+/// A deploy message with Oakestra's keys.
+pub fn deploy(job: &str, n: u32, virtualization: &str, image: &str, cmd: &[&str]) -> DeployMessage {
+    serde_json::from_value(json!({
+        "_id": "svc0001", "job_name": job, "instance_number": n, "image": image,
+        "virtualization": virtualization, "cmd": cmd, "environment": ["GREETING=hi"],
+        "memory": 64, "vcpus": 1,
+    }))
+    .unwrap()
+}
+
+/// A containerd namespace of the test's own, purged (containers, images, content, snapshots,
+/// leases, the namespace) on drop.
+pub struct Namespace(pub String);
+
+impl Namespace {
+    pub fn new(test: &str) -> Namespace {
+        Namespace(format!("canopy-test-{test}-{}", std::process::id()))
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .args(["--address", SOCKET, "-n", &self.0])
+            .args(args)
+            .output()
+            .expect("ctr runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ids(&self, args: &[&str]) -> Vec<String> {
+        self.ctr(args)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        self.ids(&["containers", "ls", "-q"])
+    }
+
+    /// Task pid of a container (0 when it has no running task).
+    pub fn task_pid(&self, id: &str) -> u32 {
+        self.ctr(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&id) && f.get(2) == Some(&"RUNNING"))
+                    .then(|| f[1].parse().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn snapshots(&self) -> Vec<String> {
+        self.ctr(&["snapshots", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn kill_task(&self, id: &str) {
+        self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+
+    fn purge(&self) {
+        for c in self.containers() {
+            self.ctr(&["tasks", "kill", "-s", "SIGKILL", &c]);
+            std::thread::sleep(Duration::from_millis(100));
+            self.ctr(&["tasks", "rm", "-f", &c]);
+            self.ctr(&["containers", "rm", &c]);
+        }
+        for l in self.ids(&["leases", "ls", "-q"]) {
+            self.ctr(&["leases", "rm", &l]);
+        }
+        for i in self.ids(&["images", "ls", "-q"]) {
+            self.ctr(&["images", "rm", "--sync", &i]);
+        }
+        // Snapshots go child first: repeat until none is left.
+        for _ in 0..5 {
+            let snaps = self.snapshots();
+            if snaps.is_empty() {
+                break;
+            }
+            for s in snaps {
+                self.ctr(&["snapshots", "rm", &s]);
+            }
+        }
+        for c in self.ids(&["content", "ls", "-q"]) {
+            self.ctr(&["content", "rm", &c]);
+        }
+        let _ = Command::new("ctr")
+            .args(["--address", SOCKET, "namespaces", "rm", &self.0])
+            .output();
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        self.purge();
+    }
+}
+
+/// An engine in this process.
+pub struct Engine {
+    pub api: String,
+    pub link: watch::Receiver<LinkState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    pub fn config(cluster_addr: &str, data_dir: &Path, ns: &Namespace) -> Config {
+        Config::for_test(cluster_addr, NODE_TOKEN, data_dir.to_owned(), &ns.0)
+    }
+
+    pub async fn start(config: Config) -> Engine {
+        let node = Node::start(&config).await.expect("engine starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let (link_tx, link) = watch::channel(LinkState::Offline);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            node.serve(listener, Some(link_tx), async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Engine {
+            api,
+            link,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn wait_connected(&mut self, within: Duration) {
+        tokio::time::timeout(
+            within,
+            self.link.wait_for(|l| matches!(l, LinkState::Connected(_))),
+        )
+        .await
+        .expect("engine connects to the cluster")
+        .unwrap();
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, String) {
+        let r = reqwest::get(format!("{}{path}", self.api)).await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+}
+
+pub const SECS_30: Duration = Duration::from_secs(30);
+pub const SECS_60: Duration = Duration::from_secs(60);
