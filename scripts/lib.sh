@@ -79,3 +79,27 @@ stop_started() {
     wait "$pid" 2>/dev/null || true
   done
 }
+
+# ensure_containerd LOG_FILE: containerd answering on /run/containerd/containerd.sock. One that
+# already runs (systemd's, say) is used; otherwise one is started here and stopped on exit.
+CONTAINERD_SOCKET=/run/containerd/containerd.sock
+ensure_containerd() {
+  local log=$1 i
+  if ctr --address "$CONTAINERD_SOCKET" version >/dev/null 2>&1; then
+    note "containerd already answers on $CONTAINERD_SOCKET"
+    return 0
+  fi
+  [ "$(id -u)" -eq 0 ] || die "containerd is not running and starting it needs root"
+  containerd >>"$log" 2>&1 &
+  local pid=$!
+  remember_pid "$pid"
+  for ((i = 0; i < 300; i++)); do
+    if ctr --address "$CONTAINERD_SOCKET" version >/dev/null 2>&1; then
+      note "started containerd (pid $pid), log $log"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "containerd exited"; }
+    sleep 0.1
+  done
+  die "containerd did not answer within 30 s (log: $log)"
+}

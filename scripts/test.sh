@@ -20,7 +20,7 @@ step "Prerequisites"
 # tests use: containerd and runc, busybox-static for test images, iproute2 and nftables for
 # namespaces, an OCI registry, an MQTT broker. Python's venv for the MongoDB wire server.
 apt_install ca-certificates build-essential pkg-config protobuf-compiler python3 python3-venv \
-  containerd runc busybox-static iproute2 nftables docker-registry mosquitto
+  containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl
 ensure_rust
 
 VENV="$CANOPY_CACHE_DIR/venv"
@@ -41,6 +41,7 @@ MONGO_LOG="$RUN_DIR/nx-27017.log"
 MONGO_PID=$!
 remember_pid "$MONGO_PID"
 wait_port "$MONGO_PORT" 30 nx-27017 || { cat "$MONGO_LOG" >&2; exit 1; }
+ensure_containerd "$RUN_DIR/containerd.log"
 export CANOPY_TEST_MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
 note "nx-27017 (pid $MONGO_PID) at $CANOPY_TEST_MONGODB_URI, log $MONGO_LOG"
 

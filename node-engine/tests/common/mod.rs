@@ -61,7 +61,19 @@ pub fn require_containerd() {
 pub fn images() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("canopy-ne-images-{}", std::process::id()));
+        // Under the build's tmp dir, one per test process; those of finished processes go.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("busybox-images-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("busybox-images-{}", std::process::id()));
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/busybox-image.sh"))
             .arg("build")
@@ -203,6 +215,8 @@ pub struct Cluster {
     heard: mpsc::UnboundedReceiver<Heard>,
     /// Every job status so far, in order.
     pub jobs: Vec<JobStatus>,
+    /// How many of `jobs` a `status` wait has already used (each report satisfies one wait).
+    claimed: Vec<bool>,
     pub last_resources: Option<ResourcesReport>,
     http: tokio::task::JoinHandle<()>,
     mqtt: tokio::task::JoinHandle<()>,
@@ -292,6 +306,7 @@ impl Cluster {
             client,
             heard,
             jobs: Vec::new(),
+            claimed: Vec::new(),
             last_resources: None,
             http,
             mqtt,
@@ -339,7 +354,10 @@ impl Cluster {
                 ),
             };
             match &h {
-                Heard::Job(j) => self.jobs.push(j.clone()),
+                Heard::Job(j) => {
+                    self.jobs.push(j.clone());
+                    self.claimed.push(false);
+                }
                 Heard::Resources(r) => self.last_resources = Some(r.clone()),
                 Heard::Information(_) => {}
             }
@@ -349,10 +367,16 @@ impl Cluster {
         }
     }
 
-    /// Waits for `job`/`n` to be reported with `status`; returns that report.
+    /// Waits for `job`/`n` to be reported with `status` (a report already received and not
+    /// used by an earlier wait counts); returns that report.
     pub async fn status(&mut self, job: &str, n: u32, status: &str, within: Duration) -> JobStatus {
+        let is = |j: &JobStatus| j.sname == job && j.instance == n && j.status == status;
+        if let Some(i) = (0..self.jobs.len()).find(|&i| !self.claimed[i] && is(&self.jobs[i])) {
+            self.claimed[i] = true;
+            return self.jobs[i].clone();
+        }
         let what = format!("{job}/{n} {status}");
-        match self
+        let found = match self
             .until(within, &what, |h| {
                 matches!(h, Heard::Job(j) if j.sname == job && j.instance == n && j.status == status)
             })
@@ -360,7 +384,17 @@ impl Cluster {
         {
             Heard::Job(j) => j,
             _ => unreachable!(),
+        };
+        if let Some(c) = self.claimed.last_mut() {
+            *c = true;
         }
+        found
+    }
+
+    /// Forgets every report received so far.
+    pub fn forget(&mut self) {
+        self.jobs.clear();
+        self.claimed.clear();
     }
 
     /// Waits for a resource report on `job`/`n` whose log tail contains `text`.
