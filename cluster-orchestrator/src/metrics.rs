@@ -97,10 +97,7 @@ impl Metrics {
     }
 
     pub fn set_instances(&self, by_status: &BTreeMap<InstanceStatus, i64>) {
-        let counts = InstanceStatus::ALL
-            .iter()
-            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
-        set_gauges(&self.instances, "status", counts);
+        canopy_daemon::metrics::set_status_gauges(&self.instances, by_status);
     }
 
     pub fn render(&self) -> String {

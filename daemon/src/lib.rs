@@ -36,6 +36,20 @@ pub fn join_token(
     Ok(token)
 }
 
+/// A daemon's exit: success, or the error logged as why `component` stopped.
+pub fn exit_code<E: std::fmt::Display>(
+    component: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{component} stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -111,6 +125,17 @@ pub mod metrics {
         for (value, n) in values {
             family.get_or_create(&labels(&[(label, value)])).set(n);
         }
+    }
+
+    /// Sets one gauge per instance status (every status, zero when absent).
+    pub fn set_status_gauges(
+        family: &Family<Labels, Gauge>,
+        by_status: &std::collections::BTreeMap<canopy_core::InstanceStatus, i64>,
+    ) {
+        let counts = canopy_core::InstanceStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
+        set_gauges(family, "status", counts);
     }
 
     /// The text exposition of `registry`.

@@ -79,8 +79,15 @@ pub fn disk_used_percent(path: &Path) -> f64 {
     }
 }
 
+/// Set once `nvidia-smi` turned out not to exist, so it is not looked for every report.
+static NO_NVIDIA_SMI: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// GPUs as `nvidia-smi` reports them: `(count, mean utilisation %)`; `(0, 0)` without it.
 pub async fn gpus() -> (u32, f64) {
+    use std::sync::atomic::Ordering;
+    if NO_NVIDIA_SMI.load(Ordering::Relaxed) {
+        return (0, 0.0);
+    }
     let out = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::process::Command::new("nvidia-smi")
@@ -91,8 +98,13 @@ pub async fn gpus() -> (u32, f64) {
             .output(),
     )
     .await;
-    let Ok(Ok(out)) = out else {
-        return (0, 0.0);
+    let out = match out {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            NO_NVIDIA_SMI.store(true, Ordering::Relaxed);
+            return (0, 0.0);
+        }
+        _ => return (0, 0.0),
     };
     if !out.status.success() {
         return (0, 0.0);

@@ -9,13 +9,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = Config::parse();
     canopy_daemon::init_logging(&config.log);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "node engine stopped");
-            ExitCode::FAILURE
-        }
-    }
+    canopy_daemon::exit_code("node engine", run(config).await)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

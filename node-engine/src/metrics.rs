@@ -7,7 +7,7 @@
 //! | `canopy_node_mqtt_messages_total` | `direction`, `kind` | worker protocol messages |
 
 use canopy_core::InstanceStatus;
-use canopy_daemon::metrics::{Labels, labels, set_gauges};
+use canopy_daemon::metrics::{Labels, labels};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -71,10 +71,7 @@ impl Metrics {
     }
 
     pub fn set_instances(&self, by_status: &BTreeMap<InstanceStatus, i64>) {
-        let counts = InstanceStatus::ALL
-            .iter()
-            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
-        set_gauges(&self.instances, "status", counts);
+        canopy_daemon::metrics::set_status_gauges(&self.instances, by_status);
     }
 
     pub fn render(&self) -> String {

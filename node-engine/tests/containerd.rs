@@ -75,8 +75,7 @@ async fn pulls_from_a_registry_runs_reports_and_stops() {
     assert!(metrics.contains("canopy_node_runtime_operation_seconds_count{runtime=\"container\",op=\"start\",result=\"ok\"} 1"), "{metrics}");
 
     // Delete: stopped (SIGTERM is enough for sleep's parent? `exec sleep` gets it), removed.
-    cluster.delete(JOB, 0).await;
-    cluster.status(JOB, 0, "UNDEPLOYED", SECS_30).await;
+    cluster.undeploy(JOB, 0).await;
     assert!(ns.containers().is_empty());
     assert!(
         !ns.snapshots().iter().any(|s| s.ends_with("-snapshot")),
@@ -139,8 +138,7 @@ async fn imports_archives_one_shot_completes_and_exit_codes_count() {
     assert!(images.contains("canopy.test/busybox:1"), "{images}");
 
     // A deleted ended instance is forgotten.
-    cluster.delete(JOB, 2).await;
-    cluster.status(JOB, 2, "UNDEPLOYED", SECS_30).await;
+    cluster.undeploy(JOB, 2).await;
     let (_, list) = engine.get("/instances").await;
     assert!(!list.contains(".instance.2"), "{list}");
     engine.stop().await;
@@ -261,8 +259,7 @@ async fn bad_input_fails_with_a_reason_and_the_engine_goes_on() {
         .await;
     cluster.status(JOB, 18, "RUNNING", SECS_60).await;
     assert_eq!(ns.containers(), vec![format!("{JOB}.instance.18")]);
-    cluster.delete(JOB, 18).await;
-    cluster.status(JOB, 18, "UNDEPLOYED", SECS_30).await;
+    cluster.undeploy(JOB, 18).await;
     engine.stop().await;
 }
 
@@ -330,8 +327,7 @@ async fn leftovers_in_the_namespace_are_removed_at_start() {
         ))
         .await;
     cluster.status(JOB, 0, "RUNNING", SECS_60).await;
-    cluster.delete(JOB, 0).await;
-    cluster.status(JOB, 0, "UNDEPLOYED", SECS_30).await;
+    cluster.undeploy(JOB, 0).await;
     engine.stop().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

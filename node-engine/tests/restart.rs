@@ -180,8 +180,7 @@ async fn kill_9_reattaches_running_containers_and_restarts_dead_ones() {
     assert_eq!(dead.status_detail, "exited with code 137");
 
     for n in [0, 1, 2] {
-        cluster.delete(JOB, n).await;
-        cluster.status(JOB, n, "UNDEPLOYED", SECS_30).await;
+        cluster.undeploy(JOB, n).await;
     }
     assert!(ns.containers().is_empty());
 }
@@ -238,8 +237,7 @@ async fn offline_start_brings_back_persisted_instances_then_reconciles() {
     cluster.status(JOB, 1, "RUNNING", SECS_60).await;
     assert!(*cluster.registrations.borrow() >= 1);
     for n in [0, 1] {
-        cluster.delete(JOB, n).await;
-        cluster.status(JOB, n, "UNDEPLOYED", SECS_30).await;
+        cluster.undeploy(JOB, n).await;
     }
     assert!(ns.containers().is_empty());
 }

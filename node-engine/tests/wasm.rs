@@ -149,8 +149,7 @@ async fn modules_run_log_complete_and_stop() {
     let s = r.services.iter().find(|s| s.instance == 2).unwrap();
     assert_eq!(s.virtualization, "wasm");
     let t = std::time::Instant::now();
-    cluster.delete(JOB, 2).await;
-    cluster.status(JOB, 2, "UNDEPLOYED", SECS_30).await;
+    cluster.undeploy(JOB, 2).await;
     assert!(
         t.elapsed() < std::time::Duration::from_secs(10),
         "stop took {:?}",

@@ -90,10 +90,7 @@ impl Metrics {
 
     /// Sets the instance gauge of every status (zero for the absent ones).
     pub fn set_instances(&self, by_status: &BTreeMap<InstanceStatus, i64>) {
-        let counts = InstanceStatus::ALL
-            .iter()
-            .map(|s| (s.as_str(), by_status.get(s).copied().unwrap_or(0)));
-        set_gauges(&self.instances, "status", counts);
+        canopy_daemon::metrics::set_status_gauges(&self.instances, by_status);
     }
 
     /// The text exposition.

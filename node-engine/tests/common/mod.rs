@@ -391,6 +391,12 @@ impl Cluster {
         found
     }
 
+    /// Deletes `job`/`n` and waits for `UNDEPLOYED`.
+    pub async fn undeploy(&mut self, job: &str, n: u32) {
+        self.delete(job, n).await;
+        self.status(job, n, "UNDEPLOYED", SECS_30).await;
+    }
+
     /// Forgets every report received so far.
     pub fn forget(&mut self) {
         self.jobs.clear();

@@ -1,0 +1,153 @@
+//! Start latency on this machine: deploy message published → `RUNNING` reported, for a
+//! cached container image and for a (compiled, cached) wasm module, beside a bare
+//! `ctr run -d` of the same image measured in the same run.
+//!
+//!     cargo bench -p node-engine --bench start_latency        (as root, containerd running)
+//!
+//! `CANOPY_BENCH_RUNS` sets the number of starts per kind (default 20). The last line of output
+//! is `BENCH_JSON {...}` for scripts/bench.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const JOB: &str = "bench.ns.start.ns";
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct Summary {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn summarize(mut v: Vec<f64>) -> Summary {
+    v.sort_by(f64::total_cmp);
+    Summary {
+        p50: percentile(&v, 50.0),
+        p90: percentile(&v, 90.0),
+        p99: percentile(&v, 99.0),
+        max: *v.last().unwrap_or(&f64::NAN),
+    }
+}
+
+async fn engine_starts(
+    cluster: &mut Cluster,
+    runs: u32,
+    virtualization: &str,
+    code: &str,
+    cmd: &[&str],
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let n = 1000 + i;
+        let msg = deploy(JOB, n, virtualization, code, cmd);
+        let t = Instant::now();
+        cluster.deploy(&msg).await;
+        cluster.status(JOB, n, "RUNNING", SECS_60).await;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        cluster.delete(JOB, n).await;
+        cluster.status(JOB, n, "UNDEPLOYED", SECS_60).await;
+    }
+    out
+}
+
+fn ctr(ns: &Namespace, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ctr")
+        .args(["--address", SOCKET, "-n", &ns.0])
+        .args(args)
+        .output()
+        .expect("ctr runs")
+}
+
+fn ctr_runs(ns: &Namespace, runs: u32, image: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let id = format!("ctr-baseline-{i}");
+        let t = Instant::now();
+        let r = ctr(ns, &["run", "-d", image, &id, "sleep", "600"]);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(
+            r.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        out.push(ms);
+        ctr(ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
+        for _ in 0..50 {
+            if ctr(ns, &["tasks", "rm", &id]).status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ctr(ns, &["containers", "rm", &id]);
+    }
+    out
+}
+
+fn main() {
+    require_containerd();
+    let runs: u32 = std::env::var("CANOPY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ns = Namespace::new("bench");
+        let broker = Broker::start().await;
+        let mut cluster = Cluster::start(&broker).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::start(Engine::config(&cluster.addr, dir.path(), &ns)).await;
+        engine.wait_connected(SECS_30).await;
+        let module = dir.path().join("spin.wat");
+        std::fs::write(
+            &module,
+            "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br $l))))",
+        )
+        .unwrap();
+        let module = module.display().to_string();
+        let image = oci_archive();
+
+        // Warm-up: the image gets imported and unpacked, the module compiled.
+        eprintln!("warming up (image import, module compile)...");
+        engine_starts(&mut cluster, 1, "container", &image, &["sleep", "600"]).await;
+        engine_starts(&mut cluster, 1, "wasm", &module, &[]).await;
+
+        eprintln!("{runs} container starts through the engine...");
+        let container = summarize(engine_starts(&mut cluster, runs, "container", &image, &["sleep", "600"]).await);
+        eprintln!("{runs} bare `ctr run -d` of the same image...");
+        let baseline = summarize(ctr_runs(&ns, runs, "canopy.test/busybox:1"));
+        eprintln!("{runs} wasm module starts through the engine...");
+        let wasm = summarize(engine_starts(&mut cluster, runs, "wasm", &module, &[]).await);
+        engine.stop().await;
+
+        println!();
+        println!("start latency, {runs} runs each (ms)      p50      p90      p99      max");
+        for (name, s) in [
+            ("container via node engine (cached)", &container),
+            ("bare `ctr run -d`, same image", &baseline),
+            ("wasm module via node engine", &wasm),
+        ] {
+            println!("{name:<38} {:>8.1} {:>8.1} {:>8.1} {:>8.1}", s.p50, s.p90, s.p99, s.max);
+        }
+        println!(
+            "BENCH_JSON {}",
+            serde_json::json!({
+                "runs": runs,
+                "container_start_ms": {"p50": container.p50, "p90": container.p90, "p99": container.p99},
+                "ctr_run_baseline_ms": {"p50": baseline.p50, "p90": baseline.p90, "p99": baseline.p99},
+                "wasm_start_ms": {"p50": wasm.p50, "p90": wasm.p90, "p99": wasm.p99},
+            })
+        );
+    });
+}
