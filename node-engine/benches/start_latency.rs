@@ -16,6 +16,21 @@ use std::time::{Duration, Instant};
 
 const JOB: &str = "bench.ns.start.ns";
 
+const IDLE_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; one clock subscription at 0: tag 0 (clock) at 8, clock id 1 (monotonic) at 16,
+    ;; timeout 100 ms at 24, relative (flags 0) at 40
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 100000000))
+    (loop $l
+      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+      (br $l))))
+"#;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -109,12 +124,10 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = Engine::start(Engine::config(&cluster.addr, dir.path(), &ns)).await;
         engine.wait_connected(SECS_30).await;
-        let module = dir.path().join("spin.wat");
-        std::fs::write(
-            &module,
-            "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br $l))))",
-        )
-        .unwrap();
+        // A service that idles: sleeps 100 ms at a time in poll_oneoff (a spinning module would
+        // take a core and slow everything else on a small machine).
+        let module = dir.path().join("idle.wat");
+        std::fs::write(&module, IDLE_WAT).unwrap();
         let module = module.display().to_string();
         let image = oci_archive();
 
@@ -129,6 +142,20 @@ fn main() {
         let baseline = summarize(ctr_runs(&ns, runs, "canopy.test/busybox:1"));
         eprintln!("{runs} wasm module starts through the engine...");
         let wasm = summarize(engine_starts(&mut cluster, runs, "wasm", &module, &[]).await);
+        // Where the time goes inside the engine: the runtimes' own start latency.
+        let (_, metrics) = engine.get("/metrics").await;
+        let start_ms = |runtime: &str| -> f64 {
+            let field = |what: &str| -> f64 {
+                let key = format!("canopy_node_runtime_operation_seconds_{what}{{runtime=\"{runtime}\",op=\"start\",result=\"ok\"}}");
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&key))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            field("sum") / field("count") * 1000.0
+        };
+        let (container_rt, wasm_rt) = (start_ms("container"), start_ms("wasm"));
         engine.stop().await;
 
         println!();
@@ -140,6 +167,9 @@ fn main() {
         ] {
             println!("{name:<38} {:>8.1} {:>8.1} {:>8.1} {:>8.1}", s.p50, s.p90, s.p99, s.max);
         }
+        println!(
+            "of which inside the runtime's start (mean, ms): container {container_rt:.1}, wasm {wasm_rt:.1}"
+        );
         println!(
             "BENCH_JSON {}",
             serde_json::json!({

@@ -348,6 +348,8 @@ impl Engine {
     }
 
     /// Records a status change (if the slot is still this generation's) and reports it.
+    /// Only ended statuses are written to disk: recovery asks the runtime whether a workload
+    /// runs, so `CREATING`/`RUNNING` on disk would add a write to every start for nothing.
     async fn set(&self, name: &str, generation: u64, status: InstanceStatus, detail: &str) {
         let record = {
             let mut slots = self.slots.lock().await;
@@ -362,9 +364,6 @@ impl Engine {
                 detail: detail.to_owned(),
             }
         };
-        if let Err(e) = self.records.put(name, &record).await {
-            tracing::error!(instance = name, error = %e, "cannot record a status");
-        }
         tracing::info!(instance = name, status = %status, detail, "instance status");
         self.report(
             &record.deploy.job_name,
@@ -372,6 +371,11 @@ impl Engine {
             status,
             detail,
         );
+        if ended(status)
+            && let Err(e) = self.records.put(name, &record).await
+        {
+            tracing::error!(instance = name, error = %e, "cannot record a status");
+        }
     }
 
     /// The runtime for `kind` (`workload()` refuses kinds without one, so it is present for

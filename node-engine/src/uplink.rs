@@ -215,6 +215,7 @@ impl Uplink {
             return SessionEnd::Reregister;
         };
         let (client, mut events) = AsyncClient::new(opts, 1000);
+        events.set_network_options(nodelay());
         let mut ticker = tokio::time::interval(self.config.report_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cpu = CpuMeter::default();
@@ -340,6 +341,14 @@ impl Uplink {
         v["virtualization"] = self.engine.virtualizations().into();
         v
     }
+}
+
+/// Small messages go out at once: with Nagle's algorithm a status sent right after another
+/// waits for the broker's delayed ACK (about 40 ms).
+pub fn nodelay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
 }
 
 fn used_percent(total: u64, available: u64) -> f64 {

@@ -178,7 +178,7 @@ impl Broker {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nlog_dest none\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nuser root\nlog_dest none\n"),
         )
         .unwrap();
         let child = Command::new("mosquitto")
@@ -258,6 +258,7 @@ impl Cluster {
             MqttOptions::new(format!("cluster-standin-{port}"), "127.0.0.1", broker.port);
         opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut events) = AsyncClient::new(opts, 100);
+        events.set_network_options(node_engine::uplink::nodelay());
         let (tx, heard) = mpsc::unbounded_channel();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let sub = client.clone();
