@@ -96,14 +96,9 @@ pub struct Refused {
     pub detail: String,
 }
 
+/// The workload is over on this worker (terminal, or waiting for the cluster to reschedule).
 fn ended(s: InstanceStatus) -> bool {
-    matches!(
-        s,
-        InstanceStatus::Failed
-            | InstanceStatus::Dead
-            | InstanceStatus::Completed
-            | InstanceStatus::Undeployed
-    )
+    s.is_terminal() || s.needs_rescheduling()
 }
 
 /// The runtime's handle for an instance: its name when containerd accepts it (≤ 76 characters),

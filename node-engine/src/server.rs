@@ -86,8 +86,8 @@ impl Node {
         })
     }
 
-    /// Serves the local API on `api` and holds the cluster link until `shutdown`. The returned
-    /// receiver (through `link`) tells the link's state.
+    /// Serves the local API on `api` and holds the cluster link until `shutdown`; `link`, when
+    /// given, is told how the link stands.
     pub async fn serve(
         self,
         api: tokio::net::TcpListener,
@@ -95,7 +95,8 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let stopper = canopy_daemon::Stopper::new(shutdown);
-        let (uplink, mut state) = Uplink::new(
+        let state = link.unwrap_or_else(|| watch::channel(LinkState::Offline).0);
+        let uplink = Uplink::new(
             self.engine.clone(),
             UplinkConfig {
                 cluster_addr: self.config.cluster_addr.clone(),
@@ -104,17 +105,8 @@ impl Node {
                 report_interval: self.config.report_interval(),
                 data_dir: self.config.data_dir.clone(),
             },
+            state,
         );
-        if let Some(out) = link {
-            tokio::spawn(async move {
-                loop {
-                    out.send_replace(state.borrow_and_update().clone());
-                    if state.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
         let uplink_task = tokio::spawn(uplink.run(self.updates, stopper.stopped()));
         let http = axum::serve(api, api::router(self.engine.clone()))
             .with_graceful_shutdown(stopper.stopped());

@@ -69,22 +69,24 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    pub fn new(engine: Arc<Engine>, config: UplinkConfig) -> (Uplink, watch::Receiver<LinkState>) {
-        let (state, rx) = watch::channel(LinkState::Offline);
+    /// `state` is told how the link stands as it changes.
+    pub fn new(
+        engine: Arc<Engine>,
+        config: UplinkConfig,
+        state: watch::Sender<LinkState>,
+    ) -> Uplink {
+        state.send_replace(LinkState::Offline);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap_or_default();
-        (
-            Uplink {
-                engine,
-                config,
-                http,
-                state,
-            },
-            rx,
-        )
+        Uplink {
+            engine,
+            config,
+            http,
+            state,
+        }
     }
 
     fn registration(&self) -> NodeRegistration {

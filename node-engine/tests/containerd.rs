@@ -248,15 +248,7 @@ async fn bad_input_fails_with_a_reason_and_the_engine_goes_on() {
     assert!(!f.status_detail.is_empty());
 
     // After all that, a good deploy runs.
-    cluster
-        .deploy(&deploy(
-            JOB,
-            18,
-            "container",
-            &oci_archive(),
-            &["sleep", "600"],
-        ))
-        .await;
+    cluster.deploy(&sleeper(JOB, 18)).await;
     cluster.status(JOB, 18, "RUNNING", SECS_60).await;
     assert_eq!(ns.containers(), vec![format!("{JOB}.instance.18")]);
     cluster.undeploy(JOB, 18).await;
@@ -317,15 +309,7 @@ async fn leftovers_in_the_namespace_are_removed_at_start() {
     let mut engine = Engine::start(Engine::config(&cluster.addr, dir.path(), &ns)).await;
     assert!(ns.containers().is_empty(), "{:?}", ns.containers());
     engine.wait_connected(SECS_30).await;
-    cluster
-        .deploy(&deploy(
-            JOB,
-            0,
-            "container",
-            &oci_archive(),
-            &["sleep", "600"],
-        ))
-        .await;
+    cluster.deploy(&sleeper(JOB, 0)).await;
     cluster.status(JOB, 0, "RUNNING", SECS_60).await;
     cluster.undeploy(JOB, 0).await;
     engine.stop().await;

@@ -125,15 +125,7 @@ async fn kill_9_reattaches_running_containers_and_restarts_dead_ones() {
     wait_health(api).await;
 
     for n in [0, 1] {
-        cluster
-            .deploy(&deploy(
-                JOB,
-                n,
-                "container",
-                &oci_archive(),
-                &["sleep", "600"],
-            ))
-            .await;
+        cluster.deploy(&sleeper(JOB, n)).await;
     }
     cluster
         .deploy(&deploy(JOB, 2, "wasm", &spin_module(dir.path()), &[]))
@@ -197,15 +189,7 @@ async fn offline_start_brings_back_persisted_instances_then_reconciles() {
     let api = free_port();
     let mut engine = spawn_engine(&cluster.addr, dir.path(), &ns, api);
     wait_health(api).await;
-    cluster
-        .deploy(&deploy(
-            JOB,
-            0,
-            "container",
-            &oci_archive(),
-            &["sleep", "600"],
-        ))
-        .await;
+    cluster.deploy(&sleeper(JOB, 0)).await;
     cluster
         .deploy(&deploy(JOB, 1, "wasm", &spin_module(dir.path()), &[]))
         .await;

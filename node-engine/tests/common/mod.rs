@@ -108,6 +108,20 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a quiet server process and waits until it listens on `port`.
+async fn serve(cmd: &mut Command, port: u16) -> Proc {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (a Debian package) is installed: {e}"));
+    let proc = Proc(child);
+    wait_listening(port, &program).await;
+    proc
+}
+
 /// Debian's `docker-registry` on a loopback port.
 pub struct Registry {
     pub addr: String,
@@ -128,16 +142,11 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) is installed");
-        let proc = Proc(child);
-        wait_listening(port, "docker-registry").await;
+        let proc = serve(
+            Command::new("docker-registry").arg("serve").arg(&conf),
+            port,
+        )
+        .await;
         Registry {
             addr: format!("127.0.0.1:{port}"),
             _proc: proc,
@@ -181,16 +190,7 @@ impl Broker {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nuser root\nlog_dest none\n"),
         )
         .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed");
-        let proc = Proc(child);
-        wait_listening(port, "mosquitto").await;
+        let proc = serve(Command::new("mosquitto").arg("-c").arg(&conf), port).await;
         Broker {
             port,
             _proc: proc,
@@ -432,6 +432,11 @@ pub fn deploy(job: &str, n: u32, virtualization: &str, image: &str, cmd: &[&str]
         "memory": 64, "vcpus": 1,
     }))
     .unwrap()
+}
+
+/// A container instance of the test image that sleeps.
+pub fn sleeper(job: &str, n: u32) -> DeployMessage {
+    deploy(job, n, "container", &oci_archive(), &["sleep", "600"])
 }
 
 /// A containerd namespace of the test's own, purged (containers, images, content, snapshots,

@@ -337,13 +337,13 @@ impl Images<'_> {
                 path.display()
             )));
         }
-        let dir = self.scratch.join(format!(
-            "import-{}",
-            hex::encode(Sha256::digest(
-                format!("{}-{:?}", path.display(), std::time::SystemTime::now()).as_bytes()
-            ))[..12]
-                .to_owned()
-        ));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let dir = self
+            .scratch
+            .join(format!("import-{}-{stamp}", std::process::id()));
         let (p, d) = (path.to_owned(), dir.clone());
         let extracted = tokio::task::spawn_blocking(move || extract(&p, &d))
             .await
@@ -412,10 +412,24 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
 
 /// An archive unpacked to scratch files.
 struct Extracted {
-    /// Path inside the archive → scratch file.
-    by_path: HashMap<String, PathBuf>,
-    /// `sha256:…` of each file → scratch file.
+    /// Path inside the archive → `sha256:…` of its content.
+    by_path: HashMap<String, String>,
+    /// `sha256:…` → scratch file.
     by_digest: HashMap<String, PathBuf>,
+}
+
+impl Extracted {
+    /// The scratch file of an archive path.
+    fn path_file(&self, path: &str) -> Result<(&str, &PathBuf)> {
+        let missing = || RuntimeError::bad("code", format!("the archive lacks {path}"));
+        let digest = self.by_path.get(&normalise(path)).ok_or_else(missing)?;
+        let file = self.by_digest.get(digest).ok_or_else(missing)?;
+        Ok((digest, file))
+    }
+
+    fn read_path(&self, path: &str) -> Result<Vec<u8>> {
+        Ok(std::fs::read(self.path_file(path)?.1)?)
+    }
 }
 
 fn read_file(files: &HashMap<String, PathBuf>, key: &str) -> Result<Vec<u8>> {
@@ -453,11 +467,9 @@ fn extract(archive: &Path, dir: &Path) -> Result<Extracted> {
                     hasher.update(&buf[..k]);
                     std::io::Write::write_all(&mut f, &buf[..k])?;
                 }
-                by_digest.insert(
-                    format!("sha256:{}", hex::encode(hasher.finalize())),
-                    out.clone(),
-                );
-                by_path.insert(name, out);
+                let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+                by_digest.insert(digest.clone(), out);
+                by_path.insert(name, digest);
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 if let Ok(Some(target)) = entry.link_name() {
@@ -499,7 +511,7 @@ fn normalise(p: &str) -> String {
 
 /// An OCI layout: `index.json` names the manifest (possibly through a nested index).
 fn oci_layout_manifest(files: &Extracted, stem: &str) -> Result<(String, Vec<u8>, String)> {
-    let index: Index = parse_json(&read_file(&files.by_path, "index.json")?, "index.json")?;
+    let index: Index = parse_json(&files.read_path("index.json")?, "index.json")?;
     let first = index
         .pick(host_arch())
         .or_else(|| index.manifests.first())
@@ -542,24 +554,13 @@ fn docker_save_manifest(files: &Extracted, stem: &str) -> Result<(String, Vec<u8
         #[serde(rename = "Layers")]
         layers: Vec<String>,
     }
-    let entries: Vec<Entry> = parse_json(
-        &read_file(&files.by_path, "manifest.json")?,
-        "manifest.json",
-    )?;
+    let entries: Vec<Entry> = parse_json(&files.read_path("manifest.json")?, "manifest.json")?;
     let e = entries
         .first()
         .ok_or_else(|| RuntimeError::bad("code", "manifest.json lists no image"))?;
     let describe = |path: &str, media_type: &str| -> Result<Descriptor> {
-        let file = files
-            .by_path
-            .get(&normalise(path))
-            .ok_or_else(|| RuntimeError::bad("code", format!("the archive lacks {path}")))?;
-        let digest = files
-            .by_digest
-            .iter()
-            .find(|(_, p)| *p == file)
-            .map(|(d, _)| d.clone())
-            .ok_or_else(|| RuntimeError::bad("code", format!("{path} was not hashed")))?;
+        let (digest, file) = files.path_file(path)?;
+        let digest = digest.to_owned();
         let size = std::fs::metadata(file)?.len() as i64;
         let mut magic = [0u8; 2];
         let gz = std::fs::File::open(file)?.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];

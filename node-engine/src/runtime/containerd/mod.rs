@@ -34,6 +34,8 @@ pub struct ContainerdRuntime {
     scratch: PathBuf,
     /// One image preparation at a time: two unpacks of one layer would collide.
     images: tokio::sync::Mutex<()>,
+    /// The host mounts the unified cgroup v2 hierarchy (else v1, one tree per controller).
+    cgroup_v2: bool,
 }
 
 impl ContainerdRuntime {
@@ -51,6 +53,7 @@ impl ContainerdRuntime {
             registry: Registry::new(insecure_registries)?,
             scratch,
             images: tokio::sync::Mutex::new(()),
+            cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         })
     }
 
@@ -101,13 +104,12 @@ impl ContainerdRuntime {
         Ok(())
     }
 
-    fn cgroup_file(&self, controller: &str, id: &str, file: &str) -> PathBuf {
-        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    fn cgroup_file(&self, v1_controller: &str, id: &str, file: &str) -> PathBuf {
         let rel = self.cgroups_path(id);
-        if v2 {
+        if self.cgroup_v2 {
             PathBuf::from(format!("/sys/fs/cgroup{rel}/{file}"))
         } else {
-            PathBuf::from(format!("/sys/fs/cgroup/{controller}{rel}/{file}"))
+            PathBuf::from(format!("/sys/fs/cgroup/{v1_controller}{rel}/{file}"))
         }
     }
 }
@@ -186,21 +188,25 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn stats(&self, id: &str) -> Result<Stats> {
-        let memory_bytes = read_u64(&self.cgroup_file("memory", id, "memory.usage_in_bytes"))
-            .or_else(|| read_u64(&self.cgroup_file("memory", id, "memory.current")))
-            .unwrap_or(0);
-        let cpu_ns =
-            read_u64(&self.cgroup_file("cpuacct", id, "cpuacct.usage")).unwrap_or_else(|| {
-                std::fs::read_to_string(self.cgroup_file("cpu", id, "cpu.stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("usage_usec "))
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                    })
-                    .map(|us| us * 1000)
-                    .unwrap_or(0)
-            });
+        let (memory_bytes, cpu_ns) = if self.cgroup_v2 {
+            let cpu_us = std::fs::read_to_string(self.cgroup_file("", id, "cpu.stat"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
+            (
+                read_u64(&self.cgroup_file("", id, "memory.current")),
+                cpu_us.map(|us| us * 1000),
+            )
+        } else {
+            (
+                read_u64(&self.cgroup_file("memory", id, "memory.usage_in_bytes")),
+                read_u64(&self.cgroup_file("cpuacct", id, "cpuacct.usage")),
+            )
+        };
+        let (memory_bytes, cpu_ns) = (memory_bytes.unwrap_or(0), cpu_ns.unwrap_or(0));
         let disk_bytes = self.ctrd.snapshot_usage(&Self::snapshot_key(id)).await?;
         Ok(Stats {
             cpu_ns,
