@@ -43,6 +43,7 @@ pub struct UplinkConfig {
 pub enum LinkState {
     Offline,
     Registered(NodeId),
+    /// Connected to the broker and subscribed to its control topics.
     Connected(NodeId),
 }
 
@@ -224,6 +225,7 @@ impl Uplink {
         cpu.sample();
         let mut connected = false;
         let mut failures = 0u32;
+        let mut pending_subacks = 0usize;
         let mut backoff = Duration::from_millis(100);
         let end = loop {
             tokio::select! {
@@ -249,9 +251,11 @@ impl Uplink {
                         failures = 0;
                         backoff = Duration::from_millis(100);
                         tracing::info!(node = %id, "connected to the cluster's broker");
+                        pending_subacks = 0;
                         for t in [topics::deploy(id), topics::delete(id)] {
-                            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
-                                tracing::error!(error = %e, "MQTT subscribe failed");
+                            match client.try_subscribe(t, QoS::AtLeastOnce) {
+                                Ok(()) => pending_subacks += 1,
+                                Err(e) => tracing::error!(error = %e, "MQTT subscribe failed"),
                             }
                         }
                         // Reconcile: the cluster learns the state of everything held here.
@@ -260,7 +264,13 @@ impl Uplink {
                         }
                         let info = self.information(&mut cpu).await;
                         self.publish(&client, topics::information(id), &info, "information");
-                        self.state.send_replace(LinkState::Connected(id.clone()));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        pending_subacks = pending_subacks.saturating_sub(1);
+                        if pending_subacks == 0 {
+                            // Subscribed: deploys sent from now on reach this worker.
+                            self.state.send_replace(LinkState::Connected(id.clone()));
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let engine = self.engine.clone();

@@ -123,6 +123,7 @@ async fn kill_9_reattaches_running_containers_and_restarts_dead_ones() {
     let api = free_port();
     let mut engine = spawn_engine(&cluster.addr, dir.path(), &ns, api);
     wait_health(api).await;
+    cluster.wait_worker(SECS_30).await;
 
     for n in [0, 1] {
         cluster.deploy(&sleeper(JOB, n)).await;
@@ -189,6 +190,7 @@ async fn offline_start_brings_back_persisted_instances_then_reconciles() {
     let api = free_port();
     let mut engine = spawn_engine(&cluster.addr, dir.path(), &ns, api);
     wait_health(api).await;
+    cluster.wait_worker(SECS_30).await;
     cluster.deploy(&sleeper(JOB, 0)).await;
     cluster
         .deploy(&deploy(JOB, 1, "wasm", &spin_module(dir.path()), &[]))

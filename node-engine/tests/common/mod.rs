@@ -392,6 +392,15 @@ impl Cluster {
         found
     }
 
+    /// Waits for the worker's `information` report: it is sent after the worker's
+    /// subscriptions on the same connection, so deploys published from now on reach it.
+    pub async fn wait_worker(&mut self, within: Duration) {
+        self.until(within, "worker information", |h| {
+            matches!(h, Heard::Information(_))
+        })
+        .await;
+    }
+
     /// Deletes `job`/`n` and waits for `UNDEPLOYED`.
     pub async fn undeploy(&mut self, job: &str, n: u32) {
         self.delete(job, n).await;
