@@ -55,6 +55,9 @@ cargo fmt --all --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build (the end-to-end tests run the daemons' binaries)"
+cargo build --workspace --bins --locked
+
 step "cargo test"
 cargo test --workspace --locked
 

@@ -1,7 +1,15 @@
 //! `canopy`: the command-line client. Subcommands live in their own modules; `main` only parses
 //! arguments and maps the outcome to an exit code.
+//!
+//! - [`sla`]: offline SLA checks;
+//! - [`commands`] over [`client`]: login, apply, get, logs, scale, delete against a root's API;
+//! - [`up`]: a whole Canopy on this machine.
 
+mod client;
+mod commands;
 mod sla;
+mod table;
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -13,6 +21,10 @@ use std::process::ExitCode;
     about = "Canopy: a hierarchical edge orchestrator"
 )]
 struct Cli {
+    /// The root's API; default: the last one logged in to (or started by `canopy up`), else
+    /// http://127.0.0.1:10000.
+    #[arg(long, global = true, env = "CANOPY_API")]
+    api: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,11 +34,59 @@ enum Command {
     /// Work with SLA (deployment descriptor) files.
     #[command(subcommand)]
     Sla(sla::SlaCommand),
+    /// Start a root, a cluster and node engines on this machine; Ctrl-C stops them all.
+    Up(up::UpArgs),
+    /// Log in to a root; the tokens are kept in the user's config directory.
+    Login(commands::LoginArgs),
+    /// Create the applications and services of an SLA file and deploy one instance of each.
+    Apply(commands::ApplyArgs),
+    /// List apps, services, instances, clusters or nodes.
+    Get(commands::GetArgs),
+    /// Print a service instance's recent output.
+    Logs(commands::LogsArgs),
+    /// Set the number of instances of a service.
+    Scale(commands::ScaleArgs),
+    /// Delete an application or a service (and undeploy its instances).
+    Delete(commands::DeleteArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Sla(cmd) => sla::run(cmd),
+    let command = match cli.command {
+        Command::Sla(cmd) => return sla::run(cmd),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if let Command::Up(args) = command {
+            return up::run(args).await;
+        }
+        let mut client = client::Client::new(cli.api.as_deref())?;
+        match command {
+            Command::Login(a) => commands::login(&mut client, a).await,
+            Command::Apply(a) => commands::apply(&mut client, a).await,
+            Command::Get(a) => commands::get(&mut client, a).await,
+            Command::Logs(a) => commands::logs(&mut client, a).await,
+            Command::Scale(a) => commands::scale(&mut client, a).await,
+            Command::Delete(a) => commands::delete(&mut client, a).await,
+            Command::Sla(_) | Command::Up(_) => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

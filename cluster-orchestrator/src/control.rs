@@ -15,7 +15,10 @@ use crate::model::{
 };
 use crate::scheduler::{self, WorkerCandidate};
 use async_trait::async_trait;
-use canopy_core::link::{ClusterReport, Command, CommandAction, InstanceReport, ResourceAggregate};
+use canopy_core::link::{
+    ClusterReport, Command, CommandAction, InstanceReport, InstanceUsage, NodeSummary,
+    ResourceAggregate,
+};
 use canopy_core::{
     Architecture, ClusterId, InstanceNumber, InstanceStatus, NodeId, Resources, ServiceId,
     StatusClass,
@@ -903,9 +906,42 @@ impl Cluster {
                 .or_default()
                 .add(c, &w.doc.supported_addons);
         }
+        let mut placed: HashMap<&NodeId, u32> = HashMap::new();
+        let mut usage = Vec::new();
+        for i in st.instances.values() {
+            if let Some(n) = &i.node
+                && i.status.occupies_worker()
+            {
+                *placed.entry(n).or_default() += 1;
+            }
+            if i.status == InstanceStatus::Running {
+                usage.push(InstanceUsage {
+                    service_id: i.service_id.clone(),
+                    instance: i.number,
+                    cpu_percent: i.cpu_percent,
+                    memory_mb: i.memory_mb,
+                    logs: i.logs.clone(),
+                });
+            }
+        }
+        let nodes = candidates
+            .iter()
+            .map(|c| NodeSummary {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                active: c.active,
+                architecture: c.architecture,
+                virtualizations: c.virtualizations.iter().copied().collect(),
+                cpu_percent: c.cpu_percent.clamp(0.0, 100.0),
+                memory_percent: c.memory_percent.clamp(0.0, 100.0),
+                instances: placed.get(&c.id).copied().unwrap_or(0),
+            })
+            .collect();
         ClusterReport {
             total: total.finish(),
             per_architecture: per_arch.into_iter().map(|(a, g)| (a, g.finish())).collect(),
+            nodes,
+            usage,
         }
     }
 }

@@ -52,11 +52,42 @@ pub struct ResourceAggregate {
     pub csi_drivers: BTreeSet<String>,
 }
 
-/// A cluster's periodic report: its liveness and capacity.
+/// A cluster's periodic report: its liveness and capacity, and for listing and logs its
+/// workers and the live use of its running instances (not kept by the root's scheduler).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterReport {
     pub total: ResourceAggregate,
     pub per_architecture: BTreeMap<Architecture, ResourceAggregate>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSummary>,
+    #[serde(default)]
+    pub usage: Vec<InstanceUsage>,
+}
+
+/// One worker of a cluster as `canopy get nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub id: NodeId,
+    pub name: String,
+    /// Reporting within the cluster's worker timeout.
+    pub active: bool,
+    pub architecture: Architecture,
+    pub virtualizations: Vec<Virtualization>,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    /// Instances placed on it.
+    pub instances: u32,
+}
+
+/// What a running instance uses, and the tail of its output, from its worker's last report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub service_id: ServiceId,
+    pub instance: InstanceNumber,
+    pub cpu_percent: f64,
+    pub memory_mb: u64,
+    /// At most the last 1024 bytes.
+    pub logs: String,
 }
 
 /// A change of one instance's status, reported up by a cluster. `seq` increases per cluster so

@@ -89,16 +89,22 @@ fn module(dir: &std::path::Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn modules_run_log_complete_and_stop() {
-    let ns = Namespace::new("wasm");
+/// A broker, a cluster stand-in and an engine offering only wasm, connected.
+async fn wasm_only(ns: &Namespace) -> (Broker, Cluster, Engine, tempfile::TempDir) {
     let broker = Broker::start().await;
-    let mut cluster = Cluster::start(&broker).await;
+    let cluster = Cluster::start(&broker).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Engine::config(&cluster.addr, dir.path(), &ns);
+    let mut config = Engine::config(&cluster.addr, dir.path(), ns);
     config.runtimes = vec!["wasm".into()];
     let mut engine = Engine::start(config).await;
     engine.wait_connected(SECS_30).await;
+    (broker, cluster, engine, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_run_log_complete_and_stop() {
+    let ns = Namespace::new("wasm");
+    let (_broker, mut cluster, engine, dir) = wasm_only(&ns).await;
 
     // One-shot from a path, exit 0 → COMPLETED; args and env reach the module.
     let hello = module(dir.path(), "hello.wat", HELLO_WAT);
@@ -201,5 +207,39 @@ async fn modules_run_log_complete_and_stop() {
     assert!(f.status_detail.contains("_start"), "{}", f.status_detail);
 
     http.abort();
+    engine.stop().await;
+}
+
+/// The quickstart's ticker sleeps in `poll_oneoff` between lines: it keeps running, keeps
+/// printing, and stops within its one-second sleep when deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_module_keeps_running_and_stops() {
+    let ns = Namespace::new("wasmsleep");
+    let (_broker, mut cluster, engine, dir) = wasm_only(&ns).await;
+
+    let ticker = module(
+        dir.path(),
+        "ticker.wat",
+        include_str!("../../examples/ticker.wat"),
+    );
+    cluster.deploy(&deploy(JOB, 0, "wasm", &ticker, &[])).await;
+    cluster.status(JOB, 0, "RUNNING", SECS_30).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, log) = engine
+        .get(&format!("/instances/{JOB}.instance.0/logs"))
+        .await;
+    assert!(
+        log.matches("tick from the canopy wasm demo").count() >= 2,
+        "{log}"
+    );
+    let running = engine.get("/instances").await.1;
+    assert!(running.contains("RUNNING"), "{running}");
+    let t = std::time::Instant::now();
+    cluster.undeploy(JOB, 0).await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
     engine.stop().await;
 }

@@ -5,7 +5,7 @@ use crate::pb;
 use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, Protocol};
 use canopy_core::link::{
     ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
-    Registration, ResourceAggregate,
+    InstanceUsage, NodeSummary, Registration, ResourceAggregate,
 };
 use canopy_core::{
     Architecture, ClusterId, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
@@ -194,7 +194,81 @@ impl From<&ClusterReport> for pb::ClusterReport {
                 .iter()
                 .map(|(a, agg)| (a.as_str().to_owned(), agg.into()))
                 .collect(),
+            nodes: r.nodes.iter().map(Into::into).collect(),
+            usage: r.usage.iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<&NodeSummary> for pb::NodeSummary {
+    fn from(n: &NodeSummary) -> Self {
+        pb::NodeSummary {
+            node_id: n.id.to_string(),
+            name: n.name.clone(),
+            active: n.active,
+            architecture: n.architecture.as_str().to_owned(),
+            virtualizations: n
+                .virtualizations
+                .iter()
+                .map(|v| pb::Virtualization::from(*v) as i32)
+                .collect(),
+            cpu_percent: n.cpu_percent,
+            memory_percent: n.memory_percent,
+            instances: n.instances,
+        }
+    }
+}
+
+impl TryFrom<pb::NodeSummary> for NodeSummary {
+    type Error = ConvertError;
+    fn try_from(n: pb::NodeSummary) -> Result<Self> {
+        Ok(NodeSummary {
+            id: NodeId::parse(n.node_id).map_err(|e| ConvertError::new("node_id", e))?,
+            name: n.name,
+            active: n.active,
+            architecture: Architecture::parse(&n.architecture)
+                .ok_or_else(|| ConvertError::new("architecture", "unknown architecture"))?,
+            virtualizations: n
+                .virtualizations
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| virtualization_from_wire(v, &format!("virtualizations[{i}]")))
+                .collect::<Result<_>>()?,
+            cpu_percent: percent(n.cpu_percent, "cpu_percent")?,
+            memory_percent: percent(n.memory_percent, "memory_percent")?,
+            instances: n.instances,
+        })
+    }
+}
+
+impl From<&InstanceUsage> for pb::InstanceUsage {
+    fn from(u: &InstanceUsage) -> Self {
+        pb::InstanceUsage {
+            service_id: u.service_id.to_string(),
+            instance_number: u.instance.0,
+            cpu_percent: u.cpu_percent,
+            memory_mb: u.memory_mb,
+            logs: u.logs.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::InstanceUsage> for InstanceUsage {
+    type Error = ConvertError;
+    fn try_from(u: pb::InstanceUsage) -> Result<Self> {
+        Ok(InstanceUsage {
+            service_id: ServiceId::parse(u.service_id)
+                .map_err(|e| ConvertError::new("service_id", e))?,
+            instance: InstanceNumber(u.instance_number),
+            // Above 100 when an instance uses more than one core.
+            cpu_percent: if u.cpu_percent.is_finite() && u.cpu_percent >= 0.0 {
+                u.cpu_percent
+            } else {
+                return Err(ConvertError::new("cpu_percent", "must be a number >= 0"));
+            },
+            memory_mb: u.memory_mb,
+            logs: u.logs,
+        })
     }
 }
 
@@ -213,9 +287,23 @@ impl TryFrom<pb::ClusterReport> for ClusterReport {
                 ResourceAggregate::try_from(agg).map_err(|e| e.inside(&field))?,
             );
         }
+        let nodes = r
+            .nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| NodeSummary::try_from(n).map_err(|e| e.inside(&format!("nodes[{i}]"))))
+            .collect::<Result<_>>()?;
+        let usage = r
+            .usage
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| InstanceUsage::try_from(u).map_err(|e| e.inside(&format!("usage[{i}]"))))
+            .collect::<Result<_>>()?;
         Ok(ClusterReport {
             total,
             per_architecture,
+            nodes,
+            usage,
         })
     }
 }

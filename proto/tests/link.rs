@@ -5,7 +5,7 @@
 use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, Protocol};
 use canopy_core::link::{
     ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
-    Registration, ResourceAggregate,
+    InstanceUsage, NodeSummary, Registration, ResourceAggregate,
 };
 use canopy_core::{
     Architecture, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
@@ -133,13 +133,38 @@ fn domain_values_round_trip_through_the_wire() {
         supported_addons: ["a".to_owned()].into(),
         csi_drivers: Default::default(),
     };
-    let rep = ClusterReport {
+    let mut rep = ClusterReport {
         total: agg.clone(),
         per_architecture: [(Architecture::Arm64, agg)].into(),
+        nodes: vec![NodeSummary {
+            id: NodeId::parse("0123456789abcdef01234567").unwrap(),
+            name: "worker1".into(),
+            active: true,
+            architecture: Architecture::Arm64,
+            virtualizations: vec![Virtualization::Wasm],
+            cpu_percent: 12.5,
+            memory_percent: 40.0,
+            instances: 3,
+        }],
+        usage: vec![InstanceUsage {
+            service_id: ServiceId::parse("0123456789abcdef01234567").unwrap(),
+            instance: InstanceNumber(2),
+            cpu_percent: 180.0,
+            memory_mb: 12,
+            logs: "hello\n".into(),
+        }],
     };
     assert_eq!(
         ClusterReport::try_from(pb::ClusterReport::from(&rep)).unwrap(),
         rep
+    );
+    // A bad entry names its place.
+    rep.nodes[0].memory_percent = 120.0;
+    assert_eq!(
+        ClusterReport::try_from(pb::ClusterReport::from(&rep))
+            .unwrap_err()
+            .field,
+        "nodes[0].memory_percent"
     );
     let reg = Registration {
         join_token: "t".into(),

@@ -54,6 +54,7 @@ fn clusters(n: usize) -> Vec<ClusterCandidate> {
                 report: ClusterReport {
                     per_architecture: [(Architecture::Amd64, agg.clone())].into(),
                     total: agg,
+                    ..Default::default()
                 },
             }
         })

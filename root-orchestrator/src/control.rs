@@ -20,7 +20,7 @@ use crate::model::{
 use crate::scheduler::{self, ClusterCandidate};
 use canopy_core::addressing::{AddressError, Ipv4Pool};
 use canopy_core::link::{
-    ClusterReport, Command, CommandAck, CommandAction, InstanceReport, Registration,
+    ClusterReport, Command, CommandAck, CommandAction, InstanceReport, NodeSummary, Registration,
 };
 use canopy_core::naming::is_cluster_name;
 use canopy_core::{ClusterId, InstanceNumber, InstanceStatus, ServiceId, StatusClass};
@@ -124,7 +124,10 @@ struct SessionHandle {
 
 struct ClusterEntry {
     doc: Cluster,
+    /// The last report without its node list and usage (those are kept apart: the scheduler
+    /// copies reports).
     report: Option<ClusterReport>,
+    nodes: Vec<NodeSummary>,
     last_seen: Instant,
     last_report_unix: f64,
 }
@@ -271,6 +274,7 @@ impl Root {
                 ClusterEntry {
                     doc: c,
                     report: None,
+                    nodes: Vec::new(),
                     // A restarted root gives every cluster the full grace period to come back.
                     last_seen: now,
                     last_report_unix: 0.0,
@@ -1085,6 +1089,7 @@ impl Root {
         self.metrics
             .set_clusters(active as i64, (st.clusters.len() - active) as i64);
         self.metrics.set_instances(&by_status);
+        self.metrics.set_addresses(st.pool.in_use() as i64);
     }
 
     pub async fn clusters(&self, only_active: bool) -> Vec<ClusterView> {
@@ -1157,6 +1162,7 @@ impl Root {
                     ClusterEntry {
                         doc,
                         report: None,
+                        nodes: Vec::new(),
                         last_seen: Instant::now(),
                         last_report_unix: 0.0,
                     },
@@ -1208,13 +1214,49 @@ impl Root {
     }
 
     /// A cluster's resource report: it is alive and has this much room.
-    pub async fn cluster_report(&self, cluster: &ClusterId, report: ClusterReport) {
+    pub async fn cluster_report(&self, cluster: &ClusterId, mut report: ClusterReport) {
+        let usage = std::mem::take(&mut report.usage);
+        let nodes = std::mem::take(&mut report.nodes);
         let mut st = self.state.lock().await;
-        if let Some(e) = st.clusters.get_mut(cluster) {
-            e.report = Some(report);
-            e.last_seen = Instant::now();
-            e.last_report_unix = unix_now();
+        let Some(e) = st.clusters.get_mut(cluster) else {
+            return;
+        };
+        e.report = Some(report);
+        e.nodes = nodes;
+        e.last_seen = Instant::now();
+        e.last_report_unix = unix_now();
+        // Live figures and log tails: kept in memory, written with the next status change.
+        for u in usage {
+            if let Some(i) = st
+                .services
+                .get_mut(u.service_id.as_str())
+                .and_then(|s| s.instances.get_mut(&u.instance.0))
+                .filter(|i| i.cluster_id.as_ref() == Some(cluster))
+            {
+                i.cpu_percent = u.cpu_percent;
+                i.memory_mb = u.memory_mb;
+                i.logs = u.logs;
+            }
         }
+    }
+
+    /// Every worker of every cluster, from the clusters' last reports.
+    pub async fn nodes(&self) -> Vec<(ClusterView, NodeSummary)> {
+        let st = self.state.lock().await;
+        let grace = self.settings.cluster_grace;
+        let mut out = Vec::new();
+        for e in st.clusters.values() {
+            let view = ClusterView {
+                doc: e.doc.clone(),
+                report: None,
+                active: e.active(grace),
+                last_report: e.last_report_unix,
+            };
+            for n in &e.nodes {
+                out.push((view.clone(), n.clone()));
+            }
+        }
+        out
     }
 
     /// Applies one instance status report; returns the sequence number to acknowledge.

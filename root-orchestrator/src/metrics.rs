@@ -7,6 +7,7 @@
 //! | `canopy_root_reschedules_total` | | instances taken from one cluster and placed again |
 //! | `canopy_root_clusters` | `state` (`active`, `inactive`) | registered clusters |
 //! | `canopy_root_instances` | `status` | instances by Oakestra status |
+//! | `canopy_root_service_addresses` | | service and instance addresses (10.30/16) in use |
 
 use canopy_core::InstanceStatus;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +25,7 @@ pub struct Metrics {
     reschedules: Counter,
     clusters: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
+    addresses: Gauge,
 }
 
 impl Default for Metrics {
@@ -34,6 +36,7 @@ impl Default for Metrics {
         let reschedules = Counter::default();
         let clusters = Family::<Labels, Gauge>::default();
         let instances = Family::<Labels, Gauge>::default();
+        let addresses = Gauge::default();
         registry.register("http_requests", "REST requests served", requests.clone());
         registry.register(
             "schedule_decisions",
@@ -47,6 +50,11 @@ impl Default for Metrics {
         );
         registry.register("clusters", "Registered clusters by state", clusters.clone());
         registry.register("instances", "Instances by status", instances.clone());
+        registry.register(
+            "service_addresses",
+            "Service and instance addresses in use",
+            addresses.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -54,6 +62,7 @@ impl Default for Metrics {
             reschedules,
             clusters,
             instances,
+            addresses,
         }
     }
 }
@@ -94,6 +103,10 @@ impl Metrics {
     }
 
     /// The text exposition.
+    pub fn set_addresses(&self, n: i64) {
+        self.addresses.set(n);
+    }
+
     pub fn render(&self) -> String {
         canopy_daemon::metrics::render(&self.registry)
     }

@@ -129,6 +129,9 @@ pub struct Instance {
     pub cpu_percent: f64,
     #[serde(default)]
     pub memory_mb: u64,
+    /// The tail of its output (at most 1024 bytes) from the cluster's last report.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logs: String,
     /// Unix seconds of the last status change.
     pub updated_at: f64,
     /// Clusters that answered they have no worker for it; not tried again until it runs.
@@ -147,6 +150,7 @@ impl Instance {
             node_id: None,
             cpu_percent: 0.0,
             memory_mb: 0,
+            logs: String::new(),
             updated_at: unix_now(),
             refused_by: Vec::new(),
         }

@@ -260,6 +260,7 @@ mod tests {
                 total: agg(vcpus, memory_mb, cpu_percent),
                 per_architecture: [(Architecture::Amd64, agg(vcpus, memory_mb, cpu_percent))]
                     .into(),
+                ..Default::default()
             },
         }
     }

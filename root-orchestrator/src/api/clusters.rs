@@ -1,6 +1,6 @@
-//! The clusters known to the root, with their last report.
+//! The clusters known to the root, with their last report, and their workers.
 
-use super::views::{ClusterInfo, ErrorBody};
+use super::views::{ClusterInfo, ErrorBody, NodeView};
 use super::{ApiResult, ApiState};
 use crate::control::Caller;
 use axum::Json;
@@ -28,4 +28,18 @@ pub async fn list_active_clusters(
 ) -> ApiResult<Json<Vec<ClusterInfo>>> {
     let list = s.root.clusters(true).await;
     Ok(Json(list.iter().map(ClusterInfo::from).collect()))
+}
+
+/// Every worker of every cluster, as the clusters last reported them.
+#[utoipa::path(get, path = "/api/nodes", tag = "clusters",
+    responses((status = 200, body = Vec<NodeView>), (status = 401, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn list_nodes(
+    State(s): State<ApiState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<NodeView>>> {
+    let list = s.root.nodes().await;
+    Ok(Json(
+        list.iter().map(|(c, n)| NodeView::new(c, n)).collect(),
+    ))
 }

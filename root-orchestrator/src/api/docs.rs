@@ -39,7 +39,7 @@ impl Modify for BearerAuth {
         apps::delete_application, apps::list_applications, apps::list_user_applications,
         apps::add_services, apps::get_service, apps::update_service, apps::delete_service,
         apps::list_services, apps::list_all_services, apps::scale_up, apps::scale_down,
-        clusters::list_clusters, clusters::list_active_clusters,
+        clusters::list_clusters, clusters::list_active_clusters, clusters::list_nodes,
     ),
     components(schemas(Role, Member, ErrorBody, ProblemView, MessageBody, Oid)),
     modifiers(&BearerAuth)

@@ -2,7 +2,7 @@
 //!
 //! - [`accounts`]: login, refresh, users, organisations;
 //! - [`apps`]: applications, services, instances;
-//! - [`clusters`]: the cluster list;
+//! - [`clusters`]: the cluster list and the workers of every cluster;
 //! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
@@ -241,6 +241,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
         .route("/api/clusters", get(clusters::list_clusters))
         .route("/api/clusters/active", get(clusters::list_active_clusters))
+        .route("/api/nodes", get(clusters::list_nodes))
         .route("/health", get(health))
         .route("/docs/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::page))

@@ -202,6 +202,8 @@ pub struct InstanceView {
     pub cpu_percent: f64,
     /// Memory in use, MB.
     pub memory: u64,
+    /// The last lines of its output (at most 1024 bytes), from its worker's last report.
+    pub logs: String,
     pub last_modified_timestamp: f64,
 }
 
@@ -216,6 +218,7 @@ impl From<&Instance> for InstanceView {
             instance_ip: i.ip.to_string(),
             cpu_percent: i.cpu_percent,
             memory: i.memory_mb,
+            logs: i.logs.clone(),
             last_modified_timestamp: i.updated_at,
         }
     }
@@ -378,6 +381,44 @@ impl From<&ClusterView> for ClusterInfo {
                 .iter()
                 .map(|(a, agg)| (a.as_str().to_owned(), AggregateView::from(agg)))
                 .collect(),
+        }
+    }
+}
+
+/// A worker, from its cluster's last report (a Canopy addition to Oakestra's API).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub node_id: String,
+    pub name: String,
+    pub cluster_id: String,
+    pub cluster_name: String,
+    /// The worker reports to its cluster and the cluster to the root.
+    pub active: bool,
+    pub architecture: String,
+    pub virtualizations: Vec<String>,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    /// Instances placed on it.
+    pub instances: u32,
+}
+
+impl NodeView {
+    pub fn new(c: &ClusterView, n: &canopy_core::link::NodeSummary) -> Self {
+        NodeView {
+            node_id: n.id.to_string(),
+            name: n.name.clone(),
+            cluster_id: c.doc.id.to_string(),
+            cluster_name: c.doc.name.clone(),
+            active: n.active && c.active,
+            architecture: n.architecture.as_str().to_owned(),
+            virtualizations: n
+                .virtualizations
+                .iter()
+                .map(|v| v.as_str().to_owned())
+                .collect(),
+            cpu_percent: n.cpu_percent,
+            memory_percent: n.memory_percent,
+            instances: n.instances,
         }
     }
 }

@@ -322,6 +322,7 @@ pub fn capacity(vcpus: u32, memory_mb: u64) -> ClusterReport {
             csi_drivers: Default::default(),
         },
         per_architecture: Default::default(),
+        ..Default::default()
     }
 }
 

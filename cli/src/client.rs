@@ -1,0 +1,292 @@
+//! The REST client of the root's API and the CLI's saved logins.
+//!
+//! Logins are kept in `$CANOPY_CONFIG`, else `$XDG_CONFIG_HOME/canopy/config.json`, else
+//! `~/.config/canopy/config.json` (mode 0600): per API URL the user name, the access token and
+//! the refresh token, plus the API used when `--api` is not given. An answer 401 with a saved
+//! refresh token gets a new access token (`POST /api/auth/refresh`) and the request is sent
+//! once more.
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The API when neither `--api` nor a saved one says otherwise.
+pub const DEFAULT_API: &str = "http://127.0.0.1:10000";
+
+/// One saved login.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Login {
+    pub username: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+/// The CLI's config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Config {
+    /// The API used when `--api` is not given.
+    #[serde(default)]
+    pub current: Option<String>,
+    #[serde(default)]
+    pub logins: BTreeMap<String, Login>,
+}
+
+impl Config {
+    pub fn path() -> PathBuf {
+        if let Some(p) = std::env::var_os("CANOPY_CONFIG").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("canopy").join("config.json")
+    }
+
+    pub fn load() -> Result<Config> {
+        let path = Config::path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a canopy config file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let path = Config::path();
+        let text = serde_json::to_string_pretty(self)?;
+        canopy_store::secrets::write_private(&path, &text)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// An error answer of the API, with the field it names.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+    /// `PATH: MESSAGE` for every SLA problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)?;
+        if let Some(field) = &self.field
+            && !self.message.contains(field.as_str())
+        {
+            write!(f, " (field {field})")?;
+        }
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    fn from_answer(status: StatusCode, body: &str) -> ApiError {
+        let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+        let message = text("message")
+            .or_else(|| text("msg"))
+            .unwrap_or_else(|| body.trim().to_owned());
+        let problems = json
+            .get("problems")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .map(|p| {
+                        let path = p.get("path").and_then(Value::as_str).unwrap_or("");
+                        let msg = p.get("message").and_then(Value::as_str).unwrap_or("");
+                        format!("{path}: {msg}")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ApiError {
+            status,
+            message,
+            field: text("field"),
+            problems,
+        }
+    }
+}
+
+/// A client of one root's API.
+pub struct Client {
+    http: reqwest::Client,
+    pub api: String,
+    config: Config,
+}
+
+impl Client {
+    /// A client of `api`, else the saved current API, else [`DEFAULT_API`].
+    pub fn new(api: Option<&str>) -> Result<Client> {
+        let config = Config::load()?;
+        let api = api
+            .map(str::to_owned)
+            .or_else(|| config.current.clone())
+            .unwrap_or_else(|| DEFAULT_API.to_owned());
+        let api = api.trim_end_matches('/').to_owned();
+        if !api.starts_with("http://") && !api.starts_with("https://") {
+            bail!("--api must be an http:// or https:// URL, not {api:?}");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Client { http, api, config })
+    }
+
+    pub fn login_info(&self) -> Option<&Login> {
+        self.config.logins.get(&self.api)
+    }
+
+    /// Logs in and saves the tokens; this API becomes the current one.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<()> {
+        let body = serde_json::json!({ "username": username, "password": password });
+        let answer = self
+            .raw(Method::POST, "/api/auth/login", Some(&body), None)
+            .await?;
+        let token = string_field(&answer, "token")?;
+        let refresh_token = string_field(&answer, "refresh_token")?;
+        self.config.logins.insert(
+            self.api.clone(),
+            Login {
+                username: username.to_owned(),
+                token,
+                refresh_token,
+            },
+        );
+        self.config.current = Some(self.api.clone());
+        self.config.save()
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Value> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&mut self, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(Method::POST, path, body).await
+    }
+
+    pub async fn delete(&mut self, path: &str) -> Result<Value> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// Sends with the saved access token; refreshes it once on 401.
+    async fn send(&mut self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let Some(login) = self.login_info().cloned() else {
+            bail!(
+                "not logged in to {}: run `canopy login --api {} --username USER`",
+                self.api,
+                self.api
+            );
+        };
+        match self
+            .raw(method.clone(), path, body, Some(&login.token))
+            .await
+        {
+            Err(e)
+                if e.downcast_ref::<ApiError>()
+                    .is_some_and(|a| a.status == StatusCode::UNAUTHORIZED) =>
+            {
+                let token = self.refresh(&login).await?;
+                self.raw(method, path, body, Some(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn refresh(&mut self, login: &Login) -> Result<String> {
+        let answer = self
+            .raw(
+                Method::POST,
+                "/api/auth/refresh",
+                None,
+                Some(&login.refresh_token),
+            )
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "the login to {} has expired ({e}): run `canopy login` again",
+                    self.api
+                )
+            })?;
+        let token = string_field(&answer, "token")?;
+        if let Some(l) = self.config.logins.get_mut(&self.api) {
+            l.token = token.clone();
+        }
+        self.config.save()?;
+        Ok(token)
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.api);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the API at {}: {e}", self.api))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ApiError::from_answer(status, &text).into());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{url}: the answer is not JSON"))
+    }
+}
+
+fn string_field(v: &Value, key: &str) -> Result<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("the API's answer has no {key:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_name_the_field_and_every_problem() {
+        let e = ApiError::from_answer(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"{"message":"the SLA is not valid","field":"applications[0].microservices[0].code",
+                "problems":[{"path":"applications[0].microservices[0].code","message":"must not be empty"}]}"#,
+        );
+        let text = e.to_string();
+        assert!(text.starts_with("422 Unprocessable Entity: the SLA is not valid"));
+        assert!(text.contains("(field applications[0].microservices[0].code)"));
+        assert!(text.contains("\n  applications[0].microservices[0].code: must not be empty"));
+
+        let e = ApiError::from_answer(StatusCode::BAD_GATEWAY, "upstream down");
+        assert_eq!(e.to_string(), "502 Bad Gateway: upstream down");
+    }
+}

@@ -1,0 +1,562 @@
+//! The end-to-end harness: a whole Canopy started with the real `canopy up` (root, cluster and
+//! node engines as separate processes) on loopback, against the machine's containerd, and
+//! driven through the real REST API and the real `canopy` CLI.
+//!
+//! - [`Stack`]: one `canopy up` in a temporary directory with its own ports, containerd
+//!   namespaces (`canopy-e2e-<id>-workerN`) and CLI config; REST helpers; stopped and purged on
+//!   drop.
+//! - [`ctr`]: what containerd holds in a namespace, through the `ctr` tool.
+//! - [`demo_image`]: the busybox image the quickstart uses, built once per run.
+//!
+//! The daemons are found next to the test executable's directory (`target/<profile>/`): build
+//! them first (`cargo build --workspace --bins`; `scripts/test.sh` does).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_PASSWORD: &str = "e2e-admin-pw";
+
+/// `target/<profile>/`, where cargo puts every workspace binary.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for b in [
+        "canopy",
+        "root-orchestrator",
+        "cluster-orchestrator",
+        "node-engine",
+    ] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// A block of 20 free loopback ports.
+fn port_block() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = 20_000 + (std::process::id() % 400) as u16 * 100;
+    loop {
+        let base = seed + NEXT.fetch_add(20, Ordering::Relaxed) % 20_000;
+        let free = (base..base + 20).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+/// A free loopback port (for a workload on the host network).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The demo image (`busybox` with `httpd` and `/www/index.html`) as an OCI archive, built once
+/// with `scripts/busybox-image.sh`. Returns the archive's path.
+pub fn demo_image(work: &Path) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = work.join("e2e-demo-image");
+    let archive = dir.join("oci.tar");
+    if !archive.exists() {
+        let status = Command::new("bash")
+            .arg(repo().join("scripts/busybox-image.sh"))
+            .arg("build")
+            .arg(&dir)
+            .arg("canopy-e2e/httpd:1")
+            .stdout(Stdio::null())
+            .status()
+            .expect("bash");
+        assert!(status.success(), "building the demo image failed");
+    }
+    archive
+}
+
+/// One SLA with one application `app` holding the given microservices.
+pub fn sla(app: &str, services: Vec<Value>) -> Value {
+    json!({
+        "sla_version": "v2.0",
+        "customerID": "Admin",
+        "applications": [{
+            "application_name": app,
+            "application_namespace": "e2e",
+            "application_desc": "end-to-end test",
+            "microservices": services,
+        }]
+    })
+}
+
+/// A container microservice running `cmd` from the demo image (32 MB, no vcpu reservation).
+pub fn container(name: &str, image: &Path, cmd: &[&str]) -> Value {
+    json!({
+        "microservice_name": name,
+        "microservice_namespace": "e2e",
+        "virtualization": "container",
+        "code": format!("oci-archive:{}", image.display()),
+        "cmd": cmd,
+        "memory": 32,
+        // No CPU reservation: several instances share a 2-core test machine.
+        "vcpus": 0,
+    })
+}
+
+/// The output of one `canopy` run.
+#[derive(Debug)]
+pub struct CliOut {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One `canopy up` and what it started.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    up: Option<Child>,
+    /// Everything `canopy up` printed so far.
+    pub up_output: std::sync::Arc<std::sync::Mutex<String>>,
+    pub api: String,
+    pub namespace_prefix: String,
+    pub workers: u32,
+    http: reqwest::Client,
+    token: String,
+    /// Processes the test started itself (a restarted root), stopped on drop.
+    pub extra: Vec<Child>,
+}
+
+impl Stack {
+    /// Runs `canopy up --workers N` and waits until it says it is up.
+    pub async fn up(workers: u32) -> Stack {
+        Self::up_with(workers, &[]).await
+    }
+
+    pub async fn up_with(workers: u32, extra_args: &[&str]) -> Stack {
+        let bins = bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("canopy-e2e-")
+            .tempdir()
+            .expect("a temp dir");
+        let id = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("x")
+            .trim_start_matches("canopy-e2e-")
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let namespace_prefix = format!("canopy-e2e-{id}");
+        let base = port_block();
+        let mut cmd = Command::new(bins.join("canopy"));
+        cmd.arg("up")
+            .arg(format!("--workers={workers}"))
+            .arg(format!("--data-dir={}", dir.path().join("up").display()))
+            .arg(format!("--port-base={base}"))
+            .arg(format!("--containerd-namespace={namespace_prefix}"))
+            .args(extra_args)
+            .env("CANOPY_CONFIG", dir.path().join("cli.json"))
+            .env("CANOPY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("CANOPY_API")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("canopy up starts");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let out = output.clone();
+            let tx = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.starts_with("Canopy is up") {
+                        let _ = tx.send(true);
+                    }
+                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+                let _ = tx.send(false);
+            });
+        }
+        drop(ready_tx);
+        let mut stack = Stack {
+            dir,
+            up: Some(child),
+            up_output: output,
+            api: format!("http://127.0.0.1:{base}"),
+            namespace_prefix,
+            workers,
+            http: reqwest::Client::new(),
+            token: String::new(),
+            extra: Vec::new(),
+        };
+        let ready = tokio::task::spawn_blocking(move || {
+            ready_rx
+                .recv_timeout(Duration::from_secs(180))
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        assert!(
+            ready,
+            "canopy up did not come up:\n{}\n{}",
+            stack.output(),
+            stack.daemon_logs()
+        );
+        stack.token = stack.login().await;
+        stack
+    }
+
+    pub fn output(&self) -> String {
+        self.up_output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The last lines of every daemon's log, for failure messages.
+    pub fn daemon_logs(&self) -> String {
+        let mut out = String::new();
+        let logs = self.dir.path().join("up/logs");
+        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", entry.path().display()));
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// `<data-dir>/up.json`.
+    pub fn state(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.path().join("up/up.json")).expect("up.json");
+        serde_json::from_str(&text).expect("up.json is JSON")
+    }
+
+    /// The `up.json` entry of component `name` (`root`, `cluster`, `worker1`, ...).
+    pub fn component(&self, name: &str) -> Value {
+        self.state()["components"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no component {name} in up.json"))
+    }
+
+    pub fn namespace(&self, worker: u32) -> String {
+        format!("{}-worker{worker}", self.namespace_prefix)
+    }
+
+    async fn login(&self) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/auth/login", self.api))
+            .json(&json!({"username": "Admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .expect("login request");
+        let v: Value = r.json().await.expect("login answer");
+        v["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Runs `canopy ARGS` with this stack's CLI config.
+    pub async fn cli(&self, args: &[&str]) -> CliOut {
+        let out = tokio::process::Command::new(bin_dir().join("canopy"))
+            .args(args)
+            .env("CANOPY_CONFIG", self.dir.path().join("cli.json"))
+            .env_remove("CANOPY_API")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("canopy runs");
+        CliOut {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `canopy ARGS`, which must succeed.
+    pub async fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).await;
+        assert!(
+            out.ok,
+            "canopy {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    /// A REST call with the Admin's token: status and JSON answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.expect("the API answers");
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.call("GET", path, None).await;
+        assert!(status.is_success(), "GET {path}: {status} {v}");
+        v
+    }
+
+    /// Posts an SLA and one instance of each of its services; returns the service ids.
+    pub async fn deploy(&self, sla: &Value) -> Vec<String> {
+        let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;
+        assert!(
+            status.is_success(),
+            "POST /api/application: {status} {apps}"
+        );
+        let name = sla["applications"][0]["application_name"].clone();
+        let app = apps
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["application_name"] == name).cloned())
+            .expect("the new application is listed");
+        let ids: Vec<String> = app["microservices"]
+            .as_array()
+            .expect("service ids")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        for id in &ids {
+            let (status, v) = self
+                .call("POST", &format!("/api/service/{id}/instance"), None)
+                .await;
+            assert!(status.is_success(), "scale up {id}: {status} {v}");
+        }
+        ids
+    }
+
+    pub async fn instances(&self, service: &str) -> Vec<Value> {
+        self.get(&format!("/api/service/{service}")).await["instance_list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls the service until `done` holds for its instance list; panics with the last list
+    /// and the daemons' logs after `timeout`.
+    pub async fn wait_instances(
+        &self,
+        service: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let list = self.instances(service).await;
+            if done(&list) {
+                return list;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{what}: not reached after {timeout:?}; instances: {}\n{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default(),
+                    self.daemon_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the service has exactly `n` instances, all with `status`.
+    pub async fn wait_all(&self, service: &str, n: usize, status: &str) -> Vec<Value> {
+        self.wait_instances(
+            service,
+            &format!("{n} instance(s) {status}"),
+            Duration::from_secs(90),
+            |l| l.len() == n && l.iter().all(|i| i["status"] == status),
+        )
+        .await
+    }
+
+    /// A gauge from the root's `/metrics`.
+    pub async fn root_metric(&self, name: &str) -> f64 {
+        let url = self.state()["root_metrics"]
+            .as_str()
+            .expect("root_metrics")
+            .to_owned();
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("root metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Sends SIGTERM to `canopy up` (what Ctrl-C does) and waits for it; returns whether it
+    /// exited successfully.
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut child) = self.up.take() else {
+            return false;
+        };
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        tokio::task::spawn_blocking(move || child.wait().map(|s| s.success()).unwrap_or(false))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Sends `sig` to a process this test started (directly or through `canopy up`).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.up.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+        for mut c in self.extra.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for w in 1..=self.workers {
+            ctr::purge(&self.namespace(w));
+        }
+    }
+}
+
+/// What containerd holds, through `ctr` (the tool an operator would use to check).
+pub mod ctr {
+    use std::process::Command;
+
+    fn run(ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .output()
+            .expect("ctr runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn names(ns: &str, args: &[&str]) -> Vec<String> {
+        run(ns, args)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn containers(ns: &str) -> Vec<String> {
+        names(ns, &["containers", "ls", "-q"])
+    }
+
+    /// Snapshot keys (the image's committed layers included).
+    pub fn snapshots(ns: &str) -> Vec<String> {
+        run(ns, &["snapshots", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    /// `(container id, pid)` of every task.
+    pub fn tasks(ns: &str) -> Vec<(String, u32)> {
+        run(ns, &["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let id = f.next()?.to_owned();
+                let pid = f.next()?.parse().ok()?;
+                Some((id, pid))
+            })
+            .collect()
+    }
+
+    /// Removes everything in the namespace and the namespace itself.
+    pub fn purge(ns: &str) {
+        for (id, _) in tasks(ns) {
+            let _ = run(ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = run(ns, &["tasks", "delete", "-f", &id]);
+        }
+        for c in containers(ns) {
+            let _ = run(ns, &["containers", "delete", &c]);
+        }
+        for i in names(ns, &["images", "ls", "-q"]) {
+            let _ = run(ns, &["images", "rm", &i]);
+        }
+        // Children before parents: retry while any go.
+        for _ in 0..10 {
+            let snaps = snapshots(ns);
+            if snaps.is_empty() {
+                break;
+            }
+            for s in snaps {
+                let _ = run(ns, &["snapshots", "rm", &s]);
+            }
+        }
+        for c in names(ns, &["content", "ls", "-q"]) {
+            let _ = run(ns, &["content", "rm", &c]);
+        }
+        for l in names(ns, &["leases", "ls", "-q"]) {
+            let _ = run(ns, &["leases", "rm", &l]);
+        }
+        let _ = Command::new("ctr")
+            .args(["namespaces", "remove", ns])
+            .output();
+    }
+}
