@@ -25,8 +25,8 @@ pub struct LoginArgs {
 pub struct ApplyArgs {
     /// An SLA v2.0 file (Oakestra's format).
     pub file: PathBuf,
-    /// Show progress until every instance runs (or a one-shot completed); fail with the
-    /// reason when one fails.
+    /// Show progress until every instance runs (a one-shot service's: until it completed);
+    /// fail with the reason when one fails.
     #[arg(long)]
     pub wait: bool,
     /// How long `--wait` waits, seconds.
@@ -119,6 +119,8 @@ struct Tracked {
     service_id: String,
     label: String,
     number: u32,
+    /// Done at `COMPLETED` rather than `RUNNING`.
+    one_shot: bool,
     last: String,
 }
 
@@ -166,6 +168,7 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
                 service_id: id.to_owned(),
                 label,
                 number,
+                one_shot: svc.get("one_shot").and_then(Value::as_bool) == Some(true),
                 last: String::new(),
             });
         }
@@ -211,7 +214,8 @@ async fn wait_running(
                 t.last = line.clone();
             }
             match status.parse::<InstanceStatus>() {
-                Ok(InstanceStatus::Running | InstanceStatus::Completed) => done += 1,
+                Ok(InstanceStatus::Completed) => done += 1,
+                Ok(InstanceStatus::Running) if !t.one_shot => done += 1,
                 Ok(s) if s.needs_rescheduling() || s.class() == StatusClass::NegativeScheduling => {
                     bail!("{} instance {} failed: {line}", t.label, t.number)
                 }
@@ -223,7 +227,7 @@ async fn wait_running(
         }
         if done == tracked.len() {
             println!(
-                "all {} instance(s) running after {:.1}s",
+                "all {} instance(s) running (or completed) after {:.1}s",
                 tracked.len(),
                 start.elapsed().as_secs_f64()
             );

@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// Log filter for the daemons.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Benchmark mode: also start this many virtual workers (one `node-engine
+    /// --bench-virtual-workers` process) that speak the real protocol but run nothing.
+    #[arg(long, default_value_t = 0)]
+    pub virtual_workers: u32,
     /// Extra arguments for every node engine (e.g. `--insecure-registry=HOST:PORT`).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -138,10 +142,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if !args.containerd_namespace.starts_with("canopy") {
         bail!("--containerd-namespace must start with \"canopy\"");
     }
-    if args.workers == 0 || args.workers > 1000 {
-        bail!("--workers must be from 1 to 1000");
+    if args.workers > 1000 || args.virtual_workers > 10_000 {
+        bail!("--workers must be at most 1000 and --virtual-workers at most 10000");
     }
-    if args.runtimes.split(',').any(|r| r.trim() == "container") && !args.containerd_socket.exists()
+    if args.workers + args.virtual_workers == 0 {
+        bail!("--workers must be at least 1 (or give --virtual-workers)");
+    }
+    if args.workers > 0
+        && args.runtimes.split(',').any(|r| r.trim() == "container")
+        && !args.containerd_socket.exists()
     {
         bail!(
             "containerd does not answer at {} (start it, e.g. `systemctl start containerd`, or run `containerd &`)",
@@ -246,6 +255,36 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .await?;
             kids.push(kid);
         }
+        if args.virtual_workers > 0 {
+            let port = ports.first_node + args.workers as u16;
+            let mut cmd = vec![
+                bins.path("node-engine"),
+                format!(
+                    "--cluster-addr={}",
+                    SocketAddr::new(local, ports.cluster_api)
+                ),
+                "--name=virtual".to_owned(),
+                format!("--data-dir={}", dir.join("virtual").display()),
+                format!("--api-addr={}", SocketAddr::new(local, port)),
+                format!("--bench-virtual-workers={}", args.virtual_workers),
+                format!("--log={}", args.log),
+            ];
+            cmd.extend(args.node_args.iter().cloned());
+            step(&format!(
+                "starting {} virtual workers (benchmark mode: no workloads run)",
+                args.virtual_workers
+            ));
+            let kid = spawn_with(
+                &dir,
+                "virtual",
+                cmd,
+                format!("{}/health", url(port)),
+                None,
+                &[("CANOPY_NODE_TOKEN", node_token.as_str())],
+            )
+            .await?;
+            kids.push(kid);
+        }
         for k in kids.iter_mut().skip(2) {
             wait_healthy(Some(k)).await?;
         }
@@ -257,7 +296,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         client.login("Admin", &password).await.context(
             "cannot log in as Admin (was CANOPY_ADMIN_PASSWORD changed after the first start?)",
         )?;
-        wait_cluster(&mut client, args.workers, &mut kids).await?;
+        wait_cluster(&mut client, args.workers + args.virtual_workers, &mut kids).await?;
         Ok::<String, anyhow::Error>(password)
     };
     let password = tokio::select! {
@@ -504,7 +543,7 @@ fn reap(kids: &mut [Running]) {
 /// Stops the workers, then the cluster, then the root: SIGTERM, then SIGKILL after a grace.
 async fn stop_all(kids: &mut [Running]) {
     let workers: Vec<usize> = (0..kids.len())
-        .filter(|&i| kids[i].info.name.starts_with("worker"))
+        .filter(|&i| !matches!(kids[i].info.name.as_str(), "cluster" | "root"))
         .collect();
     stop_group(kids, &workers, Duration::from_secs(30)).await;
     for name in ["cluster", "root"] {

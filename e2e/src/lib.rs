@@ -348,8 +348,8 @@ impl Stack {
         v
     }
 
-    /// Posts an SLA and one instance of each of its services; returns the service ids.
-    pub async fn deploy(&self, sla: &Value) -> Vec<String> {
+    /// Posts an SLA (no instance yet); returns the ids of its first application's services.
+    pub async fn create(&self, sla: &Value) -> Vec<String> {
         let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;
         assert!(
             status.is_success(),
@@ -360,12 +360,17 @@ impl Stack {
             .as_array()
             .and_then(|l| l.iter().find(|a| a["application_name"] == name).cloned())
             .expect("the new application is listed");
-        let ids: Vec<String> = app["microservices"]
+        app["microservices"]
             .as_array()
             .expect("service ids")
             .iter()
             .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect();
+            .collect()
+    }
+
+    /// Posts an SLA and one instance of each of its services; returns the service ids.
+    pub async fn deploy(&self, sla: &Value) -> Vec<String> {
+        let ids = self.create(sla).await;
         for id in &ids {
             let (status, v) = self
                 .call("POST", &format!("/api/service/{id}/instance"), None)
@@ -373,6 +378,41 @@ impl Stack {
             assert!(status.is_success(), "scale up {id}: {status} {v}");
         }
         ids
+    }
+
+    /// Starts component `name` again by hand with its command line from `up.json` (after the
+    /// test killed it), output appended to its log; the process is kept in `extra`. Returns
+    /// its pid.
+    pub fn restart(&mut self, name: &str, env: &[(&str, &str)]) -> u32 {
+        let comp = self.component(name);
+        let cmd: Vec<String> = comp["command"]
+            .as_array()
+            .expect("a command")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(comp["log"].as_str().unwrap_or_default())
+            .expect("its log");
+        let child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("it starts");
+        let pid = child.id();
+        self.extra.push(child);
+        pid
+    }
+
+    /// The cluster's node join token (for restarting a worker by hand).
+    pub fn node_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up/cluster/node-token"))
+            .expect("the node token")
+            .trim()
+            .to_owned()
     }
 
     pub async fn instances(&self, service: &str) -> Vec<Value> {
@@ -526,6 +566,49 @@ pub mod ctr {
             .collect()
     }
 
+    /// Wall time (ms) of `runs` bare `ctr run -d --net-host IMAGE ... sleep 600`, each removed
+    /// after: the baseline the engines' start latency is compared with.
+    pub fn run_baseline(ns: &str, image: &str, runs: u32) -> Vec<f64> {
+        let mut out = Vec::new();
+        for i in 0..runs {
+            let id = format!("bench-ctr-{i}");
+            let t = std::time::Instant::now();
+            let r = Command::new("ctr")
+                .args([
+                    "-n",
+                    ns,
+                    "run",
+                    "-d",
+                    "--net-host",
+                    image,
+                    &id,
+                    "sleep",
+                    "600",
+                ])
+                .output()
+                .expect("ctr runs");
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert!(
+                r.status.success(),
+                "ctr run: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let _ = run(ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
+            for _ in 0..100 {
+                let gone = Command::new("ctr")
+                    .args(["-n", ns, "tasks", "rm", &id])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if gone {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = run(ns, &["containers", "rm", &id]);
+        }
+        out
+    }
+
     /// Removes everything in the namespace and the namespace itself.
     pub fn purge(ns: &str) {
         for (id, _) in tasks(ns) {
@@ -558,5 +641,41 @@ pub mod ctr {
         let _ = Command::new("ctr")
             .args(["namespaces", "remove", ns])
             .output();
+    }
+}
+
+/// Percentiles of a set of measurements.
+pub mod stats {
+    #[derive(Debug, Clone, Copy)]
+    pub struct Summary {
+        pub p50: f64,
+        pub p90: f64,
+        pub p99: f64,
+        pub max: f64,
+    }
+
+    /// Nearest-rank percentile of sorted values.
+    pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+        sorted[rank.min(sorted.len() - 1)]
+    }
+
+    pub fn summarize(mut v: Vec<f64>) -> Summary {
+        v.sort_by(f64::total_cmp);
+        Summary {
+            p50: percentile(&v, 50.0),
+            p90: percentile(&v, 90.0),
+            p99: percentile(&v, 99.0),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    impl Summary {
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::json!({"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max})
+        }
     }
 }

@@ -271,23 +271,7 @@ async fn a_root_restart_mid_deployment_loses_nothing() {
     signal(root["pid"].as_u64().unwrap() as u32, Signal::SIGKILL);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let command: Vec<String> = root["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(root["log"].as_str().unwrap())
-        .unwrap();
-    let again = std::process::Command::new(&command[0])
-        .args(&command[1..])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    stack.extra.push(again);
+    stack.restart("root", &[]);
     for _ in 0..100 {
         if reqwest::get(format!("{}/health", stack.api)).await.is_ok() {
             break;

@@ -11,8 +11,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use canopy_e2e::stats::summarize;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const JOB: &str = "bench.ns.start.ns";
 
@@ -31,31 +32,6 @@ const IDLE_WAT: &str = r#"
       (br $l))))
 "#;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-struct Summary {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-fn summarize(mut v: Vec<f64>) -> Summary {
-    v.sort_by(f64::total_cmp);
-    Summary {
-        p50: percentile(&v, 50.0),
-        p90: percentile(&v, 90.0),
-        p99: percentile(&v, 99.0),
-        max: *v.last().unwrap_or(&f64::NAN),
-    }
-}
-
 async fn engine_starts(
     cluster: &mut Cluster,
     runs: u32,
@@ -73,39 +49,6 @@ async fn engine_starts(
         out.push(t.elapsed().as_secs_f64() * 1000.0);
         cluster.delete(JOB, n).await;
         cluster.status(JOB, n, "UNDEPLOYED", SECS_60).await;
-    }
-    out
-}
-
-fn ctr(ns: &Namespace, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("ctr")
-        .args(["--address", SOCKET, "-n", &ns.0])
-        .args(args)
-        .output()
-        .expect("ctr runs")
-}
-
-fn ctr_runs(ns: &Namespace, runs: u32, image: &str) -> Vec<f64> {
-    let mut out = Vec::new();
-    for i in 0..runs {
-        let id = format!("ctr-baseline-{i}");
-        let t = Instant::now();
-        let r = ctr(ns, &["run", "-d", image, &id, "sleep", "600"]);
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        assert!(
-            r.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        out.push(ms);
-        ctr(ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
-        for _ in 0..50 {
-            if ctr(ns, &["tasks", "rm", &id]).status.success() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ctr(ns, &["containers", "rm", &id]);
     }
     out
 }
@@ -139,7 +82,7 @@ fn main() {
         eprintln!("{runs} container starts through the engine...");
         let container = summarize(engine_starts(&mut cluster, runs, "container", &image, &["sleep", "600"]).await);
         eprintln!("{runs} bare `ctr run -d` of the same image...");
-        let baseline = summarize(ctr_runs(&ns, runs, "canopy.test/busybox:1"));
+        let baseline = summarize(canopy_e2e::ctr::run_baseline(&ns.0, "canopy.test/busybox:1", runs));
         eprintln!("{runs} wasm module starts through the engine...");
         let wasm = summarize(engine_starts(&mut cluster, runs, "wasm", &module, &[]).await);
         // Where the time goes inside the engine: the runtimes' own start latency.

@@ -62,6 +62,11 @@ pub struct Config {
     /// `canopy up`); by default instances keep running across an engine restart.
     #[arg(long, env = "CANOPY_REMOVE_ON_EXIT")]
     pub remove_on_exit: bool,
+    /// Benchmark mode: run this many virtual workers (`<name>-v<N>`, state under
+    /// `<data-dir>/v<N>`) that speak the real worker protocol but start no workloads: every
+    /// instance "runs" at once. For load tests of clusters; never for real work.
+    #[arg(long, default_value_t = 0)]
+    pub bench_virtual_workers: u32,
     #[arg(long, env = "CANOPY_LOG", default_value = "info")]
     pub log: String,
 }
@@ -99,6 +104,7 @@ impl Config {
             report_interval_secs: 0.5,
             stop_grace_secs: 2.0,
             remove_on_exit: false,
+            bench_virtual_workers: 0,
             log: "info".into(),
         }
     }

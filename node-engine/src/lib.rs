@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod uplink;
+pub mod virtual_workers;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "node-engine";

@@ -13,6 +13,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if config.bench_virtual_workers > 0 {
+        return node_engine::virtual_workers::run(&config, canopy_daemon::shutdown_signal()).await;
+    }
     let node = Node::start(&config).await?;
     let api = tokio::net::TcpListener::bind(config.api_addr).await?;
     tracing::info!(api = %api.local_addr()?, cluster = %config.cluster_addr, "node engine ready");

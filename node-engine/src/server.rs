@@ -41,12 +41,8 @@ impl Node {
     pub async fn start(config: &Config) -> Result<Node, StartError> {
         let dir = |e| StartError::DataDir(config.data_dir.display().to_string(), e);
         std::fs::create_dir_all(&config.data_dir).map_err(dir)?;
-        std::fs::create_dir_all(config.log_dir()).map_err(dir)?;
         let scratch = config.data_dir.join("scratch");
         std::fs::create_dir_all(&scratch).map_err(dir)?;
-        let store = canopy_store::StoreConfig::choose(None, "", &config.data_dir)
-            .open()
-            .await?;
         let mut runtimes: Vec<Arc<dyn Runtime>> = Vec::new();
         for name in &config.runtimes {
             let rt_err = |error| StartError::Runtime {
@@ -69,6 +65,19 @@ impl Node {
                 other => return Err(StartError::UnknownRuntime(other.to_owned())),
             }
         }
+        Node::with_runtimes(config, runtimes).await
+    }
+
+    /// Opens the state with these runtimes and recovers persisted instances.
+    pub async fn with_runtimes(
+        config: &Config,
+        runtimes: Vec<Arc<dyn Runtime>>,
+    ) -> Result<Node, StartError> {
+        let dir = |e| StartError::DataDir(config.data_dir.display().to_string(), e);
+        std::fs::create_dir_all(config.log_dir()).map_err(dir)?;
+        let store = canopy_store::StoreConfig::choose(None, "", &config.data_dir)
+            .open()
+            .await?;
         let (engine, updates) = Engine::new(
             runtimes,
             store,
@@ -95,6 +104,26 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let stopper = canopy_daemon::Stopper::new(shutdown);
+        let engine = self.engine.clone();
+        let remove_on_exit = self.config.remove_on_exit;
+        let uplink_task = tokio::spawn(self.hold_link(link, stopper.stopped()));
+        let http =
+            axum::serve(api, api::router(engine.clone())).with_graceful_shutdown(stopper.stopped());
+        http.await.map_err(StartError::Serve)?;
+        let _ = uplink_task.await;
+        if remove_on_exit {
+            tracing::info!("removing every instance before exit");
+            engine.remove_all().await;
+        }
+        Ok(())
+    }
+
+    /// Registers with the cluster and holds the worker protocol until `shutdown`.
+    pub async fn hold_link(
+        self,
+        link: Option<watch::Sender<LinkState>>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let state = link.unwrap_or_else(|| watch::channel(LinkState::Offline).0);
         let uplink = Uplink::new(
             self.engine.clone(),
@@ -107,15 +136,6 @@ impl Node {
             },
             state,
         );
-        let uplink_task = tokio::spawn(uplink.run(self.updates, stopper.stopped()));
-        let http = axum::serve(api, api::router(self.engine.clone()))
-            .with_graceful_shutdown(stopper.stopped());
-        http.await.map_err(StartError::Serve)?;
-        let _ = uplink_task.await;
-        if self.config.remove_on_exit {
-            tracing::info!("removing every instance before exit");
-            self.engine.remove_all().await;
-        }
-        Ok(())
+        uplink.run(self.updates, shutdown).await;
     }
 }

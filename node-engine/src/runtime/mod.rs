@@ -3,6 +3,7 @@
 //! module here.
 
 pub mod containerd;
+pub mod simulated;
 pub mod wasm;
 
 use async_trait::async_trait;

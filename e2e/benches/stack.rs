@@ -1,0 +1,409 @@
+//! Whole-system benchmarks with the real binaries started by `canopy up` (release build), on
+//! this machine's containerd. Each section prints a `BENCH_JSON {...}` line that
+//! `scripts/bench.sh` collects into `docs/benchmarks.json` and `docs/benchmarks.md`.
+//!
+//!     cargo build --release --workspace --bins
+//!     cargo bench -p canopy-e2e --bench stack -- [latency] [placement] [failover] [idle]
+//!
+//! - `latency`: submit (`POST /api/service/<id>/instance`) → `RUNNING` seen through the API,
+//!   for a cached container image and a wasm module, and a bare `ctr run -d` of the same image
+//!   (`CANOPY_BENCH_RUNS`, default 50);
+//! - `placement`: `--virtual-workers 200` (benchmark mode of the node engine), 5,000 instances
+//!   submitted, placements per second until all are `RUNNING`;
+//! - `failover`: two workers; the one holding the instance is killed (engine and containers),
+//!   time until the instance is `RUNNING` on the other; 10 runs;
+//! - `idle`: RSS and CPU of root, cluster and node engines with 10 workers over 60 s.
+#![allow(clippy::unwrap_used)]
+
+use canopy_e2e::stats::summarize;
+use canopy_e2e::{Stack, container, ctr, demo_image, signal, sla};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn work() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A container that stops promptly on SIGTERM (a shell as PID 1 ignores it otherwise).
+fn idler(name: &str, image: &Path) -> Value {
+    container(
+        name,
+        image,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ],
+    )
+}
+
+fn emit(section: &str, v: Value) {
+    println!("BENCH_JSON {}", json!({ section: v }));
+}
+
+/// Polls until instance `n` of `service` is RUNNING; returns when it was first seen so.
+async fn until_running(stack: &Stack, service: &str, n: u64) -> Instant {
+    let start = Instant::now();
+    loop {
+        let list = stack.instances(service).await;
+        if list
+            .iter()
+            .any(|i| i["instance_number"] == n && i["status"] == "RUNNING")
+        {
+            return Instant::now();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "instance {n} of {service} not RUNNING: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Submit → RUNNING for `runs` instances of `service`, one at a time.
+async fn submit_to_running(stack: &Stack, service: &str, runs: u32) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let (status, v) = stack
+            .call("POST", &format!("/api/service/{service}/instance"), None)
+            .await;
+        assert!(status.is_success(), "{v}");
+        let n = v["instance_number"].as_u64().unwrap();
+        let seen = until_running(stack, service, n).await;
+        out.push(seen.duration_since(t).as_secs_f64() * 1000.0);
+        stack
+            .call(
+                "DELETE",
+                &format!("/api/service/{service}/instance/{n}"),
+                None,
+            )
+            .await;
+    }
+    out
+}
+
+async fn latency(runs: u32) {
+    let image = demo_image(&work());
+    let stack = Stack::up_with(1, &["--node-arg=--stop-grace-secs=1"]).await;
+    let module = stack.dir.path().join("ticker.wat");
+    std::fs::copy(canopy_e2e::repo().join("examples/ticker.wat"), &module).unwrap();
+    let wasm = json!({
+        "microservice_name": "tick",
+        "microservice_namespace": "e2e",
+        "virtualization": "wasm",
+        "code": module.display().to_string(),
+        "memory": 16,
+    });
+    let ids = stack
+        .create(&sla("latency", vec![idler("idle", &image), wasm]))
+        .await;
+    eprintln!("warming up (image import, module compile)...");
+    submit_to_running(&stack, &ids[0], 1).await;
+    submit_to_running(&stack, &ids[1], 1).await;
+    eprintln!("{runs} container instances: submit → RUNNING...");
+    let c = summarize(submit_to_running(&stack, &ids[0], runs).await);
+    eprintln!("{runs} wasm instances: submit → RUNNING...");
+    let w = summarize(submit_to_running(&stack, &ids[1], runs).await);
+    let ns = stack.namespace(1);
+    let image_name = std::process::Command::new("ctr")
+        .args(["-n", &ns, "images", "ls", "-q"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap();
+    eprintln!("{runs} bare `ctr run -d --net-host {image_name}`...");
+    let b = summarize(ctr::run_baseline(&ns, &image_name, runs));
+    println!("submit → RUNNING over the REST API, {runs} runs (ms): p50 / p90 / p99");
+    println!(
+        "  container (cached image)  {:>7.1} {:>7.1} {:>7.1}",
+        c.p50, c.p90, c.p99
+    );
+    println!(
+        "  wasm module               {:>7.1} {:>7.1} {:>7.1}",
+        w.p50, w.p90, w.p99
+    );
+    println!(
+        "  bare ctr run -d           {:>7.1} {:>7.1} {:>7.1}",
+        b.p50, b.p90, b.p99
+    );
+    emit(
+        "latency",
+        json!({
+            "runs": runs,
+            "container_submit_to_running_ms": c.json(),
+            "wasm_submit_to_running_ms": w.json(),
+            "ctr_run_baseline_ms": b.json(),
+        }),
+    );
+}
+
+async fn placement(workers: u32, instances: u32) {
+    let stack = Stack::up_with(0, &[&format!("--virtual-workers={workers}")]).await;
+    let services = 50u32;
+    let per = instances / services;
+    let micro: Vec<Value> = (0..services)
+        .map(|i| {
+            json!({
+                "microservice_name": format!("s{i}"),
+                "microservice_namespace": "e2e",
+                "virtualization": "container",
+                "code": "docker.io/library/placeholder:1",
+                "memory": 1,
+            })
+        })
+        .collect();
+    let ids = stack.create(&sla("placement", micro)).await;
+    let total = (per * services) as usize;
+    eprintln!(
+        "submitting {total} instances over {services} services to {workers} virtual workers..."
+    );
+    let t0 = Instant::now();
+    let stack = std::sync::Arc::new(stack);
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let s = stack.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let (status, v) = s
+                    .call("POST", &format!("/api/service/{id}/instance"), None)
+                    .await;
+                assert!(status.is_success(), "{v}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let submitted = t0.elapsed().as_secs_f64();
+    eprintln!("submitted in {submitted:.1} s; waiting for all RUNNING...");
+    let mut last = 0;
+    let done = loop {
+        let services = stack.get("/api/services").await;
+        let running = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["instance_list"].as_array().cloned().unwrap_or_default())
+            .filter(|i| i["status"] == "RUNNING")
+            .count();
+        if running != last {
+            eprintln!(
+                "  {:>6.1} s  {running}/{total} RUNNING",
+                t0.elapsed().as_secs_f64()
+            );
+            last = running;
+        }
+        if running >= total {
+            break t0.elapsed().as_secs_f64();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "not all RUNNING after 15 min"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let rate = total as f64 / done;
+    println!(
+        "placement: {total} instances on {workers} virtual workers, all RUNNING after {done:.1} s ({rate:.0}/s; submitted in {submitted:.1} s)"
+    );
+    emit(
+        "placement",
+        json!({
+            "virtual_workers": workers,
+            "instances": total,
+            "seconds_to_all_running": done,
+            "submit_seconds": submitted,
+            "placements_per_second": rate,
+        }),
+    );
+}
+
+async fn failover(runs: u32) {
+    let image = demo_image(&work());
+    let mut stack = Stack::up_with(2, &["--node-arg=--stop-grace-secs=1"]).await;
+    let token = stack.node_token();
+    let mut pids = [0u32; 3];
+    for w in 1..=2u32 {
+        pids[w as usize] = stack.component(&format!("worker{w}"))["pid"]
+            .as_u64()
+            .unwrap() as u32;
+    }
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let ids = stack
+            .deploy(&sla(&format!("failover{run}"), vec![idler("svc", &image)]))
+            .await;
+        let id = ids[0].clone();
+        let list = stack.wait_all(&id, 1, "RUNNING").await;
+        let node = list[0]["worker_id"].as_str().unwrap().to_owned();
+        let nodes = stack.get("/api/nodes").await;
+        let victim = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == node.as_str())
+            .map(|n| {
+                n["name"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("worker")
+                    .parse::<u32>()
+                    .unwrap()
+            })
+            .unwrap();
+        let t = Instant::now();
+        signal(pids[victim as usize], Signal::SIGKILL);
+        for (_, pid) in ctr::tasks(&stack.namespace(victim)) {
+            signal(pid, Signal::SIGKILL);
+        }
+        stack
+            .wait_instances(&id, "moved", Duration::from_secs(60), |l| {
+                l.len() == 1 && l[0]["status"] == "RUNNING" && l[0]["worker_id"] != node.as_str()
+            })
+            .await;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("  run {run}: worker{victim} killed → RUNNING elsewhere in {ms:.0} ms");
+        times.push(ms);
+        // The worker comes back (same name, same data dir) before the next run.
+        pids[victim as usize] =
+            stack.restart(&format!("worker{victim}"), &[("CANOPY_NODE_TOKEN", &token)]);
+        let back = Instant::now();
+        loop {
+            let nodes = stack.get("/api/nodes").await;
+            let active = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["active"] == true)
+                .count();
+            if active == 2 {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "worker{victim} did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stack
+            .call("DELETE", &format!("/api/service/{id}"), None)
+            .await;
+    }
+    let s = summarize(times);
+    println!(
+        "failover over {runs} runs (ms): p50 {:.0}, p90 {:.0}, max {:.0}",
+        s.p50, s.p90, s.max
+    );
+    emit(
+        "failover",
+        json!({"runs": runs, "failover_to_running_ms": s.json()}),
+    );
+    // The restarted engines are stopped like the others: SIGTERM, so they remove what they run.
+    for c in &stack.extra {
+        signal(c.id(), Signal::SIGTERM);
+    }
+    for c in stack.extra.iter_mut() {
+        let _ = c.wait();
+    }
+    stack.extra.clear();
+    stack.stop().await;
+}
+
+/// (RSS MB, CPU seconds) of a process from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th field overall.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ, as `getconf CLK_TCK` reports it (100 on Linux).
+    let hz: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    (rss_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
+}
+
+async fn idle(workers: u32, secs: u64) {
+    let stack = Stack::up(workers).await;
+    let pid = |name: &str| stack.component(name)["pid"].as_u64().unwrap() as u32;
+    let mut names = vec!["root".to_owned(), "cluster".to_owned()];
+    names.extend((1..=workers).map(|w| format!("worker{w}")));
+    let before: Vec<f64> = names.iter().map(|n| usage(pid(n)).1).collect();
+    eprintln!("{workers} workers up; measuring {secs} s of idling...");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after: Vec<(f64, f64)> = names.iter().map(|n| usage(pid(n))).collect();
+    let cpu = |i: usize| (after[i].1 - before[i]) / secs as f64 * 100.0;
+    let nodes = (2..names.len()).collect::<Vec<_>>();
+    let mean =
+        |f: &dyn Fn(usize) -> f64| nodes.iter().map(|&i| f(i)).sum::<f64>() / nodes.len() as f64;
+    let node_rss = mean(&|i| after[i].0);
+    let node_cpu = mean(&cpu);
+    println!("idle after {secs} s with {workers} workers: RSS MB / CPU %");
+    println!("  root       {:>7.1} {:>6.2}", after[0].0, cpu(0));
+    println!("  cluster    {:>7.1} {:>6.2}", after[1].0, cpu(1));
+    println!("  node (mean){:>7.1} {:>6.2}", node_rss, node_cpu);
+    emit(
+        "idle",
+        json!({
+            "workers": workers,
+            "seconds": secs,
+            "idle_rss_mb": {"root": after[0].0, "cluster": after[1].0, "node": node_rss},
+            "idle_cpu_percent": {"root": cpu(0), "cluster": cpu(1), "node": node_cpu},
+        }),
+    );
+}
+
+fn main() {
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if sections.is_empty() {
+        sections = ["latency", "placement", "failover", "idle"]
+            .map(String::from)
+            .to_vec();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for s in sections {
+        eprintln!("== {s}");
+        rt.block_on(async {
+            match s.as_str() {
+                "latency" => latency(env("CANOPY_BENCH_RUNS", 50)).await,
+                "placement" => {
+                    placement(
+                        env("CANOPY_BENCH_VIRTUAL_WORKERS", 200),
+                        env("CANOPY_BENCH_INSTANCES", 5000),
+                    )
+                    .await
+                }
+                "failover" => failover(env("CANOPY_BENCH_FAILOVER_RUNS", 10)).await,
+                "idle" => idle(10, u64::from(env("CANOPY_BENCH_IDLE_SECS", 60))).await,
+                other => panic!("unknown section {other:?} (latency, placement, failover, idle)"),
+            }
+        });
+    }
+}
