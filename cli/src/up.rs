@@ -327,7 +327,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  containerd   namespaces {}", ns.join(", "));
     println!();
     println!("The canopy CLI is logged in to it. Next:");
-    println!("  canopy apply sla-schemas/examples/container.json --wait");
+    println!("  canopy apply SLA.json --wait      (examples/quickstart.json is the demo)");
     println!("  canopy get services      canopy get instances      canopy get nodes");
     println!("  canopy logs SERVICE --follow      canopy scale SERVICE 3");
     println!("Containers use the host's network: a published port is reachable on 127.0.0.1.");
