@@ -75,6 +75,19 @@ async fn a_service_runs_scales_completes_and_leaves_nothing_behind() {
     assert_eq!(nodes_json.as_array().unwrap().len(), 1);
     let clusters = stack.cli_ok(&["get", "clusters"]).await;
     assert!(clusters.contains("local"), "{clusters}");
+    // A refused access token (as an expired one is) is refreshed with the saved refresh
+    // token, and the new one is saved.
+    let config_path = stack.dir.path().join("cli.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["logins"][&stack.api]["token"] = json!("expired");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let apps = stack.cli_ok(&["get", "apps"]).await;
+    assert!(apps.contains("site"), "{apps}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let token = config["logins"][&stack.api]["token"].as_str().unwrap();
+    assert!(token != "expired" && token.len() > 20, "{config}");
     let mut logs = String::new();
     for _ in 0..50 {
         logs = stack.cli_ok(&["logs", "site.web"]).await;
