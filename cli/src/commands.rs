@@ -189,11 +189,18 @@ async fn wait_running(
     println!("waiting for {} instance(s) to run", tracked.len());
     loop {
         let mut done = 0;
+        // One request per service per round, however many of its instances are followed.
+        let mut services: BTreeMap<String, Value> = BTreeMap::new();
+        for t in tracked.iter() {
+            if !services.contains_key(&t.service_id) {
+                let svc = client
+                    .get(&format!("/api/service/{}", t.service_id))
+                    .await?;
+                services.insert(t.service_id.clone(), svc);
+            }
+        }
         for t in tracked.iter_mut() {
-            let svc = client
-                .get(&format!("/api/service/{}", t.service_id))
-                .await?;
-            let inst = instances(&svc)
+            let inst = instances(&services[&t.service_id])
                 .into_iter()
                 .find(|i| i.get("instance_number").and_then(Value::as_u64) == Some(t.number.into()))
                 .ok_or_else(|| anyhow!("{} instance {} is gone", t.label, t.number))?;

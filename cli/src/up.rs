@@ -188,7 +188,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ];
         cmd.extend(args.root_args.iter().cloned());
         step("starting the root orchestrator");
-        let root = spawn(&dir, "root", cmd, format!("{api}/health"), None).await?;
+        let root = spawn(&dir, "root", cmd, format!("{api}/health"), None, &[]).await?;
         kids.push(root);
         wait_healthy(kids.last_mut()).await?;
         let cluster_token = read_secret(&root_dir.join("cluster-token"))?;
@@ -207,7 +207,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ];
         cmd.extend(args.cluster_args.iter().cloned());
         step("starting the cluster orchestrator (embedded MQTT broker)");
-        let cluster = spawn_with(
+        let cluster = spawn(
             &dir,
             "cluster",
             cmd,
@@ -244,7 +244,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             step(&format!(
                 "starting node engine {name} (containerd namespace {ns})"
             ));
-            let kid = spawn_with(
+            let kid = spawn(
                 &dir,
                 &name,
                 cmd,
@@ -274,7 +274,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 "starting {} virtual workers (benchmark mode: no workloads run)",
                 args.virtual_workers
             ));
-            let kid = spawn_with(
+            let kid = spawn(
                 &dir,
                 "virtual",
                 cmd,
@@ -391,18 +391,8 @@ impl BinDir {
     }
 }
 
-async fn spawn(
-    dir: &Path,
-    name: &str,
-    command: Vec<String>,
-    health: String,
-    namespace: Option<String>,
-) -> Result<Running> {
-    spawn_with(dir, name, command, health, namespace, &[]).await
-}
-
 /// Starts one daemon in its own process group, output appended to `logs/<name>.log`.
-async fn spawn_with(
+async fn spawn(
     dir: &Path,
     name: &str,
     command: Vec<String>,

@@ -107,6 +107,19 @@ struct State {
     outbox_by_instance: HashMap<Key, u64>,
 }
 
+impl State {
+    /// A registered worker spoke: it is online as of now. `None` for an unknown node.
+    fn heard_from(&mut self, node: &NodeId) -> Option<&mut WorkerState> {
+        let w = self.workers.get_mut(node)?;
+        if !w.online {
+            tracing::info!(node = %node, "worker is back");
+        }
+        w.online = true;
+        w.last_seen = Instant::now();
+        Some(w)
+    }
+}
+
 #[derive(Default)]
 struct Tx {
     puts: Vec<(&'static str, String, serde_json::Value)>,
@@ -347,15 +360,10 @@ impl Cluster {
     pub async fn on_information(&self, node: &NodeId, info: NodeInformation) {
         self.metrics.mqtt_message("in", "information");
         let mut st = self.state.lock().await;
-        let Some(w) = st.workers.get_mut(node) else {
+        let Some(w) = st.heard_from(node) else {
             tracing::debug!(node = %node, "information from an unregistered node dropped");
             return;
         };
-        if !w.online {
-            tracing::info!(node = %node, "worker is back");
-        }
-        w.online = true;
-        w.last_seen = Instant::now();
         w.info = info;
     }
 
@@ -386,10 +394,7 @@ impl Cluster {
         };
         let mut st = self.state.lock().await;
         let mut tx = Tx::default();
-        if let Some(w) = st.workers.get_mut(node) {
-            w.last_seen = Instant::now();
-            w.online = true;
-        } else {
+        if st.heard_from(node).is_none() {
             return;
         }
         let Some(k) = self.owned_by(&mut st, &mut tx, node, &job.to_string(), n, status) else {
@@ -414,10 +419,7 @@ impl Cluster {
         self.metrics.mqtt_message("in", "resources");
         let mut st = self.state.lock().await;
         let mut tx = Tx::default();
-        if let Some(w) = st.workers.get_mut(node) {
-            w.last_seen = Instant::now();
-            w.online = true;
-        } else {
+        if st.heard_from(node).is_none() {
             return;
         }
         for r in report.services {

@@ -244,21 +244,7 @@ async fn failover(runs: u32) {
         let id = ids[0].clone();
         let list = stack.wait_all(&id, 1, "RUNNING").await;
         let node = list[0]["worker_id"].as_str().unwrap().to_owned();
-        let nodes = stack.get("/api/nodes").await;
-        let victim = nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node_id"] == node.as_str())
-            .map(|n| {
-                n["name"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches("worker")
-                    .parse::<u32>()
-                    .unwrap()
-            })
-            .unwrap();
+        let victim = stack.worker_of(&node).await;
         let t = Instant::now();
         signal(pids[victim as usize], Signal::SIGKILL);
         for (_, pid) in ctr::tasks(&stack.namespace(victim)) {

@@ -380,6 +380,17 @@ impl Stack {
         ids
     }
 
+    /// The number N of `workerN`, the worker with node id `node` (from `GET /api/nodes`).
+    pub async fn worker_of(&self, node: &str) -> u32 {
+        let nodes = self.get("/api/nodes").await;
+        nodes
+            .as_array()
+            .and_then(|l| l.iter().find(|n| n["node_id"] == node))
+            .and_then(|n| n["name"].as_str())
+            .and_then(|name| name.trim_start_matches("worker").parse().ok())
+            .unwrap_or_else(|| panic!("no worker with node id {node} in {nodes}"))
+    }
+
     /// Starts component `name` again by hand with its command line from `up.json` (after the
     /// test killed it), output appended to its log; the process is kept in `extra`. Returns
     /// its pid.

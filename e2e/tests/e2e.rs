@@ -210,15 +210,8 @@ async fn a_dead_workers_instances_run_again_on_the_other() {
         .as_str()
         .unwrap()
         .to_owned();
-    let nodes = stack.get("/api/nodes").await;
-    let victim = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node_id"] == victim_node.as_str())
-        .map(|n| n["name"].as_str().unwrap().to_owned())
-        .unwrap();
-    let n: u32 = victim.trim_start_matches("worker").parse().unwrap();
+    let n = stack.worker_of(&victim_node).await;
+    let victim = format!("worker{n}");
     let survivor_ns = stack.namespace(3 - n);
     let engine_pid = stack.component(&victim)["pid"].as_u64().unwrap() as u32;
     signal(engine_pid, Signal::SIGKILL);
