@@ -7,15 +7,18 @@
 //! - [`MongoStore`]: a MongoDB database, what Oakestra deployments already run.
 //!
 //! A write that returned `Ok` is durable: it survives a crash (`kill -9`) of the process.
-//! [`Collection`] adds typed access on top of any store.
+//! [`Collection`] adds typed access on top of any store; [`Tx`] is the one way the control
+//! planes change state (stage, commit, then apply).
 
 mod embedded;
 mod mongo;
 pub mod secrets;
+mod tx;
 mod typed;
 
 pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
+pub use tx::Tx;
 pub use typed::Collection;
 
 use async_trait::async_trait;
