@@ -62,6 +62,10 @@ pub struct Config {
     /// `canopy up`); by default instances keep running across an engine restart.
     #[arg(long, env = "CANOPY_REMOVE_ON_EXIT")]
     pub remove_on_exit: bool,
+    /// How often the engine looks for workloads in its namespace that no instance names (a
+    /// bug); each is logged as an error, removed and counted in /metrics.
+    #[arg(long, env = "CANOPY_UNTRACKED_CHECK_SECS", default_value_t = 30.0)]
+    pub untracked_check_secs: f64,
     /// Benchmark mode: run this many virtual workers (`<name>-v<N>`, state under
     /// `<data-dir>/v<N>`) that speak the real worker protocol but start no workloads: every
     /// instance "runs" at once. For load tests of clusters; never for real work.
@@ -78,6 +82,10 @@ impl Config {
 
     pub fn stop_grace(&self) -> Duration {
         Duration::from_secs_f64(self.stop_grace_secs.clamp(0.0, 3600.0))
+    }
+
+    pub fn untracked_check_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.untracked_check_secs.clamp(0.1, 86_400.0))
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -104,6 +112,7 @@ impl Config {
             report_interval_secs: 0.5,
             stop_grace_secs: 2.0,
             remove_on_exit: false,
+            untracked_check_secs: 30.0,
             bench_virtual_workers: 0,
             log: "info".into(),
         }

@@ -5,6 +5,7 @@
 //! | `canopy_node_instances` | `status` | instances on this worker by Oakestra status |
 //! | `canopy_node_runtime_operation_seconds` | `runtime`, `op`, `result` | start (including pull/import), stop, remove, recover |
 //! | `canopy_node_mqtt_messages_total` | `direction`, `kind` | worker protocol messages |
+//! | `canopy_node_untracked_workloads_removed_total` | `runtime` | workloads found in the engine's namespace that no instance named, removed by the periodic check (each one is a bug) |
 
 use canopy_core::InstanceStatus;
 use canopy_daemon::metrics::{Labels, labels};
@@ -21,6 +22,7 @@ pub struct Metrics {
     instances: Family<Labels, Gauge>,
     operations: Family<Labels, Histogram>,
     mqtt: Family<Labels, Counter>,
+    untracked: Family<Labels, Counter>,
 }
 
 fn op_histogram() -> Histogram {
@@ -36,6 +38,7 @@ impl Default for Metrics {
         let operations =
             Family::<Labels, Histogram>::new_with_constructor(op_histogram as fn() -> Histogram);
         let mqtt = Family::<Labels, Counter>::default();
+        let untracked = Family::<Labels, Counter>::default();
         registry.register("instances", "Instances by status", instances.clone());
         registry.register(
             "runtime_operation_seconds",
@@ -43,11 +46,17 @@ impl Default for Metrics {
             operations.clone(),
         );
         registry.register("mqtt_messages", "Worker protocol messages", mqtt.clone());
+        registry.register(
+            "untracked_workloads_removed",
+            "Workloads no instance named, removed by the periodic check",
+            untracked.clone(),
+        );
         Metrics {
             registry,
             instances,
             operations,
             mqtt,
+            untracked,
         }
     }
 }
@@ -67,6 +76,12 @@ impl Metrics {
     pub fn mqtt_message(&self, direction: &str, kind: &str) {
         self.mqtt
             .get_or_create(&labels(&[("direction", direction), ("kind", kind)]))
+            .inc();
+    }
+
+    pub fn untracked_removed(&self, runtime: &str) {
+        self.untracked
+            .get_or_create(&labels(&[("runtime", runtime)]))
             .inc();
     }
 

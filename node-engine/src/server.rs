@@ -106,16 +106,21 @@ impl Node {
         let stopper = canopy_daemon::Stopper::new(shutdown);
         let engine = self.engine.clone();
         let remove_on_exit = self.config.remove_on_exit;
+        let check_every = self.config.untracked_check_interval();
         let uplink_task = tokio::spawn(self.hold_link(link, stopper.stopped()));
+        let checker = tokio::spawn(check_untracked(
+            engine.clone(),
+            check_every,
+            stopper.stopped(),
+        ));
         let http =
             axum::serve(api, api::router(engine.clone())).with_graceful_shutdown(stopper.stopped());
-        http.await.map_err(StartError::Serve)?;
+        let served = http.await.map_err(StartError::Serve);
         let _ = uplink_task.await;
-        if remove_on_exit {
-            tracing::info!("removing every instance before exit");
-            engine.remove_all().await;
-        }
-        Ok(())
+        let _ = checker.await;
+        // Whatever happened to the API, nothing in flight is abandoned.
+        engine.shutdown(remove_on_exit).await;
+        served
     }
 
     /// Registers with the cluster and holds the worker protocol until `shutdown`.
@@ -137,5 +142,26 @@ impl Node {
             state,
         );
         uplink.run(self.updates, shutdown).await;
+    }
+}
+
+/// Every `every`, removes workloads the runtimes hold that no instance names (see
+/// [`Engine::remove_untracked`]), until `shutdown`.
+async fn check_untracked(
+    engine: Arc<Engine>,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                engine.remove_untracked().await;
+            }
+        }
     }
 }

@@ -8,11 +8,12 @@
 //! whether or not a cluster answers. Registration and the broker are retried with back-off;
 //! refused credentials lead to a new registration.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Refused};
 use crate::host::{self, CpuMeter};
 use canopy_core::NodeId;
 use canopy_proto::worker::{
-    JobStatus, NodeInformation, NodeRegistration, RegistrationAnswer, WillMessage, topics,
+    DeleteMessage, DeployMessage, JobStatus, NodeInformation, NodeRegistration, RegistrationAnswer,
+    WillMessage, topics,
 };
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
@@ -275,9 +276,23 @@ impl Uplink {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let engine = self.engine.clone();
                         if p.topic == topics::deploy(id) {
-                            tokio::spawn(async move { engine.deploy_payload(&p.payload).await });
+                            engine.metrics.mqtt_message("in", "deploy");
+                            match decode_deploy(&p.payload) {
+                                Ok(msg) => {
+                                    tokio::spawn(async move {
+                                        if let Err(r) = engine.deploy(msg).await {
+                                            engine.refuse(&r);
+                                        }
+                                    });
+                                }
+                                Err(Some(r)) => engine.refuse(&r),
+                                Err(None) => {}
+                            }
                         } else if p.topic == topics::delete(id) {
-                            tokio::spawn(async move { engine.delete_payload(&p.payload).await });
+                            engine.metrics.mqtt_message("in", "delete");
+                            if let Some(m) = decode_delete(&p.payload) {
+                                tokio::spawn(async move { engine.delete(&m.job_name, m.instance_number).await });
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -357,6 +372,41 @@ impl Uplink {
 
 /// Small messages go out at once: with Nagle's algorithm a status sent right after another
 /// waits for the broker's delayed ACK (about 40 ms).
+/// A `control/deploy` payload. A payload that does not decode is `Err`: with the refusal to
+/// report when it names its instance (a detail naming the bad field), `None` when it does not
+/// even do that (it is logged and dropped).
+fn decode_deploy(payload: &[u8]) -> Result<DeployMessage, Option<Refused>> {
+    let value: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "deploy message is not JSON; dropped");
+            return Err(None);
+        }
+    };
+    canopy_daemon::json_body::<DeployMessage>(payload).map_err(|e| {
+        tracing::warn!(field = %e.field, error = %e.message, "bad deploy message");
+        let job = value.get("job_name").and_then(|v| v.as_str());
+        let n = value
+            .get("instance_number")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok());
+        job.zip(n).map(|(job, n)| Refused {
+            job_name: job.to_owned(),
+            instance: n,
+            detail: format!("{}: {}", e.field, e.message),
+        })
+    })
+}
+
+/// A `control/delete` payload; one that does not decode is logged and dropped.
+fn decode_delete(payload: &[u8]) -> Option<DeleteMessage> {
+    canopy_daemon::json_body::<DeleteMessage>(payload)
+        .map_err(
+            |e| tracing::warn!(field = %e.field, error = %e.message, "bad delete message dropped"),
+        )
+        .ok()
+}
+
 pub fn nodelay() -> rumqttc::NetworkOptions {
     let mut n = rumqttc::NetworkOptions::new();
     n.set_tcp_nodelay(true);

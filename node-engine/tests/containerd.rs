@@ -264,7 +264,6 @@ async fn leftovers_in_the_namespace_are_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
 
     // Something else left a container in the engine's namespace (Oakestra #443, #432).
-    let stray_dir = tempfile::tempdir().unwrap();
     let stray = std::process::Command::new("ctr")
         .args([
             "--address",
@@ -283,27 +282,7 @@ async fn leftovers_in_the_namespace_are_removed_at_start() {
         "{}",
         String::from_utf8_lossy(&stray.stderr)
     );
-    let run = std::process::Command::new("ctr")
-        .args([
-            "--address",
-            SOCKET,
-            "-n",
-            &ns.0,
-            "run",
-            "-d",
-            "canopy.test/busybox:1",
-            "stray",
-            "sleep",
-            "600",
-        ])
-        .current_dir(stray_dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    ns.run_stray("stray", None);
     assert_eq!(ns.containers(), vec!["stray".to_string()]);
 
     let mut engine = Engine::start(Engine::config(&cluster.addr, dir.path(), &ns)).await;
@@ -314,4 +293,46 @@ async fn leftovers_in_the_namespace_are_removed_at_start() {
     cluster.undeploy(JOB, 0).await;
     engine.stop().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// While the engine runs, a workload of the engine's making that no instance names (what the
+/// in-flight delete bug left behind) is found by the periodic check, logged, removed and
+/// counted; a tracked instance and a container an operator runs beside the engine are left
+/// alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_running_engine_removes_workloads_nothing_tracks() {
+    require_containerd();
+    let ns = Namespace::new("untracked");
+    let broker = Broker::start().await;
+    let mut cluster = Cluster::start(&broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Engine::config(&cluster.addr, dir.path(), &ns);
+    config.untracked_check_secs = 0.3;
+    let mut engine = Engine::start(config).await;
+    engine.wait_connected(SECS_30).await;
+    cluster.deploy(&sleeper(JOB, 0)).await;
+    cluster.status(JOB, 0, "RUNNING", SECS_60).await;
+
+    // Two containers appear behind the engine's back: one labelled as the engine labels its
+    // instances (an orphan), one of the operator's own.
+    ns.run_stray("orphan", Some("canopy.instance=orphan"));
+    ns.run_stray("operators", Some("purpose=debugging"));
+    let start = std::time::Instant::now();
+    while ns.containers().contains(&"orphan".to_owned()) {
+        assert!(start.elapsed() < SECS_30, "the orphan was never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut left = ns.containers();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![format!("{JOB}.instance.0"), "operators".to_owned()]
+    );
+    let (_, metrics) = engine.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"canopy_node_untracked_workloads_removed_total{runtime="container"} 1"#),
+        "{metrics}"
+    );
+    cluster.undeploy(JOB, 0).await;
+    engine.stop().await;
 }

@@ -37,16 +37,23 @@ impl<E> Tx<E> {
     }
 
     /// Stages a write of `value` at `collection/key` (a later put of the same key wins).
-    pub fn put<T: Serialize>(&mut self, collection: &'static str, key: &str, value: &T) -> Result<()> {
+    pub fn put<T: Serialize>(
+        &mut self,
+        collection: &'static str,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
         let doc = crate::encode(collection, key, value)?;
-        self.deletes.retain(|(c, k)| !(*c == collection && k == key));
+        self.deletes
+            .retain(|(c, k)| !(*c == collection && k == key));
         self.puts.push((collection, key.to_owned(), doc));
         Ok(())
     }
 
     /// Stages the removal of `collection/key` (it also drops an earlier staged put of it).
     pub fn delete(&mut self, collection: &'static str, key: &str) {
-        self.puts.retain(|(c, k, _)| !(*c == collection && k == key));
+        self.puts
+            .retain(|(c, k, _)| !(*c == collection && k == key));
         self.deletes.push((collection, key.to_owned()));
     }
 

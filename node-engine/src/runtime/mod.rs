@@ -127,6 +127,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Ids of every workload this runtime holds (to find leftovers).
     async fn list(&self) -> Result<Vec<String>>;
 
+    /// Ids of the workloads this runtime holds that an engine created (for the periodic check
+    /// for untracked ones, which must leave alone what an operator runs beside the engine).
+    async fn list_instances(&self) -> Result<Vec<String>> {
+        self.list().await
+    }
+
     /// Removes every workload not in `keep` (leftovers of a crash, or not the engine's own);
     /// returns what was removed.
     async fn sweep(&self, keep: &[String]) -> Result<Vec<String>> {

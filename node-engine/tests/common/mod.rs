@@ -479,6 +479,27 @@ impl Namespace {
         self.ids(&["containers", "ls", "-q"])
     }
 
+    /// Runs `sleep 600` from the test image as container `id` behind the engine's back, with
+    /// `ctr run` (labelled `label` when given). The image must be in the namespace.
+    pub fn run_stray(&self, id: &str, label: Option<&str>) {
+        let cwd = tempfile::tempdir().unwrap();
+        let mut args = vec!["--address", SOCKET, "-n", &self.0, "run", "-d"];
+        if let Some(l) = label {
+            args.extend(["--label", l]);
+        }
+        args.extend(["canopy.test/busybox:1", id, "sleep", "600"]);
+        let run = Command::new("ctr")
+            .args(&args)
+            .current_dir(cwd.path())
+            .output()
+            .expect("ctr runs");
+        assert!(
+            run.status.success(),
+            "ctr run {id}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+
     /// Task pid of a container (0 when it has no running task).
     pub fn task_pid(&self, id: &str) -> u32 {
         self.ctr(&["tasks", "ls"])

@@ -104,6 +104,21 @@ impl ContainerdRuntime {
         Ok(())
     }
 
+    /// Ids of the namespace's containers that `keep` selects.
+    async fn container_ids(
+        &self,
+        keep: impl Fn(&containerd_client::services::v1::Container) -> bool,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .ctrd
+            .container_list()
+            .await?
+            .into_iter()
+            .filter(|c| keep(c))
+            .map(|c| c.id)
+            .collect())
+    }
+
     fn cgroup_file(&self, v1_controller: &str, id: &str, file: &str) -> PathBuf {
         let rel = self.cgroups_path(id);
         if self.cgroup_v2 {
@@ -220,13 +235,12 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn list(&self) -> Result<Vec<String>> {
-        Ok(self
-            .ctrd
-            .container_list()
-            .await?
-            .into_iter()
-            .map(|c| c.id)
-            .collect())
+        self.container_ids(|_| true).await
+    }
+
+    async fn list_instances(&self) -> Result<Vec<String>> {
+        self.container_ids(|c| c.labels.contains_key(INSTANCE_LABEL))
+            .await
     }
 
     async fn sweep(&self, keep: &[String]) -> Result<Vec<String>> {
