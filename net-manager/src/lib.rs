@@ -1,7 +1,23 @@
 //! Net manager: bridge, veth, inter-node tunnel, service-IP translation with nftables.
 //!
-//! Not implemented yet: this crate is a placeholder until its issue (networking issue). The layout is fixed
-//! now so that every change has an obvious home (see `ARCHITECTURE.md`).
+//! Work in progress (the overlay issue): the data path of one worker exists and is tested in
+//! namespaces; the daemon, the tunnel between workers and the table updates from the cluster
+//! do not yet, so `net-manager` the binary still says so and node engines use the host's
+//! network.
+//!
+//! Layout:
+//! - [`link`]: links, addresses and routes through rtnetlink in any network namespace: the
+//!   worker's bridge, an instance's veth pair.
+//! - [`nft`]: the translation table (virtual address → instances' addresses) rendered as one
+//!   nftables table, replaced atomically.
+//! - [`apply`]: running `nft` in a namespace.
+
+pub mod apply;
+pub mod link;
+pub mod nft;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "net-manager";
+
+/// MTU of instance links: room for the VXLAN header (50 bytes) inside a 1500-byte LAN.
+pub const OVERLAY_MTU: u32 = 1450;

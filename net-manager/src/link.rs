@@ -1,0 +1,248 @@
+//! Links, addresses and routes through rtnetlink, in any network namespace.
+//!
+//! A netlink socket belongs to the namespace of the thread that opened it, so work inside a
+//! namespace runs on a thread of its own that joined it ([`in_netns`]); no tokio worker thread
+//! ever changes namespace.
+//!
+//! The pieces a worker needs: its bridge ([`ensure_bridge`]) and, per instance, a veth pair
+//! whose one end is on the bridge and whose other end is `eth0` inside the instance's
+//! namespace ([`attach`], [`detach`]). An instance's address is a /32 with the bridge as its
+//! on-link default gateway: every packet it sends, to a neighbour on the same bridge too,
+//! passes the worker's routing and conntrack, so service-IP translation and its reverse apply
+//! to all of them and servers see their clients' own addresses.
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("network namespace {path}: {error}")]
+    Namespace { path: String, error: String },
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("no link named {0}")]
+    NoLink(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = LinkError> = std::result::Result<T, E>;
+
+/// Runs `f` with a netlink handle inside the network namespace at `ns` (a `/run/netns/NAME`
+/// or `/proc/PID/ns/net` path; `None`: this process's own), on a thread of its own.
+pub async fn in_netns<T, F, Fut>(ns: Option<&Path>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let ns: Option<PathBuf> = ns.map(Path::to_owned);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let _ = tx.send(run_in(ns, f));
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(LinkError::Io(std::io::Error::other(
+            "the namespace thread ended without an answer",
+        )))
+    })
+}
+
+fn run_in<T, F, Fut>(ns: Option<PathBuf>, f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    if let Some(path) = &ns {
+        enter(path)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        f(handle).await
+    })
+}
+
+/// Moves this thread into the network namespace at `path`.
+fn enter(path: &Path) -> Result<()> {
+    let ns_err = |error: String| LinkError::Namespace {
+        path: path.display().to_string(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(|e| ns_err(e.to_string()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(e.to_string()))
+}
+
+/// Writes a sysctl of the calling thread's network namespace (`net.ipv4.ip_forward` →
+/// `/proc/sys/net/ipv4/ip_forward`). Call it inside [`in_netns`].
+pub fn sysctl(name: &str, value: &str) -> Result<()> {
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    std::fs::write(format!("/proc/sys/{}", name.replace('.', "/")), value)?;
+    Ok(())
+}
+
+/// The index of link `name`.
+pub async fn index(h: &Handle, name: &str) -> Result<u32> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        Ok(None) => Err(LinkError::NoLink(name.to_owned())),
+        // A missing name is ENODEV, not an empty answer.
+        Err(_) => Err(LinkError::NoLink(name.to_owned())),
+    }
+}
+
+/// Whether link `name` exists.
+pub async fn exists(h: &Handle, name: &str) -> bool {
+    index(h, name).await.is_ok()
+}
+
+/// The bridge `name` with `addr/prefix`, `mtu`, up. Idempotent: an existing bridge is kept
+/// (and brought up); its address is added if missing.
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<u32> {
+    if !exists(h, name).await {
+        h.link()
+            .add(LinkBridge::new(name).mtu(mtu).build())
+            .execute()
+            .await?;
+    }
+    let idx = index(h, name).await?;
+    ensure_address(h, idx, addr, prefix).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await?;
+    Ok(idx)
+}
+
+async fn ensure_address(h: &Handle, idx: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    let mut have = h
+        .address()
+        .get()
+        .set_link_index_filter(idx)
+        .set_address_filter(addr.into())
+        .execute();
+    if have.try_next().await?.is_none() {
+        h.address().add(idx, addr.into(), prefix).execute().await?;
+    }
+    Ok(())
+}
+
+/// Deletes link `name`; a missing one is fine. (Deleting one end of a veth deletes both.)
+pub async fn delete(h: &Handle, name: &str) -> Result<()> {
+    match index(h, name).await {
+        Ok(idx) => Ok(h.link().del(idx).execute().await?),
+        Err(LinkError::NoLink(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One instance on the worker's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The worker's network namespace (`None`: the net manager's own).
+    pub worker_ns: Option<PathBuf>,
+    /// The instance's network namespace.
+    pub instance_ns: PathBuf,
+    pub bridge: String,
+    /// The worker-side end of the veth (≤ 15 characters).
+    pub host_if: String,
+    /// The instance's address (from the worker subnet) and the bridge's, its gateway.
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Name of the instance-side end inside the instance's namespace.
+pub const INSTANCE_IF: &str = "eth0";
+
+/// Connects an instance: veth `host_if` on the bridge, its peer `eth0` in the instance's
+/// namespace with `address/32`, loopback up, default route via the gateway (on-link).
+pub async fn attach(a: &Attachment) -> Result<()> {
+    let peer = format!("{}p", &a.host_if[..a.host_if.len().min(14)]);
+    let ns_file = std::fs::File::open(&a.instance_ns).map_err(|e| LinkError::Namespace {
+        path: a.instance_ns.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let (host_if, bridge, mtu, peer2) = (a.host_if.clone(), a.bridge.clone(), a.mtu, peer.clone());
+    in_netns(a.worker_ns.as_deref(), move |h| async move {
+        delete(&h, &host_if).await?;
+        h.link()
+            .add(LinkVeth::new(&host_if, &peer2).mtu(mtu).build())
+            .execute()
+            .await?;
+        let br = index(&h, &bridge).await?;
+        let idx = index(&h, &host_if).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).controller(br).up().build())
+            .execute()
+            .await?;
+        let peer_idx = index(&h, &peer2).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(peer_idx)
+                    .setns_by_fd(ns_file.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await?;
+        drop(ns_file);
+        Ok(())
+    })
+    .await?;
+    let (address, gateway, mtu) = (a.address, a.gateway, a.mtu);
+    in_netns(Some(&a.instance_ns), move |h| async move {
+        let lo = index(&h, "lo").await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await?;
+        let idx = index(&h, &peer).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .name(INSTANCE_IF)
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await?;
+        ensure_address(&h, idx, address, 32).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(idx)
+            .gateway(gateway)
+            .onlink()
+            .build();
+        h.route().add(route).replace().execute().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Disconnects an instance: removes its veth (both ends). Idempotent.
+pub async fn detach(worker_ns: Option<&Path>, host_if: &str) -> Result<()> {
+    let host_if = host_if.to_owned();
+    in_netns(
+        worker_ns,
+        move |h| async move { delete(&h, &host_if).await },
+    )
+    .await
+}

@@ -1,0 +1,156 @@
+//! Service-IP translation in the kernel: the worker's translation table rendered as one
+//! nftables table, replaced atomically (one `nft -f` transaction) whenever it changes.
+//!
+//! Every virtual address (a service's round-robin IP, its closest IP, an instance IP) maps to
+//! the namespace addresses of the instances behind it. The first packet of a connection to a
+//! virtual address is DNATed in `prerouting` (traffic from instances) or `output` (traffic
+//! from the worker itself) to one of them; with several, `numgen inc` spreads connections
+//! round robin. Conntrack remembers the choice, so later packets of the connection follow it
+//! and replies leave with the virtual address as their source. Replacing the table leaves
+//! established connections alone: their translation lives in conntrack, not in the rules.
+//!
+//! Lookups are one verdict map from address to a per-address chain, so the cost of a new
+//! connection does not grow with the number of services.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// The translation a worker applies: virtual address → namespace addresses of the RUNNING
+/// instances behind it (in a stable order; an empty list means nothing answers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Translations {
+    pub targets: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+}
+
+impl Translations {
+    /// Virtual addresses that have at least one target.
+    pub fn reachable(&self) -> impl Iterator<Item = (&Ipv4Addr, &Vec<Ipv4Addr>)> {
+        self.targets.iter().filter(|(_, t)| !t.is_empty())
+    }
+
+    /// Number of (virtual address, target) pairs: the size of the table in `/metrics`.
+    pub fn len(&self) -> usize {
+        self.targets.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Names an nftables table may have: the test prefix and a few safe characters.
+pub fn valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn chain_name(vip: Ipv4Addr) -> String {
+    let [a, b, c, d] = vip.octets();
+    format!("to_{a}_{b}_{c}_{d}")
+}
+
+/// The nft script that replaces table `ip <table>` with `t`, atomically: it creates the table
+/// if missing, deletes it and defines it anew, all in one transaction.
+pub fn render(table: &str, t: &Translations) -> String {
+    let mut s = String::new();
+    // Creating first makes the delete valid on the first run.
+    let _ = writeln!(s, "table ip {table}");
+    let _ = writeln!(s, "delete table ip {table}");
+    let _ = writeln!(s, "table ip {table} {{");
+    for (vip, targets) in t.reachable() {
+        let _ = writeln!(s, "\tchain {} {{", chain_name(*vip));
+        if let [only] = targets.as_slice() {
+            let _ = writeln!(s, "\t\tdnat to {only}");
+        } else {
+            let entries: Vec<String> = targets
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| format!("{i} : {ip}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\t\tdnat to numgen inc mod {} map {{ {} }}",
+                targets.len(),
+                entries.join(", ")
+            );
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let vmap: Vec<String> = t
+        .reachable()
+        .map(|(vip, _)| format!("{vip} : jump {}", chain_name(*vip)))
+        .collect();
+    for hook in ["prerouting", "output"] {
+        let _ = writeln!(s, "\tchain {hook} {{");
+        // -100 is "dstnat"; older nft knows the name only for prerouting.
+        let _ = writeln!(s, "\t\ttype nat hook {hook} priority -100; policy accept;");
+        if !vmap.is_empty() {
+            let _ = writeln!(s, "\t\tip daddr vmap {{ {} }}", vmap.join(", "));
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The nft script that removes table `ip <table>` (and succeeds when it is already gone).
+pub fn render_removal(table: &str) -> String {
+    format!("table ip {table}\ndelete table ip {table}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_target_is_a_plain_dnat_and_several_are_round_robin() {
+        let mut t = Translations::default();
+        t.targets.insert(ip("10.30.0.7"), vec![ip("10.18.0.2")]);
+        t.targets.insert(
+            ip("10.30.55.55"),
+            vec![ip("10.18.0.2"), ip("10.18.0.66"), ip("10.18.0.130")],
+        );
+        t.targets.insert(ip("10.30.9.9"), vec![]);
+        assert_eq!(t.len(), 4);
+        let s = render("canopy_w1", &t);
+        assert!(s.starts_with("table ip canopy_w1\ndelete table ip canopy_w1\n"));
+        assert!(s.contains("\tchain to_10_30_0_7 {\n\t\tdnat to 10.18.0.2\n\t}"));
+        assert!(s.contains(
+            "dnat to numgen inc mod 3 map { 0 : 10.18.0.2, 1 : 10.18.0.66, 2 : 10.18.0.130 }"
+        ));
+        // An address with nothing behind it is not translated at all.
+        assert!(!s.contains("10.30.9.9"));
+        assert_eq!(
+            s.matches(
+                "ip daddr vmap { 10.30.0.7 : jump to_10_30_0_7, 10.30.55.55 : jump to_10_30_55_55 }"
+            )
+            .count(),
+            2,
+            "both hooks look the address up:\n{s}"
+        );
+    }
+
+    #[test]
+    fn an_empty_table_still_has_its_hooks() {
+        let s = render("canopy_w1", &Translations::default());
+        assert!(s.contains("type nat hook prerouting priority -100"));
+        assert!(s.contains("type nat hook output priority -100"));
+        assert!(!s.contains("vmap"));
+    }
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(valid_table_name("canopy_test_42"));
+        assert!(!valid_table_name(""));
+        assert!(!valid_table_name("1abc"));
+        assert!(!valid_table_name("a;flush ruleset"));
+        assert!(!valid_table_name(&"a".repeat(65)));
+    }
+}

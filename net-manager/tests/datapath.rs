@@ -1,0 +1,221 @@
+//! One worker's data path, for real, in network namespaces this test creates: a worker
+//! namespace with its bridge, and a client and two servers attached to it by the net
+//! manager's own plumbing (`link::attach`). Service-IP translation is the nftables table
+//! `nft::render` makes. Traffic goes only to addresses inside these namespaces.
+//!
+//! - a round-robin address reaches both servers; an instance address exactly one;
+//! - replacing the table takes effect for new connections;
+//! - detaching removes the veth; everything the test made is gone afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use net_manager::link::{self, Attachment};
+use net_manager::nft::{self, Translations};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The test's own prefix for namespaces, links and tables.
+fn prefix() -> String {
+    format!("cnmt{}", std::process::id() % 100_000)
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Network namespaces made for this test, removed (with their links) on drop, and processes
+/// started in them, stopped by pid.
+struct Lab {
+    names: Vec<String>,
+    procs: Vec<Child>,
+    www: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            names: Vec::new(),
+            procs: Vec::new(),
+            www: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn netns(&mut self, role: &str) -> PathBuf {
+        let name = format!("{}-{role}", prefix());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name} (the test needs root and iproute2)");
+        self.names.push(name.clone());
+        PathBuf::from(format!("/run/netns/{name}"))
+    }
+
+    /// busybox httpd in namespace `ns` on port 80, serving a page that names it.
+    fn web_server(&mut self, ns: &std::path::Path, page: &str) {
+        let dir = self.www.path().join(page);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), page).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.push(child);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// `GET http://addr/` from namespace `ns`: the page, or `None` when nothing answered.
+fn fetch(ns: &std::path::Path, addr: Ipv4Addr) -> Option<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args([
+            "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-",
+        ])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Retries while the servers come up.
+fn fetch_soon(ns: &std::path::Path, addr: Ipv4Addr) -> String {
+    for _ in 0..50 {
+        if let Some(page) = fetch(ns, addr) {
+            return page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing answered at {addr}");
+}
+
+fn links_in(ns: &std::path::Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_ips_reach_instances_on_one_worker() {
+    let p = prefix();
+    let mut lab = Lab::new();
+    let worker = lab.netns("w");
+    let bridge = format!("{p}br");
+    let gateway = ip("10.18.0.1");
+    {
+        let bridge = bridge.clone();
+        link::in_netns(Some(&worker), move |h| async move {
+            link::sysctl("net.ipv4.ip_forward", "1")?;
+            link::ensure_bridge(&h, &bridge, gateway, 26, net_manager::OVERLAY_MTU).await?;
+            // Idempotent: a second call changes nothing.
+            link::ensure_bridge(&h, &bridge, gateway, 26, net_manager::OVERLAY_MTU).await
+        })
+        .await
+        .expect("the bridge");
+    }
+    let mut instances = Vec::new();
+    for (i, role) in ["client", "s1", "s2"].iter().enumerate() {
+        let ns = lab.netns(role);
+        let a = Attachment {
+            worker_ns: Some(worker.clone()),
+            instance_ns: ns.clone(),
+            bridge: bridge.clone(),
+            host_if: format!("{p}v{i}"),
+            address: Ipv4Addr::new(10, 18, 0, 2 + i as u8),
+            gateway,
+            mtu: net_manager::OVERLAY_MTU,
+        };
+        link::attach(&a).await.expect("attach");
+        instances.push(a);
+    }
+    assert!(links_in(&instances[0].instance_ns).contains("eth0"));
+    assert!(links_in(&instances[0].instance_ns).contains("mtu 1450"));
+    lab.web_server(&instances[1].instance_ns, "page-one");
+    lab.web_server(&instances[2].instance_ns, "page-two");
+    let client = instances[0].instance_ns.clone();
+
+    let table = format!("{p}_t");
+    assert!(nft::valid_table_name(&table));
+    let (rr, s1_ip) = (ip("10.30.55.55"), ip("10.30.0.9"));
+    let mut t = Translations::default();
+    t.targets
+        .insert(rr, vec![instances[1].address, instances[2].address]);
+    t.targets.insert(s1_ip, vec![instances[1].address]);
+    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the table");
+
+    // Round robin: both servers answer the service address.
+    assert!(fetch_soon(&client, rr).starts_with("page-"));
+    let pages: BTreeSet<String> = (0..10).filter_map(|_| fetch(&client, rr)).collect();
+    assert_eq!(
+        pages,
+        BTreeSet::from(["page-one".to_owned(), "page-two".to_owned()])
+    );
+    // An instance address reaches exactly that instance.
+    for _ in 0..4 {
+        assert_eq!(fetch(&client, s1_ip).as_deref(), Some("page-one"));
+    }
+    // A server reaches the other through the service address too (same bridge, both ways
+    // through the worker's conntrack).
+    assert!(fetch(&instances[2].instance_ns, s1_ip).is_some_and(|p| p == "page-one"));
+
+    // The table is replaced whole: the service now has only the second server.
+    t.targets.insert(rr, vec![instances[2].address]);
+    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the new table");
+    for _ in 0..5 {
+        assert_eq!(fetch(&client, rr).as_deref(), Some("page-two"));
+    }
+    // Nothing behind an address: it is not translated, and nothing answers.
+    t.targets.insert(rr, vec![]);
+    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the new table");
+    assert_eq!(fetch(&client, rr), None);
+
+    // Detaching removes the veth; removing the table leaves none behind.
+    link::detach(Some(&worker), &instances[2].host_if)
+        .await
+        .expect("detach");
+    assert!(!links_in(&worker).contains(&instances[2].host_if));
+    assert!(!links_in(&instances[2].instance_ns).contains("eth0"));
+    link::detach(Some(&worker), &instances[2].host_if)
+        .await
+        .expect("detach is idempotent");
+    net_manager::apply::nft(Some(&worker), &nft::render_removal(&table)).expect("removal");
+    let tables = Command::new("nsenter")
+        .arg(format!("--net={}", worker.display()))
+        .args(["nft", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains(&table));
+
+    drop(lab);
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&p),
+        "namespaces left behind"
+    );
+}
