@@ -164,7 +164,9 @@ impl Engine {
             instance: msg.instance_number,
             detail,
         };
-        let (_, n, spec, _) = msg.parse().map_err(|e| refuse(e.to_string()))?;
+        let canopy_proto::worker::DeployOrder {
+            instance: n, spec, ..
+        } = msg.parse().map_err(|e| refuse(e.to_string()))?;
         if !self.runtimes.contains_key(&spec.virtualization) {
             return Err(refuse(format!(
                 "virtualization: this worker does not run {}",
