@@ -12,21 +12,24 @@
 //! - `placement.rs`: placing waiting instances with [`crate::scheduler`];
 //! - `instances.rs`: the instance lifecycle ([`crate::lifecycle`]), worker reports on
 //!   instances, the root's deploy/undeploy commands;
-//! - `reports.rs`: the report outbox to the root, the [`ClusterReport`] aggregation.
+//! - `reports.rs`: the report outbox to the root, the
+//!   [`ClusterReport`](canopy_core::link::ClusterReport) aggregation;
+//! - `tests.rs`: the façade end to end on an embedded store (paused time, a failing store).
 //!
 //! # One way to change state: stage → commit → apply
 //!
 //! Every change is staged in a `Change` (a view of the state plus the entries the change
 //! touches, and a [`canopy_store::Tx`] of store writes and [`Effect`]s), committed to the
 //! store, and only then applied to memory and its effects delivered. A failed commit leaves
-//! memory as it was and sends nothing. The one exception is liveness (when a worker was last
+//! memory as it was and sends nothing. In code: `self.change(&mut st, now, |ch| …)`, and every
+//! staging helper takes `&mut Change`. The one exception is liveness (when a worker was last
 //! heard from, its current load): memory only, recorded as each message arrives.
 //!
 //! Every instance change goes through [`crate::lifecycle::transition`]. Every status change
 //! makes a report with the next sequence number; reports stay (in memory and in the store)
 //! until the root acknowledges them, and only the newest report per instance is kept.
 //!
-//! Time is passed in ([`Now`]): decisions never read a clock, and the clock is tokio's, so
+//! Time is passed in (`Now`): decisions never read a clock, and the clock is tokio's, so
 //! tests can pause and advance it.
 
 mod instances;
