@@ -45,7 +45,7 @@ async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
         );
     }
     match s.cluster.register_worker(&reg).await {
-        Ok((id, password)) => Json(RegistrationAnswer {
+        Ok(control::Registered { id, password }) => Json(RegistrationAnswer {
             id: id.to_string(),
             mqtt_broker_port: s.mqtt_port.to_string(),
             mqtt_host: s.mqtt_host.clone(),

@@ -5,8 +5,9 @@
 //! - [`server`]: start-up and serving;
 //! - [`api`]: node registration, status, health, `/metrics` (HTTP);
 //! - [`broker`]: the embedded rumqttd broker or an external Mosquitto (worker credentials);
-//! - [`mqtt`]: the cluster's MQTT client and message dispatch;
-//! - [`control`]: workers, services, instances, placement, failure handling, reports;
+//! - [`mqtt`]: the cluster's MQTT client: decoding, dispatch, MQTT metrics;
+//! - [`control`]: workers, services, instances, placement, failure handling, reports (one
+//!   file per concept, listed in its module docs);
 //! - [`lifecycle`]: the instance state machine;
 //! - [`scheduler`]: the cluster scheduler, a pure function;
 //! - [`uplink`]: the root link client;

@@ -83,7 +83,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(service_id: ServiceId, number: InstanceNumber, ip: Option<Ipv4Addr>) -> Self {
+    /// A newly requested instance, as of `now` (Unix seconds).
+    pub fn new(
+        service_id: ServiceId,
+        number: InstanceNumber,
+        ip: Option<Ipv4Addr>,
+        now: f64,
+    ) -> Self {
         Instance {
             service_id,
             number,
@@ -97,7 +103,7 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             logs: String::new(),
-            updated_at: unix_now(),
+            updated_at: now,
         }
     }
 

@@ -1,9 +1,11 @@
-//! The cluster's MQTT client: subscribes to what workers publish, hands each message to the
-//! control plane after checking it, and publishes the control plane's deploy/delete messages.
-//! A malformed payload is logged and dropped; it never stops the loop.
+//! The cluster's MQTT client: subscribes to what workers publish, decodes and checks each
+//! message and hands the control plane domain values, and publishes the control plane's
+//! deploy/delete messages. A malformed payload is logged and dropped; it never stops the
+//! loop. MQTT message metrics (both directions) are counted here.
 
 use crate::broker::{DYNSEC_RESPONSE_TOPIC, DynsecWaiters, dynsec_response};
-use crate::control::{Cluster, Publish};
+use crate::control::{Cluster, Publish, UsageReport};
+use canopy_core::InstanceNumber;
 use canopy_proto::worker::topics::{self, Incoming};
 use canopy_proto::worker::{JobStatus, NodeInformation, ResourcesReport};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -41,8 +43,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let publisher = client.clone();
+    let counter = cluster.clone();
     let publish_task = tokio::spawn(async move {
         while let Some(p) = outgoing.recv().await {
+            counter.metrics.mqtt_message("out", topic_kind(&p.topic));
             if let Err(e) = publisher
                 .publish(p.topic, QoS::AtLeastOnce, false, p.payload)
                 .await
@@ -105,28 +109,66 @@ pub async fn run(
     let _ = client.disconnect().await;
 }
 
-/// One message from a worker, checked and handed to the control plane.
+/// One message from a worker, decoded, checked and handed to the control plane.
 pub async fn dispatch(cluster: &Cluster, topic: &str, payload: &[u8]) {
     let Some(kind) = topics::parse(topic) else {
         tracing::debug!(topic, "message on an unknown topic dropped");
         return;
     };
+    let count = |kind| cluster.metrics.mqtt_message("in", kind);
     match kind {
         Incoming::Information(node) => match serde_json::from_slice::<NodeInformation>(payload) {
             Ok(info) => match info.check() {
-                Ok(()) => cluster.on_information(&node, info).await,
+                Ok(()) => {
+                    count("information");
+                    cluster.on_information(&node, info).await;
+                }
                 Err(e) => tracing::warn!(%node, error = %e, "bad node information dropped"),
             },
             Err(e) => tracing::warn!(%node, error = %e, "bad node information dropped"),
         },
         Incoming::Job(node) => match serde_json::from_slice::<JobStatus>(payload) {
-            Ok(js) => cluster.on_job_status(&node, js).await,
+            Ok(js) => {
+                count("job");
+                match js.parse() {
+                    Ok(event) => cluster.on_job_status(&node, event).await,
+                    Err(e) => tracing::warn!(%node, error = %e, "bad job status dropped"),
+                }
+            }
             Err(e) => tracing::warn!(%node, error = %e, "bad job status dropped"),
         },
         Incoming::Resources(node) => match serde_json::from_slice::<ResourcesReport>(payload) {
-            Ok(r) => cluster.on_resources(&node, r).await,
+            Ok(r) => {
+                count("resources");
+                let usage = r
+                    .services
+                    .into_iter()
+                    .map(|s| UsageReport {
+                        job: s.job_name,
+                        instance: InstanceNumber(s.instance),
+                        cpu_percent: s.cpu_percent,
+                        memory_mb: s.memory,
+                        logs: s.logs,
+                    })
+                    .collect();
+                cluster.on_resources(&node, usage).await;
+            }
             Err(e) => tracing::warn!(%node, error = %e, "bad resource report dropped"),
         },
-        Incoming::Will(node) => cluster.on_will(&node).await,
+        Incoming::Will(node) => {
+            count("will");
+            cluster.on_will(&node).await;
+        }
+    }
+}
+
+/// The metrics label of an outgoing topic.
+fn topic_kind(topic: &str) -> &'static str {
+    if topic.ends_with("/control/deploy") {
+        "deploy"
+    } else if topic.ends_with("/control/delete") {
+        "delete"
+    } else {
+        "other"
     }
 }

@@ -10,8 +10,9 @@ use canopy_proto::pb::cluster_link_client::ClusterLinkClient;
 use canopy_proto::pb::{self, cluster_message, root_message};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How to reach and join the root.
 #[derive(Debug, Clone)]

@@ -207,7 +207,7 @@ fn workloads_nothing_tracks_are_removed_and_counted() {
         id: "stray".into(),
         name: "stray".into(),
         instance: canopy_core::InstanceNumber(0),
-        spec: deploy_msg(1, 0, false).parse().unwrap().2,
+        spec: deploy_msg(1, 0, false).parse().unwrap().spec,
         log_path: m.dir.path().join("stray.log"),
     };
     p.run(m.runtime.start(&stray)).unwrap();

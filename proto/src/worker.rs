@@ -300,8 +300,18 @@ pub struct JobStatus {
     pub publicip: String,
 }
 
+/// What a [`JobStatus`] says, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatusEvent {
+    pub job: JobName,
+    pub instance: InstanceNumber,
+    pub status: InstanceStatus,
+    /// The worker's explanation (may be empty).
+    pub detail: String,
+}
+
 impl JobStatus {
-    pub fn parse(&self) -> Result<(JobName, InstanceNumber, InstanceStatus), ConvertError> {
+    pub fn parse(&self) -> Result<JobStatusEvent, ConvertError> {
         let job: JobName = self
             .sname
             .parse()
@@ -309,7 +319,12 @@ impl JobStatus {
         let status: InstanceStatus = self.status.parse().map_err(|_| {
             ConvertError::new("status", format!("{:?} is not a status", self.status))
         })?;
-        Ok((job, InstanceNumber(self.instance), status))
+        Ok(JobStatusEvent {
+            job,
+            instance: InstanceNumber(self.instance),
+            status,
+            detail: self.status_detail.clone(),
+        })
     }
 }
 
@@ -381,6 +396,16 @@ pub struct DeployMessage {
     pub status: String,
 }
 
+/// What a [`DeployMessage`] asks for, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployOrder {
+    pub service: ServiceId,
+    pub instance: InstanceNumber,
+    /// The spec without placement constraints.
+    pub spec: ServiceSpec,
+    pub instance_ip: Option<Ipv4Addr>,
+}
+
 impl DeployMessage {
     pub fn new(
         service: &ServiceId,
@@ -417,10 +442,8 @@ impl DeployMessage {
         }
     }
 
-    /// The service, instance, spec (without placement constraints) and address it carries.
-    pub fn parse(
-        &self,
-    ) -> Result<(ServiceId, InstanceNumber, ServiceSpec, Option<Ipv4Addr>), ConvertError> {
+    /// Checks the message and says what it asks for.
+    pub fn parse(&self) -> Result<DeployOrder, ConvertError> {
         let service = ServiceId::parse(self.id.clone()).map_err(|e| ConvertError::new("_id", e))?;
         let job: JobName = self
             .job_name
@@ -455,7 +478,7 @@ impl DeployMessage {
         spec.one_shot = self.one_shot;
         spec.privileged = self.privileged;
         spec.architectures = strings_are(&self.arch, "arch", Architecture::parse)?;
-        let ip = if self.instance_ip.is_empty() {
+        let instance_ip = if self.instance_ip.is_empty() {
             None
         } else {
             Some(
@@ -464,7 +487,12 @@ impl DeployMessage {
                     .map_err(|_| ConvertError::new("instance_ip", "is not an IPv4 address"))?,
             )
         };
-        Ok((service, InstanceNumber(self.instance_number), spec, ip))
+        Ok(DeployOrder {
+            service,
+            instance: InstanceNumber(self.instance_number),
+            spec,
+            instance_ip,
+        })
     }
 }
 
@@ -531,7 +559,12 @@ mod tests {
             r#"{"sname":"a.b.c.d","status":"RUNNING","status_detail":"","instance":2,"publicip":"10.0.0.1"}"#,
         )
         .unwrap();
-        let (job, n, status) = j.parse().unwrap();
+        let JobStatusEvent {
+            job,
+            instance: n,
+            status,
+            ..
+        } = j.parse().unwrap();
         assert_eq!(
             (job.to_string().as_str(), n.0, status),
             ("a.b.c.d", 2, InstanceStatus::Running)
@@ -590,7 +623,15 @@ mod tests {
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.contains(r#""_id":"svc1""#) && text.contains(r#""image":"#));
         let back: DeployMessage = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.parse().unwrap(), (sid, InstanceNumber(3), spec, ip));
+        assert_eq!(
+            back.parse().unwrap(),
+            DeployOrder {
+                service: sid,
+                instance: InstanceNumber(3),
+                spec,
+                instance_ip: ip
+            }
+        );
         let mut bad = m.clone();
         bad.port = "80:99999".into();
         assert_eq!(bad.parse().unwrap_err().field, "port");

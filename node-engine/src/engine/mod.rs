@@ -29,7 +29,7 @@ pub use supervisor::{Outcome, Phase, Stop, classify_exit};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Workload};
 use canopy_core::{InstanceNumber, InstanceStatus, Virtualization};
-use canopy_proto::worker::{DeployMessage, JobStatus};
+use canopy_proto::worker::{DeployMessage, DeployOrder, JobStatus};
 use canopy_store::{Collection, SharedStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -191,7 +191,9 @@ impl Engine {
             instance: msg.instance_number,
             detail,
         };
-        let (_, n, spec, _) = msg.parse().map_err(|e| refuse(e.to_string()))?;
+        let DeployOrder {
+            instance: n, spec, ..
+        } = msg.parse().map_err(|e| refuse(e.to_string()))?;
         if !self.runtimes.contains_key(&spec.virtualization) {
             return Err(refuse(format!(
                 "virtualization: this worker does not run {}",

@@ -1,0 +1,315 @@
+//! The façade end to end on an embedded store, without MQTT: what the root sees, worker
+//! timeouts and crash back-off on paused time.
+
+use super::*;
+use canopy_core::link::{Command, CommandAction};
+use canopy_core::{Architecture, InstanceNumber, Resources, ServiceId};
+use canopy_proto::worker::NodeRegistration;
+use std::time::Duration;
+
+struct AllowAll;
+
+#[async_trait]
+impl NodeAuth for AllowAll {
+    async fn allow(&self, _: &NodeId, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn registration(
+    host: &str,
+    arch: &str,
+    vcpus: u32,
+    memory: u64,
+    addons: &[&str],
+) -> NodeRegistration {
+    serde_json::from_value(serde_json::json!({
+        "host": host, "architecture": arch, "vcpus": vcpus, "memory": memory,
+        "cpu_percent": 20.0, "memory_percent": 40.0,
+        "virtualization": ["docker"], "supported_addons": addons, "token": "t"
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_root_sees_sums_averages_and_architectures_after_placements() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(canopy_store::EmbeddedStore::open(dir.path()).await.unwrap());
+    let (cluster, mut out) = Cluster::open(store, Settings::default(), Arc::new(AllowAll))
+        .await
+        .unwrap();
+    cluster
+        .register_worker(&registration("a", "amd64", 4, 4000, &["gpu-share"]))
+        .await
+        .unwrap();
+    cluster
+        .register_worker(&registration("b", "arm64", 2, 1000, &[]))
+        .await
+        .unwrap();
+    let r = cluster.resource_report().await;
+    assert_eq!(r.total.active_nodes, 2);
+    assert_eq!((r.total.free.vcpus, r.total.free.memory_mb), (6, 5000));
+    assert_eq!((r.total.cpu_percent, r.total.memory_percent), (20.0, 40.0));
+    assert!(r.total.supported_addons.contains("gpu-share"));
+    assert_eq!(
+        r.per_architecture[&Architecture::Arm64].free.memory_mb,
+        1000
+    );
+
+    // One instance asking for 3 vcpus and 3000 MB fits only on "a"; afterwards "a" offers
+    // what is left.
+    let mut spec = canopy_core::ServiceSpec::new(
+        "app.ns.web.ns".parse().unwrap(),
+        canopy_core::Virtualization::Container,
+        "img",
+    );
+    spec.resources = Resources {
+        vcpus: 3,
+        memory_mb: 3000,
+        vgpus: 0,
+    };
+    let cmd = Command {
+        id: 1,
+        action: CommandAction::Deploy {
+            service_id: ServiceId::parse("svc").unwrap(),
+            instance: InstanceNumber(0),
+            spec: Box::new(spec),
+            instance_ip: None,
+        },
+    };
+    cluster.apply_command(&cmd).await.unwrap();
+    cluster.apply_command(&cmd).await.unwrap(); // idempotent
+    let deploys: Vec<Publish> = std::iter::from_fn(|| out.try_recv().ok()).collect();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    let r = cluster.resource_report().await;
+    assert_eq!(r.per_architecture[&Architecture::Amd64].free.vcpus, 1);
+    assert_eq!(r.total.free.memory_mb, 2000);
+    let reports = cluster.pending_reports().await;
+    assert_eq!(
+        reports.last().unwrap().status,
+        InstanceStatus::NodeScheduled
+    );
+    assert_eq!(
+        reports.len(),
+        1,
+        "only the newest report per instance is kept"
+    );
+}
+
+// ---------------------------------------------------------------- paused time, failing store
+
+/// An embedded store whose writes fail while `failing` is set.
+struct Flaky {
+    inner: canopy_store::EmbeddedStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl canopy_store::Store for Flaky {
+    async fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        doc: &canopy_store::Document,
+    ) -> canopy_store::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("disk full".into()));
+        }
+        self.inner.put(collection, key, doc).await
+    }
+    async fn create(
+        &self,
+        collection: &str,
+        key: &str,
+        doc: &canopy_store::Document,
+    ) -> canopy_store::Result<()> {
+        self.inner.create(collection, key, doc).await
+    }
+    async fn get(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> canopy_store::Result<Option<canopy_store::Document>> {
+        self.inner.get(collection, key).await
+    }
+    async fn delete(&self, collection: &str, key: &str) -> canopy_store::Result<bool> {
+        self.inner.delete(collection, key).await
+    }
+    async fn list(
+        &self,
+        collection: &str,
+    ) -> canopy_store::Result<Vec<(String, canopy_store::Document)>> {
+        self.inner.list(collection).await
+    }
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+}
+
+struct Fixture {
+    cluster: Arc<Cluster>,
+    out: mpsc::UnboundedReceiver<Publish>,
+    store: Arc<Flaky>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Flaky {
+        inner: canopy_store::EmbeddedStore::open(dir.path()).await.unwrap(),
+        failing: false.into(),
+    });
+    let shared: SharedStore = store.clone();
+    let (cluster, out) = Cluster::open(shared, Settings::default(), Arc::new(AllowAll))
+        .await
+        .unwrap();
+    Fixture {
+        cluster,
+        out,
+        store,
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    /// Registers an amd64 worker with 4 vcpus and 4000 MB.
+    async fn join(&self, host: &str) -> NodeId {
+        self.cluster
+            .register_worker(&registration(host, "amd64", 4, 4000, &[]))
+            .await
+            .unwrap()
+            .id
+    }
+}
+
+const JOB: &str = "app.ns.web.ns";
+
+fn deploy(service: &str) -> Command {
+    let spec = canopy_core::ServiceSpec::new(
+        JOB.parse().unwrap(),
+        canopy_core::Virtualization::Container,
+        "img",
+    );
+    Command {
+        id: 1,
+        action: CommandAction::Deploy {
+            service_id: ServiceId::parse(service).unwrap(),
+            instance: InstanceNumber(0),
+            spec: Box::new(spec),
+            instance_ip: None,
+        },
+    }
+}
+
+fn status(s: InstanceStatus) -> canopy_proto::worker::JobStatusEvent {
+    canopy_proto::worker::JobStatusEvent {
+        job: JOB.parse().unwrap(),
+        instance: InstanceNumber(0),
+        status: s,
+        detail: String::new(),
+    }
+}
+
+/// Topics published since the last call.
+fn published(out: &mut mpsc::UnboundedReceiver<Publish>) -> Vec<String> {
+    std::iter::from_fn(|| out.try_recv().ok())
+        .map(|p| p.topic)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_worker_is_lost_after_the_timeout_and_its_instance_moves() {
+    let mut f = fixture().await;
+    let a = f.join("a").await;
+    let b = f.join("b").await;
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    let first = f.cluster.instances().await[0].node.clone().unwrap();
+    let other = if first == a { b } else { a };
+    published(&mut f.out);
+
+    // `other` keeps talking; `first` is silent for 3.5 s, past the 3 s timeout.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    f.cluster
+        .on_information(&other, canopy_proto::worker::NodeInformation::default())
+        .await;
+    tokio::time::advance(Duration::from_millis(900)).await;
+    f.cluster.tick().await;
+    assert!(
+        published(&mut f.out).is_empty(),
+        "not lost before the timeout"
+    );
+    tokio::time::advance(Duration::from_millis(600)).await;
+    f.cluster.tick().await;
+
+    let active: Vec<NodeId> = f
+        .cluster
+        .workers()
+        .await
+        .into_iter()
+        .filter(|w| w.active)
+        .map(|w| w.doc.id)
+        .collect();
+    assert_eq!(active, std::slice::from_ref(&other));
+    let i = &f.cluster.instances().await[0];
+    assert_eq!(i.node.as_ref(), Some(&other));
+    assert_eq!(i.status, InstanceStatus::NodeScheduled);
+    assert_eq!(
+        published(&mut f.out),
+        [canopy_proto::worker::topics::deploy(&other)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_instance_waits_out_its_back_off() {
+    let mut f = fixture().await;
+    let w = f.join("a").await;
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    f.cluster
+        .on_job_status(&w, status(InstanceStatus::Running))
+        .await;
+    published(&mut f.out);
+
+    f.cluster
+        .on_job_status(&w, status(InstanceStatus::Dead))
+        .await;
+    let delete = canopy_proto::worker::topics::delete(&w);
+    assert_eq!(published(&mut f.out), [delete], "the dead copy is removed");
+    tokio::time::advance(Duration::from_millis(900)).await;
+    f.cluster.tick().await;
+    assert!(published(&mut f.out).is_empty(), "no restart within 1 s");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    f.cluster.tick().await;
+    assert_eq!(
+        published(&mut f.out),
+        [canopy_proto::worker::topics::deploy(&w)]
+    );
+    assert_eq!(f.cluster.instances().await[0].restarts, 1);
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_memory_as_it_was_and_sends_nothing() {
+    let mut f = fixture().await;
+    f.join("a").await;
+    f.store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(f.cluster.apply_command(&deploy("svc")).await.is_err());
+    assert!(f.cluster.instances().await.is_empty());
+    assert!(f.cluster.pending_reports().await.is_empty());
+    assert!(published(&mut f.out).is_empty());
+    assert!(
+        f.cluster
+            .register_worker(&registration("b", "amd64", 4, 4000, &[]))
+            .await
+            .is_err()
+    );
+    assert_eq!(f.cluster.workers().await.len(), 1);
+
+    // Once the store works again the same command goes through.
+    f.store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    assert_eq!(f.cluster.instances().await.len(), 1);
+    assert_eq!(f.cluster.pending_reports().await.len(), 1);
+}

@@ -1,0 +1,167 @@
+//! Workers: registration (a new MQTT password each time), liveness from their messages, and
+//! worker loss (last will or silence), which moves their instances elsewhere.
+
+use super::state::{Change, State, WorkerState};
+use super::{Cluster, Error, Result, logged};
+use crate::lifecycle::Event;
+use crate::model::{Worker, collections as col, new_node_id, sha256_hex};
+use canopy_core::NodeId;
+use canopy_proto::worker::{NodeInformation, NodeOffer, NodeRegistration};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A worker as shown in status views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub doc: Worker,
+    pub active: bool,
+    pub info: NodeInformation,
+}
+
+/// A registration's outcome: the worker's id (also its MQTT user name) and MQTT password.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    pub id: NodeId,
+    pub password: String,
+}
+
+impl Cluster {
+    /// Registers a worker (the join token was checked by the caller). The same host name keeps
+    /// its id; every registration issues a new MQTT password.
+    pub async fn register_worker(&self, reg: &NodeRegistration) -> Result<Registered> {
+        let offer: NodeOffer = reg.offer().map_err(|e| Error::Invalid {
+            field: e.field,
+            message: e.reason,
+        })?;
+        let password = canopy_store::secrets::random_token(16);
+        let mut st = self.state.lock().await;
+        let id = st.names.get(&reg.host).cloned().unwrap_or_else(new_node_id);
+        self.auth
+            .allow(&id, &password)
+            .await
+            .map_err(Error::Broker)?;
+        let now = self.now();
+        self.change(&mut st, now, |ch| {
+            let doc = Worker {
+                id: id.clone(),
+                name: reg.host.clone(),
+                ip: reg.ip.clone(),
+                architecture: offer.architecture,
+                virtualizations: offer.virtualizations,
+                capacity: offer.capacity,
+                supported_addons: reg.supported_addons.clone(),
+                mqtt_password_sha256: sha256_hex(&password),
+                registered_at: ch.now.unix,
+            };
+            ch.tx.put(col::WORKERS, id.as_str(), &doc)?;
+            ch.names.insert(doc.name.clone(), id.clone());
+            let info = NodeInformation {
+                ip: reg.ip.clone(),
+                cpu_percent: reg.cpu_percent,
+                vcpus: reg.vcpus,
+                memory_percent: reg.memory_percent,
+                memory: reg.memory,
+                vgpus: reg.vgpus,
+                gpu_usage: 0.0,
+            };
+            ch.workers.insert(
+                id.clone(),
+                WorkerState {
+                    doc,
+                    info,
+                    last_seen: ch.now.at,
+                    online: true,
+                },
+            );
+            Ok(())
+        })
+        .await?;
+        tracing::info!(node = %id, host = %reg.host, "worker registered");
+        Ok(Registered { id, password })
+    }
+
+    /// Stored MQTT password hashes of every worker (for an embedded broker's auth).
+    pub async fn worker_password_hashes(&self) -> Vec<(NodeId, String)> {
+        let st = self.state.lock().await;
+        st.workers
+            .values()
+            .map(|w| (w.doc.id.clone(), w.doc.mqtt_password_sha256.clone()))
+            .collect()
+    }
+
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        let st = self.state.lock().await;
+        let now = self.now();
+        st.workers
+            .values()
+            .map(|w| WorkerView {
+                doc: w.doc.clone(),
+                active: w.active(self.settings.worker_timeout, now.at),
+                info: w.info.clone(),
+            })
+            .collect()
+    }
+
+    /// `nodes/<id>/information`: the worker is alive and this loaded.
+    pub async fn on_information(&self, node: &NodeId, info: NodeInformation) {
+        let mut st = self.state.lock().await;
+        let now = self.now();
+        let Some(w) = st.heard_from(node, now.at) else {
+            tracing::debug!(node = %node, "information from an unregistered node dropped");
+            return;
+        };
+        w.info = info;
+    }
+
+    /// `nodes/<id>/will`: the worker's connection died.
+    pub async fn on_will(&self, node: &NodeId) {
+        let mut st = self.state.lock().await;
+        let now = self.now();
+        let Some(since) = st
+            .workers
+            .get(node)
+            .filter(|w| w.online)
+            .map(|w| w.silent_for(now.at))
+        else {
+            return;
+        };
+        let result = self
+            .change(&mut st, now, |ch| {
+                self.lose_worker(ch, node, "its connection died", since);
+                self.place_waiting(ch);
+                Ok(())
+            })
+            .await;
+        logged(result);
+    }
+
+    /// Stages the loss of `node`: it goes offline and its instances are failed over.
+    pub(super) fn lose_worker(&self, ch: &mut Change, node: &NodeId, why: &str, since: Duration) {
+        if let Some(w) = ch.workers.get_mut(node) {
+            w.online = false;
+        }
+        self.metrics.worker_lost(since);
+        tracing::warn!(node = %node, why, "worker lost; moving its instances");
+        let keys: Vec<_> = ch
+            .instances
+            .iter()
+            .filter(|(_, i)| i.node.as_ref() == Some(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            let detail = format!("worker {node} lost: {why}");
+            if let Err(e) = self.apply(ch, &k, Event::WorkerLost, Some(detail)) {
+                tracing::error!(error = %e, "cannot record a worker loss");
+            }
+        }
+    }
+}
+
+/// Online workers silent for longer than `timeout` at `now`, and for how long.
+pub(super) fn silent(st: &State, timeout: Duration, now: Instant) -> Vec<(NodeId, Duration)> {
+    st.workers
+        .values()
+        .filter(|w| w.online && w.silent_for(now) > timeout)
+        .map(|w| (w.doc.id.clone(), w.silent_for(now)))
+        .collect()
+}
