@@ -13,6 +13,7 @@
 
 use crate::client::Client;
 use anyhow::{Context, Result, anyhow, bail};
+use canopy_api::ClusterInfo;
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -489,15 +490,12 @@ async fn wait_cluster(client: &mut Client, workers: u32, kids: &mut [Running]) -
                 log_tail(&k.info.log, 15)
             );
         }
-        let clusters = client.get("/api/clusters").await?;
+        let clusters: Vec<ClusterInfo> = client.get("/api/clusters").await?;
         let (active, nodes) = clusters
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c.get("active").and_then(|v| v.as_bool()) == Some(true))
+            .iter()
+            .filter(|c| c.active)
             .fold((0, 0), |(a, n), c| {
-                let nodes = c.get("active_nodes").and_then(|v| v.as_u64()).unwrap_or(0);
-                (a + 1, n + nodes)
+                (a + 1, n + u64::from(c.total.active_nodes))
             });
         let now =
             format!("waiting: {active}/1 cluster(s) active, {nodes}/{workers} worker(s) ready");
