@@ -318,3 +318,47 @@ pub struct NodeView {
     /// Instances placed on it.
     pub instances: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn answers_with_unknown_fields_still_read() {
+        let agg = json!({"active_nodes": 2, "cpu_percent": 1.5, "memory_percent": 2.0, "vcpus": 8,
+            "memory": 16000, "vgpus": 0, "virtualization": ["container"], "supported_addons": [],
+            "csi_drivers": []});
+        let mut cluster = json!({"_id": {"$oid": "c1"}, "cluster_name": "local",
+            "candidate_name": "local", "cluster_location": "", "candidate_location": "",
+            "active": true, "last_modified_timestamp": 0.0, "aggregated_cpu_percent": 1.5,
+            "memory_in_mb": 16000, "total_cpu_cores": 8, "total_gpu_cores": 0,
+            "aggregation_per_architecture": {"amd64": agg.clone()}, "from_oakestra": 1});
+        for (k, v) in agg.as_object().into_iter().flatten() {
+            cluster[k] = v.clone();
+        }
+        let c: ClusterInfo = serde_json::from_value(cluster).expect("a cluster");
+        assert_eq!((c._id.oid.as_str(), c.total.active_nodes), ("c1", 2));
+
+        let e: ErrorBody =
+            serde_json::from_value(json!({"message": "m", "code": 400})).expect("an error body");
+        assert_eq!(
+            (e.message.as_str(), e.field, e.problems.len()),
+            ("m", None, 0)
+        );
+    }
+
+    #[test]
+    fn a_login_request_sends_only_what_is_set() {
+        let r = LoginRequest {
+            username: "Admin".into(),
+            password: "pw".into(),
+            organization_name: None,
+            organization: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("JSON"),
+            r#"{"username":"Admin","password":"pw"}"#
+        );
+    }
+}
