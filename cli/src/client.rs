@@ -7,7 +7,9 @@
 //! once more.
 
 use anyhow::{Context, Result, anyhow, bail};
+use canopy_api::{AccessToken, ErrorBody, LoginRequest, TokenPair};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -95,30 +97,31 @@ impl fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 impl ApiError {
+    /// Reads Canopy's [`ErrorBody`], else Oakestra's `{"msg"}`, else takes the body as text.
     fn from_answer(status: StatusCode, body: &str) -> ApiError {
-        let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
-        let message = text("message")
-            .or_else(|| text("msg"))
-            .unwrap_or_else(|| body.trim().to_owned());
-        let problems = json
-            .get("problems")
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .map(|p| {
-                        let path = p.get("path").and_then(Value::as_str).unwrap_or("");
-                        let msg = p.get("message").and_then(Value::as_str).unwrap_or("");
-                        format!("{path}: {msg}")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        if let Ok(e) = serde_json::from_str::<ErrorBody>(body) {
+            return ApiError {
+                status,
+                message: e.message,
+                field: e.field,
+                problems: e
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect(),
+            };
+        }
+        #[derive(Deserialize)]
+        struct OakestraError {
+            msg: String,
+        }
+        let message = serde_json::from_str::<OakestraError>(body)
+            .map_or_else(|_| body.trim().to_owned(), |e| e.msg);
         ApiError {
             status,
             message,
-            field: text("field"),
-            problems,
+            field: None,
+            problems: Vec::new(),
         }
     }
 }
@@ -155,12 +158,19 @@ impl Client {
 
     /// Logs in and saves the tokens; this API becomes the current one.
     pub async fn login(&mut self, username: &str, password: &str) -> Result<()> {
-        let body = serde_json::json!({ "username": username, "password": password });
+        let body = serde_json::to_value(LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            organization_name: None,
+            organization: None,
+        })?;
         let answer = self
             .raw(Method::POST, "/api/auth/login", Some(&body), None)
             .await?;
-        let token = string_field(&answer, "token")?;
-        let refresh_token = string_field(&answer, "refresh_token")?;
+        let TokenPair {
+            token,
+            refresh_token,
+        } = typed("/api/auth/login", answer)?;
         self.config.logins.insert(
             self.api.clone(),
             Login {
@@ -173,16 +183,22 @@ impl Client {
         self.config.save()
     }
 
-    pub async fn get(&mut self, path: &str) -> Result<Value> {
-        self.send(Method::GET, path, None).await
+    /// The answer as `T`: a view of `canopy-api`, or `Value` to keep it as the API sent it.
+    pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T> {
+        typed(path, self.send(Method::GET, path, None).await?)
     }
 
-    pub async fn post(&mut self, path: &str, body: Option<&Value>) -> Result<Value> {
-        self.send(Method::POST, path, body).await
+    pub async fn post<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        typed(path, self.send(Method::POST, path, body).await?)
     }
 
-    pub async fn delete(&mut self, path: &str) -> Result<Value> {
-        self.send(Method::DELETE, path, None).await
+    /// Deletes; the acknowledgement says nothing more than success.
+    pub async fn delete(&mut self, path: &str) -> Result<()> {
+        self.send(Method::DELETE, path, None).await.map(drop)
     }
 
     /// Sends with the saved access token; refreshes it once on 401.
@@ -224,7 +240,7 @@ impl Client {
                     self.api
                 )
             })?;
-        let token = string_field(&answer, "token")?;
+        let AccessToken { token } = typed("/api/auth/refresh", answer)?;
         if let Some(l) = self.config.logins.get_mut(&self.api) {
             l.token = token.clone();
         }
@@ -263,11 +279,10 @@ impl Client {
     }
 }
 
-fn string_field(v: &Value, key: &str) -> Result<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("the API's answer has no {key:?}"))
+/// An answer (JSON) read as `T`; unknown fields are ignored.
+pub fn typed<T: DeserializeOwned>(path: &str, answer: Value) -> Result<T> {
+    serde_json::from_value(answer)
+        .with_context(|| format!("the API's answer to {path} is not as expected"))
 }
 
 #[cfg(test)]
@@ -288,5 +303,11 @@ mod tests {
 
         let e = ApiError::from_answer(StatusCode::BAD_GATEWAY, "upstream down");
         assert_eq!(e.to_string(), "502 Bad Gateway: upstream down");
+    }
+
+    #[test]
+    fn oakestra_error_bodies_give_their_msg() {
+        let e = ApiError::from_answer(StatusCode::BAD_REQUEST, r#"{"msg":"no such job"}"#);
+        assert_eq!(e.to_string(), "400 Bad Request: no such job");
     }
 }

@@ -1,9 +1,10 @@
 //! The commands that talk to a root's REST API: `login`, `apply`, `get`, `logs`, `scale`,
 //! `delete`. Every one goes through [`Client`], so API errors print with the field they name.
 
-use crate::client::Client;
+use crate::client::{Client, typed};
 use crate::table::Table;
 use anyhow::{Context, Result, anyhow, bail};
+use canopy_api::{ApplicationView, ClusterInfo, InstanceView, NodeView, ScaleUpView, ServiceView};
 use canopy_core::{InstanceStatus, StatusClass};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -129,8 +130,7 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let sla: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not JSON", args.file.display()))?;
-    let apps = client.post("/api/application", Some(&sla)).await?;
-    let apps = apps.as_array().cloned().unwrap_or_default();
+    let apps: Vec<ApplicationView> = client.post("/api/application", Some(&sla)).await?;
     let mut tracked = Vec::new();
     for wanted in sla
         .get("applications")
@@ -142,33 +142,22 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
         let ns = str_of(wanted, "application_namespace");
         let app = apps
             .iter()
-            .find(|a| {
-                str_of(a, "application_name") == name && str_of(a, "application_namespace") == ns
-            })
+            .find(|a| a.application_name == name && a.application_namespace == ns)
             .ok_or_else(|| anyhow!("the API did not return application {name:?}"))?;
-        println!("application {ns}/{name}: {}", str_of(app, "applicationID"));
-        for id in app
-            .get("microservices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            let svc = client.get(&format!("/api/service/{id}")).await?;
-            let label = format!("{name}.{}", str_of(&svc, "service_name"));
-            let answer = client
+        println!("application {ns}/{name}: {}", app.applicationID);
+        for id in &app.microservices {
+            let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
+            let label = format!("{name}.{}", svc.service_name);
+            let answer: ScaleUpView = client
                 .post(&format!("/api/service/{id}/instance"), None)
                 .await?;
-            let number = answer
-                .get("instance_number")
-                .and_then(Value::as_u64)
-                .unwrap_or(0) as u32;
+            let number = answer.instance_number;
             println!("  service {label} ({id}): instance {number} requested");
             tracked.push(Tracked {
-                service_id: id.to_owned(),
+                service_id: id.clone(),
                 label,
                 number,
-                one_shot: svc.get("one_shot").and_then(Value::as_bool) == Some(true),
+                one_shot: svc.sla.get("one_shot").and_then(Value::as_bool) == Some(true),
                 last: String::new(),
             });
         }
@@ -190,7 +179,7 @@ async fn wait_running(
     loop {
         let mut done = 0;
         // One request per service per round, however many of its instances are followed.
-        let mut services: BTreeMap<String, Value> = BTreeMap::new();
+        let mut services: BTreeMap<String, ServiceView> = BTreeMap::new();
         for t in tracked.iter() {
             if !services.contains_key(&t.service_id) {
                 let svc = client
@@ -200,12 +189,9 @@ async fn wait_running(
             }
         }
         for t in tracked.iter_mut() {
-            let inst = instances(&services[&t.service_id])
-                .into_iter()
-                .find(|i| i.get("instance_number").and_then(Value::as_u64) == Some(t.number.into()))
+            let inst = instance(&services[&t.service_id], t.number)
                 .ok_or_else(|| anyhow!("{} instance {} is gone", t.label, t.number))?;
-            let status = str_of(&inst, "status");
-            let detail = str_of(&inst, "status_detail");
+            let (status, detail) = (&inst.status, &inst.status_detail);
             let line = if detail.is_empty() {
                 status.clone()
             } else {
@@ -254,178 +240,181 @@ pub async fn get(client: &mut Client, args: GetArgs) -> Result<()> {
         Kind::Clusters => "/api/clusters",
         Kind::Nodes => "/api/nodes",
     };
-    let answer = client.get(path).await?;
-    let list = answer.as_array().cloned().unwrap_or_default();
+    // Kept as sent: `-o json` prints what the API answered, fields Canopy does not know included.
+    let answer: Value = client.get(path).await?;
     if args.output == Output::Json {
         let out = match args.kind {
-            Kind::Instances => Value::Array(
-                list.iter()
-                    .flat_map(|s| {
-                        let id = str_of(s, "microserviceID");
-                        instances(s).into_iter().map(move |mut i| {
-                            if let Some(o) = i.as_object_mut() {
-                                o.insert("microserviceID".into(), Value::String(id.clone()));
-                            }
-                            i
-                        })
-                    })
-                    .collect(),
-            ),
+            Kind::Instances => instances_json(&answer),
             _ => answer,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let table = match args.kind {
-        Kind::Apps => {
-            let mut t = Table::new(&["ID", "NAMESPACE", "NAME", "SERVICES", "OWNER"]);
-            for a in &list {
-                let n = a
-                    .get("microservices")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
-                t.row(vec![
-                    str_of(a, "applicationID"),
-                    str_of(a, "application_namespace"),
-                    str_of(a, "application_name"),
-                    n.to_string(),
-                    str_of(a, "userId"),
-                ]);
-            }
-            t
-        }
-        Kind::Services => {
-            let mut t = Table::new(&[
-                "ID", "APP", "NAME", "TYPE", "STATUS", "RUNNING", "ADDRESS", "CODE",
-            ]);
-            for s in &list {
-                let inst = instances(s);
-                let running = inst
-                    .iter()
-                    .filter(|i| str_of(i, "status") == InstanceStatus::Running.as_str())
-                    .count();
-                t.row(vec![
-                    str_of(s, "microserviceID"),
-                    str_of(s, "app_name"),
-                    str_of(s, "service_name"),
-                    str_of(s, "virtualization"),
-                    str_of(s, "status"),
-                    format!("{running}/{}", inst.len()),
-                    str_of(s, "RR_ip"),
-                    str_of(s, "image"),
-                ]);
-            }
-            t
-        }
-        Kind::Instances => {
-            let mut t = Table::new(&[
-                "SERVICE", "#", "STATUS", "WORKER", "ADDRESS", "CPU%", "MEM(MB)", "DETAIL",
-            ]);
-            for s in &list {
-                let label = format!("{}.{}", str_of(s, "app_name"), str_of(s, "service_name"));
-                for i in instances(s) {
-                    t.row(vec![
-                        label.clone(),
-                        num_of(&i, "instance_number"),
-                        str_of(&i, "status"),
-                        str_of(&i, "worker_id"),
-                        str_of(&i, "instance_ip"),
-                        format!("{:.1}", float_of(&i, "cpu_percent")),
-                        num_of(&i, "memory"),
-                        str_of(&i, "status_detail"),
-                    ]);
-                }
-            }
-            t
-        }
-        Kind::Clusters => {
-            let mut t = Table::new(&[
-                "ID",
-                "NAME",
-                "ACTIVE",
-                "NODES",
-                "CPU%",
-                "MEM%",
-                "FREE VCPUS",
-                "FREE MEM(MB)",
-            ]);
-            for c in &list {
-                t.row(vec![
-                    str_of(c, "_id.$oid"),
-                    str_of(c, "cluster_name"),
-                    c.get("active")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string(),
-                    num_of(c, "active_nodes"),
-                    format!("{:.1}", float_of(c, "cpu_percent")),
-                    format!("{:.1}", float_of(c, "memory_percent")),
-                    num_of(c, "vcpus"),
-                    num_of(c, "memory"),
-                ]);
-            }
-            t
-        }
-        Kind::Nodes => {
-            let mut t = Table::new(&[
-                "ID",
-                "NAME",
-                "CLUSTER",
-                "ACTIVE",
-                "ARCH",
-                "RUNTIMES",
-                "CPU%",
-                "MEM%",
-                "INSTANCES",
-            ]);
-            for n in &list {
-                let runtimes: Vec<String> = n
-                    .get("virtualizations")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect();
-                t.row(vec![
-                    str_of(n, "node_id"),
-                    str_of(n, "name"),
-                    str_of(n, "cluster_name"),
-                    n.get("active")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string(),
-                    str_of(n, "architecture"),
-                    runtimes.join(","),
-                    format!("{:.1}", float_of(n, "cpu_percent")),
-                    format!("{:.1}", float_of(n, "memory_percent")),
-                    num_of(n, "instances"),
-                ]);
-            }
-            t
-        }
+        Kind::Apps => apps_table(&typed::<Vec<_>>(path, answer)?),
+        Kind::Services => services_table(&typed::<Vec<_>>(path, answer)?),
+        Kind::Instances => instances_table(&typed::<Vec<_>>(path, answer)?),
+        Kind::Clusters => clusters_table(&typed::<Vec<_>>(path, answer)?),
+        Kind::Nodes => nodes_table(&typed::<Vec<_>>(path, answer)?),
     };
     print!("{}", table.render());
     Ok(())
+}
+
+/// Every instance of every service in the answer, each with its service's `microserviceID`.
+fn instances_json(services: &Value) -> Value {
+    Value::Array(
+        services
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| {
+                let id = str_of(s, "microserviceID");
+                s.get("instance_list")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |mut i| {
+                        if let Some(o) = i.as_object_mut() {
+                            o.insert("microserviceID".into(), Value::String(id.clone()));
+                        }
+                        i
+                    })
+            })
+            .collect(),
+    )
+}
+
+fn apps_table(list: &[ApplicationView]) -> Table {
+    let mut t = Table::new(&["ID", "NAMESPACE", "NAME", "SERVICES", "OWNER"]);
+    for a in list {
+        t.row(vec![
+            a.applicationID.clone(),
+            a.application_namespace.clone(),
+            a.application_name.clone(),
+            a.microservices.len().to_string(),
+            a.userId.clone(),
+        ]);
+    }
+    t
+}
+
+fn services_table(list: &[ServiceView]) -> Table {
+    let mut t = Table::new(&[
+        "ID", "APP", "NAME", "TYPE", "STATUS", "RUNNING", "ADDRESS", "CODE",
+    ]);
+    for s in list {
+        let running = s
+            .instance_list
+            .iter()
+            .filter(|i| i.status == InstanceStatus::Running.as_str())
+            .count();
+        t.row(vec![
+            s.microserviceID.clone(),
+            s.app_name.clone(),
+            s.service_name.clone(),
+            text(s.sla.get("virtualization")),
+            s.status.clone(),
+            format!("{running}/{}", s.instance_list.len()),
+            s.RR_ip.clone(),
+            s.image.clone(),
+        ]);
+    }
+    t
+}
+
+fn instances_table(list: &[ServiceView]) -> Table {
+    let mut t = Table::new(&[
+        "SERVICE", "#", "STATUS", "WORKER", "ADDRESS", "CPU%", "MEM(MB)", "DETAIL",
+    ]);
+    for s in list {
+        let label = format!("{}.{}", s.app_name, s.service_name);
+        for i in &s.instance_list {
+            t.row(vec![
+                label.clone(),
+                i.instance_number.to_string(),
+                i.status.clone(),
+                i.worker_id.clone().unwrap_or_default(),
+                i.instance_ip.clone(),
+                format!("{:.1}", i.cpu_percent),
+                i.memory.to_string(),
+                i.status_detail.clone(),
+            ]);
+        }
+    }
+    t
+}
+
+fn clusters_table(list: &[ClusterInfo]) -> Table {
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "ACTIVE",
+        "NODES",
+        "CPU%",
+        "MEM%",
+        "FREE VCPUS",
+        "FREE MEM(MB)",
+    ]);
+    for c in list {
+        t.row(vec![
+            c._id.oid.clone(),
+            c.cluster_name.clone(),
+            c.active.to_string(),
+            c.total.active_nodes.to_string(),
+            format!("{:.1}", c.total.cpu_percent),
+            format!("{:.1}", c.total.memory_percent),
+            c.total.vcpus.to_string(),
+            c.total.memory.to_string(),
+        ]);
+    }
+    t
+}
+
+fn nodes_table(list: &[NodeView]) -> Table {
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "CLUSTER",
+        "ACTIVE",
+        "ARCH",
+        "RUNTIMES",
+        "CPU%",
+        "MEM%",
+        "INSTANCES",
+    ]);
+    for n in list {
+        t.row(vec![
+            n.node_id.clone(),
+            n.name.clone(),
+            n.cluster_name.clone(),
+            n.active.to_string(),
+            n.architecture.clone(),
+            n.virtualizations.join(","),
+            format!("{:.1}", n.cpu_percent),
+            format!("{:.1}", n.memory_percent),
+            n.instances.to_string(),
+        ]);
+    }
+    t
 }
 
 pub async fn logs(client: &mut Client, args: LogsArgs) -> Result<()> {
     let id = resolve_service(client, &args.service).await?;
     let mut shown = String::new();
     loop {
-        let svc = client.get(&format!("/api/service/{id}")).await?;
-        let list = instances(&svc);
+        let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
         let inst = match args.instance {
-            Some(n) => list
-                .iter()
-                .find(|i| i.get("instance_number").and_then(Value::as_u64) == Some(n.into()))
+            Some(n) => instance(&svc, n)
                 .ok_or_else(|| anyhow!("service {} has no instance {n}", args.service))?,
-            None => list
+            None => svc
+                .instance_list
                 .iter()
-                .min_by_key(|i| i.get("instance_number").and_then(Value::as_u64))
+                .min_by_key(|i| i.instance_number)
                 .ok_or_else(|| anyhow!("service {} has no instance", args.service))?,
         };
-        let text = str_of(inst, "logs");
+        let text = inst.logs.clone();
         let new = unseen(&shown, &text);
         if !new.is_empty() {
             print!("{new}");
@@ -455,19 +444,20 @@ fn unseen<'a>(shown: &str, now: &'a str) -> &'a str {
 
 pub async fn scale(client: &mut Client, args: ScaleArgs) -> Result<()> {
     let id = resolve_service(client, &args.service).await?;
-    let svc = client.get(&format!("/api/service/{id}")).await?;
-    let mut numbers: Vec<u64> = instances(&svc)
+    let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
+    let mut numbers: Vec<u32> = svc
+        .instance_list
         .iter()
-        .filter_map(|i| i.get("instance_number").and_then(Value::as_u64))
+        .map(|i| i.instance_number)
         .collect();
     numbers.sort_unstable();
     let have = numbers.len() as u32;
     if args.replicas > have {
         for _ in have..args.replicas {
-            let a = client
+            let a: ScaleUpView = client
                 .post(&format!("/api/service/{id}/instance"), None)
                 .await?;
-            println!("instance {} requested", num_of(&a, "instance_number"));
+            println!("instance {} requested", a.instance_number);
         }
     } else {
         for n in numbers.iter().rev().take((have - args.replicas) as usize) {
@@ -484,13 +474,11 @@ pub async fn scale(client: &mut Client, args: ScaleArgs) -> Result<()> {
 pub async fn delete(client: &mut Client, args: DeleteArgs) -> Result<()> {
     match args.kind {
         DeleteKind::App => {
-            let apps = client.get("/api/applications").await?;
+            let apps: Vec<ApplicationView> = client.get("/api/applications").await?;
             let id = apps
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| str_of(a, "application_name") == args.id)
-                .map_or_else(|| args.id.clone(), |a| str_of(a, "applicationID"));
+                .iter()
+                .find(|a| a.application_name == args.id)
+                .map_or_else(|| args.id.clone(), |a| a.applicationID.clone());
             client.delete(&format!("/api/application/{id}")).await?;
             println!("application {id} deleted");
         }
@@ -505,19 +493,18 @@ pub async fn delete(client: &mut Client, args: DeleteArgs) -> Result<()> {
 
 /// A service id from an id, `job_name`, `app.service` or a unique service name.
 async fn resolve_service(client: &mut Client, name: &str) -> Result<String> {
-    let all = client.get("/api/services").await?;
-    let list = all.as_array().cloned().unwrap_or_default();
+    let list: Vec<ServiceView> = client.get("/api/services").await?;
     let mut by_rule: BTreeMap<u8, Vec<String>> = BTreeMap::new();
-    for s in &list {
-        let id = str_of(s, "microserviceID");
-        let app_svc = format!("{}.{}", str_of(s, "app_name"), str_of(s, "service_name"));
+    for s in list {
+        let id = s.microserviceID;
+        let app_svc = format!("{}.{}", s.app_name, s.service_name);
         let rule = if id == name {
             0
-        } else if str_of(s, "job_name") == name {
+        } else if s.job_name == name {
             1
         } else if app_svc == name {
             2
-        } else if str_of(s, "service_name") == name {
+        } else if s.service_name == name {
             3
         } else {
             continue;
@@ -535,11 +522,11 @@ async fn resolve_service(client: &mut Client, name: &str) -> Result<String> {
     }
 }
 
-fn instances(svc: &Value) -> Vec<Value> {
-    svc.get("instance_list")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+/// Instance `number` of a service.
+fn instance(svc: &ServiceView, number: u32) -> Option<&InstanceView> {
+    svc.instance_list
+        .iter()
+        .find(|i| i.instance_number == number)
 }
 
 /// A field as text; `a.b` looks into objects.
@@ -551,19 +538,16 @@ fn str_of(v: &Value, path: &str) -> String {
             None => return String::new(),
         }
     }
-    match cur {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+    text(Some(cur))
+}
+
+/// A JSON value as text: strings as they are, nothing (or null) as "".
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => other.to_string(),
     }
-}
-
-fn num_of(v: &Value, key: &str) -> String {
-    v.get(key).map(|n| n.to_string()).unwrap_or_default()
-}
-
-fn float_of(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -578,6 +562,49 @@ mod tests {
         assert_eq!(unseen("a\nb\nc\n", "b\nc\nd\n"), "d\n");
         assert_eq!(unseen("a\n", "a\n"), "");
         assert_eq!(unseen("xyz", "new"), "new");
+    }
+
+    /// A service as the root answers, with fields the CLI does not know.
+    fn service() -> Value {
+        let inst = |n: u32, status: &str, worker: Value, cpu: Value, detail: &str| {
+            serde_json::json!({"instance_number": n, "status": status, "status_detail": detail,
+                "cluster_id": null, "worker_id": worker, "instance_ip": format!("10.30.0.{n}"),
+                "cpu_percent": cpu, "memory": 12 * n, "logs": "", "last_modified_timestamp": 1.5,
+                "unknown": [1]})
+        };
+        serde_json::json!({"_id": {"$oid": "s1"}, "microserviceID": "s1", "applicationID": "a1",
+            "job_name": "demo.default.web.default", "app_name": "demo", "app_ns": "default",
+            "service_name": "web", "service_ns": "default", "image": "nginx", "RR_ip": "10.30.1.1",
+            "next_instance_progressive_number": 2, "status": "RUNNING", "status_detail": "",
+            "virtualization": "container", "one_shot": false, "oakestra_extra": {"a": 1},
+            "instance_list": [inst(0, "RUNNING", "n-1".into(), 3.06.into(), ""),
+                inst(1, "FAILED", Value::Null, 0.into(), "image pull: not found")]})
+    }
+
+    #[test]
+    fn tables_read_typed_views_of_the_answer() {
+        let list: Vec<ServiceView> =
+            typed("/api/services", Value::Array(vec![service()])).expect("a service view");
+        assert_eq!(
+            services_table(&list).render(),
+            "ID  APP   NAME  TYPE       STATUS   RUNNING  ADDRESS    CODE\n\
+             s1  demo  web   container  RUNNING  1/2      10.30.1.1  nginx\n"
+        );
+        assert_eq!(
+            instances_table(&list).render(),
+            "SERVICE   #  STATUS   WORKER  ADDRESS    CPU%  MEM(MB)  DETAIL\n\
+             demo.web  0  RUNNING  n-1     10.30.0.0  3.1   0\n\
+             demo.web  1  FAILED           10.30.0.1  0.0   12       image pull: not found\n"
+        );
+        assert_eq!(list[0].sla.get("one_shot"), Some(&Value::Bool(false)));
+    }
+
+    #[test]
+    fn json_instances_carry_their_service_id_and_every_field() {
+        let out = instances_json(&Value::Array(vec![service()]));
+        assert_eq!(out[1]["microserviceID"], "s1");
+        assert_eq!(out[1]["unknown"], serde_json::json!([1]));
+        assert_eq!(out[1]["cpu_percent"], 0);
     }
 
     #[test]

@@ -21,28 +21,8 @@ pub mod collections {
     pub const SECRETS: &str = "secrets";
 }
 
-/// Oakestra's roles. Only `Admin` grants anything beyond owning one's own work.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-pub enum Role {
-    Admin,
-    #[serde(rename = "Organization_Admin")]
-    OrganizationAdmin,
-    #[serde(rename = "Application_Provider")]
-    ApplicationProvider,
-    #[serde(rename = "Infrastructure_Provider")]
-    InfrastructureProvider,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Admin,
-        Role::OrganizationAdmin,
-        Role::ApplicationProvider,
-        Role::InfrastructureProvider,
-    ];
-}
+/// Oakestra's roles and organisation members are API shapes too: they live in `canopy-api`.
+pub use canopy_api::{Member, Role};
 
 /// The user every root starts with.
 pub const ADMIN_USER: &str = "Admin";
@@ -59,12 +39,6 @@ pub struct User {
     pub email: String,
     #[serde(default)]
     pub created_at: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Member {
-    pub user_id: String,
-    pub roles: Vec<Role>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The clusters known to the root, with their last report, and their workers.
 
-use super::views::{ClusterInfo, ErrorBody, NodeView};
+use super::views::{ClusterInfo, ErrorBody, NewView, NodeView};
 use super::{ApiResult, ApiState};
 use crate::control::Caller;
 use axum::Json;

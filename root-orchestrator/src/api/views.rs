@@ -1,116 +1,20 @@
-//! Request and response bodies of the REST API, in Oakestra's shapes. The OpenAPI document is
-//! generated from these types.
+//! The REST API's bodies, in Oakestra's shapes, are the types of `canopy-api` (shared with the
+//! CLI; the OpenAPI document is generated from them). Here: how the root's documents become them.
 
 use crate::control::ClusterView;
-use crate::model::{Application, Instance, Member, Organization, Role, Service, User};
-use canopy_core::link::ResourceAggregate;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use crate::model::{Application, Instance, Organization, Service, User};
+pub use canopy_api::*;
+use canopy_core::link::NodeSummary;
 
-/// An error: a message, the field at fault when there is one, and every SLA problem for 422.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<ProblemView>,
+/// A view built from two of the root's documents (a trait, as the view types are foreign here).
+pub trait NewView<A, B> {
+    fn new(a: A, b: B) -> Self;
 }
 
-/// One SLA problem: its JSON path and what is wrong.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ProblemView {
-    pub path: String,
-    pub message: String,
-}
-
-/// A plain acknowledgement.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct MessageBody {
-    pub message: String,
-}
-
-impl MessageBody {
-    pub fn new(m: impl Into<String>) -> Self {
-        MessageBody { message: m.into() }
-    }
-}
-
-/// MongoDB's id form, which Oakestra's dashboard expects: `{"$oid": "..."}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Oid {
-    #[serde(rename = "$oid")]
-    pub oid: String,
-}
-
-fn oid(id: &str) -> Oid {
-    Oid { oid: id.to_owned() }
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct LoginRequest {
-    pub username: String,
-    pub password: String,
-    /// Organisation to log in to (default `root`). Oakestra's schema calls it `organization`.
-    #[serde(default)]
-    pub organization_name: Option<String>,
-    #[serde(default)]
-    pub organization: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TokenPair {
-    pub token: String,
-    pub refresh_token: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AccessToken {
-    pub token: String,
-}
-
-/// A new user (admin only), added to the caller's organisation with `roles`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct RegisterRequest {
-    pub name: String,
-    pub password: String,
-    #[serde(default)]
-    pub email: String,
-    #[serde(default)]
-    pub created_at: String,
-    #[serde(default)]
-    pub roles: Vec<Role>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ChangePasswordRequest {
-    pub old_password: String,
-    pub new_password: String,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct UpdateUserRequest {
-    #[serde(default)]
-    pub email: Option<String>,
-    /// Replaces the user's roles in the caller's organisation.
-    #[serde(default)]
-    pub roles: Option<Vec<Role>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct UserView {
-    pub _id: Oid,
-    pub name: String,
-    pub email: String,
-    pub created_at: String,
-    pub roles: Vec<Role>,
-}
-
-impl UserView {
-    pub fn new(u: &User, roles: Vec<Role>) -> Self {
+impl NewView<&User, Vec<Role>> for UserView {
+    fn new(u: &User, roles: Vec<Role>) -> Self {
         UserView {
-            _id: oid(&u.id),
+            _id: Oid::new(&u.id),
             name: u.name.clone(),
             email: u.email.clone(),
             created_at: u.created_at.clone(),
@@ -119,53 +23,20 @@ impl UserView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PermissionView {
-    pub roles: Vec<Role>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct OrganizationRequest {
-    pub name: String,
-    #[serde(default)]
-    pub member: Vec<Member>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct OrganizationView {
-    pub _id: Oid,
-    pub name: String,
-    pub member: Vec<Member>,
-}
-
 impl From<&Organization> for OrganizationView {
     fn from(o: &Organization) -> Self {
         OrganizationView {
-            _id: oid(&o.id),
+            _id: Oid::new(&o.id),
             name: o.name.clone(),
             member: o.members.clone(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[allow(non_snake_case)]
-pub struct ApplicationView {
-    pub _id: Oid,
-    pub applicationID: String,
-    pub application_name: String,
-    pub application_namespace: String,
-    pub application_desc: String,
-    /// Service ids.
-    pub microservices: Vec<String>,
-    /// The owner's user name.
-    pub userId: String,
-}
-
 impl From<&Application> for ApplicationView {
     fn from(a: &Application) -> Self {
         ApplicationView {
-            _id: oid(&a.id),
+            _id: Oid::new(&a.id),
             applicationID: a.id.clone(),
             application_name: a.name.clone(),
             application_namespace: a.namespace.clone(),
@@ -174,37 +45,6 @@ impl From<&Application> for ApplicationView {
             userId: a.owner.clone(),
         }
     }
-}
-
-/// Changes to an application. Services are added with `POST /api/service/` and removed with
-/// `DELETE /api/service/<id>`, so `microservices`, if sent, must list the current ids.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct UpdateApplicationRequest {
-    #[serde(default)]
-    pub application_name: Option<String>,
-    #[serde(default)]
-    pub application_namespace: Option<String>,
-    #[serde(default)]
-    pub application_desc: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub microservices: Option<Vec<serde_json::Value>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct InstanceView {
-    pub instance_number: u32,
-    pub status: String,
-    pub status_detail: String,
-    pub cluster_id: Option<String>,
-    pub worker_id: Option<String>,
-    pub instance_ip: String,
-    pub cpu_percent: f64,
-    /// Memory in use, MB.
-    pub memory: u64,
-    /// The last lines of its output (at most 1024 bytes), from its worker's last report.
-    pub logs: String,
-    pub last_modified_timestamp: f64,
 }
 
 impl From<&Instance> for InstanceView {
@@ -224,30 +64,6 @@ impl From<&Instance> for InstanceView {
     }
 }
 
-/// A service (Oakestra's job document): the microservice as submitted, plus these fields.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[allow(non_snake_case)]
-pub struct ServiceView {
-    pub _id: Oid,
-    pub microserviceID: String,
-    pub applicationID: String,
-    pub job_name: String,
-    pub app_name: String,
-    pub app_ns: String,
-    pub service_name: String,
-    pub service_ns: String,
-    pub image: String,
-    pub RR_ip: String,
-    pub next_instance_progressive_number: u32,
-    pub status: String,
-    pub status_detail: String,
-    pub instance_list: Vec<InstanceView>,
-    /// The remaining SLA fields of the microservice, as submitted.
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub sla: serde_json::Map<String, serde_json::Value>,
-}
-
 impl From<&Service> for ServiceView {
     fn from(s: &Service) -> Self {
         let (status, detail) = s.status();
@@ -257,7 +73,7 @@ impl From<&Service> for ServiceView {
         }
         let j = &s.spec.job_name;
         ServiceView {
-            _id: oid(&s.id),
+            _id: Oid::new(&s.id),
             microserviceID: s.id.clone(),
             applicationID: s.application_id.clone(),
             job_name: j.to_string(),
@@ -276,84 +92,6 @@ impl From<&Service> for ServiceView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ServiceCreated {
-    pub service_name: String,
-    pub status: String,
-}
-
-/// Answer to `POST /api/service/`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AddServicesView {
-    /// The last service created.
-    pub job_id: String,
-    pub deployed_services: Vec<ServiceCreated>,
-    pub failed_services: Vec<ServiceCreated>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ScaleUpView {
-    pub message: String,
-    pub instance_number: u32,
-}
-
-/// Resources of a set of workers as a cluster reports them.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AggregateView {
-    pub active_nodes: u32,
-    pub cpu_percent: f64,
-    pub memory_percent: f64,
-    /// Free vcpus, summed.
-    pub vcpus: u32,
-    /// Free memory, MB, summed.
-    pub memory: u64,
-    pub vgpus: u32,
-    pub virtualization: Vec<String>,
-    pub supported_addons: Vec<String>,
-    pub csi_drivers: Vec<String>,
-}
-
-impl From<&ResourceAggregate> for AggregateView {
-    fn from(a: &ResourceAggregate) -> Self {
-        AggregateView {
-            active_nodes: a.active_nodes,
-            cpu_percent: a.cpu_percent,
-            memory_percent: a.memory_percent,
-            vcpus: a.free.vcpus,
-            memory: a.free.memory_mb,
-            vgpus: a.free.vgpus,
-            virtualization: a
-                .virtualizations
-                .iter()
-                .map(|v| v.as_str().to_owned())
-                .collect(),
-            supported_addons: a.supported_addons.iter().cloned().collect(),
-            csi_drivers: a.csi_drivers.iter().cloned().collect(),
-        }
-    }
-}
-
-/// A cluster, with Oakestra's compatibility aliases.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ClusterInfo {
-    pub _id: Oid,
-    pub cluster_name: String,
-    pub candidate_name: String,
-    /// `LAT,LON,RADIUS_KM`, empty when unknown.
-    pub cluster_location: String,
-    pub candidate_location: String,
-    pub active: bool,
-    /// Unix seconds of the last report (0: none since the root started).
-    pub last_modified_timestamp: f64,
-    pub aggregated_cpu_percent: f64,
-    pub memory_in_mb: u64,
-    pub total_cpu_cores: u32,
-    pub total_gpu_cores: u32,
-    #[serde(flatten)]
-    pub total: AggregateView,
-    pub aggregation_per_architecture: std::collections::BTreeMap<String, AggregateView>,
-}
-
 impl From<&ClusterView> for ClusterInfo {
     fn from(v: &ClusterView) -> Self {
         let location = v
@@ -364,7 +102,7 @@ impl From<&ClusterView> for ClusterInfo {
         let report = v.report.clone().unwrap_or_default();
         let total = AggregateView::from(&report.total);
         ClusterInfo {
-            _id: oid(v.doc.id.as_str()),
+            _id: Oid::new(v.doc.id.as_str()),
             cluster_name: v.doc.name.clone(),
             candidate_name: v.doc.name.clone(),
             cluster_location: location.clone(),
@@ -385,25 +123,8 @@ impl From<&ClusterView> for ClusterInfo {
     }
 }
 
-/// A worker, from its cluster's last report (a Canopy addition to Oakestra's API).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct NodeView {
-    pub node_id: String,
-    pub name: String,
-    pub cluster_id: String,
-    pub cluster_name: String,
-    /// The worker reports to its cluster and the cluster to the root.
-    pub active: bool,
-    pub architecture: String,
-    pub virtualizations: Vec<String>,
-    pub cpu_percent: f64,
-    pub memory_percent: f64,
-    /// Instances placed on it.
-    pub instances: u32,
-}
-
-impl NodeView {
-    pub fn new(c: &ClusterView, n: &canopy_core::link::NodeSummary) -> Self {
+impl NewView<&ClusterView, &NodeSummary> for NodeView {
+    fn new(c: &ClusterView, n: &NodeSummary) -> Self {
         NodeView {
             node_id: n.id.to_string(),
             name: n.name.clone(),

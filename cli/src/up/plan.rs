@@ -1,0 +1,472 @@
+//! What `canopy up` starts, decided from its arguments alone: the ports, each daemon's data
+//! directory, command line, log file and health URL, and the file each reads its token from.
+//! No I/O here; [`super::run`] carries the plan out.
+
+use super::UpArgs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Arguments `canopy up` refuses.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("--containerd-namespace must start with \"canopy\"")]
+    Namespace,
+    #[error("--workers must be at most 1000 and --virtual-workers at most 10000")]
+    TooManyWorkers,
+    #[error("--workers must be at least 1 (or give --virtual-workers)")]
+    NoWorkers,
+    #[error("--port-base {0} leaves no room for the ports after it")]
+    PortBase(u16),
+}
+
+/// The checks that need nothing but the arguments.
+pub fn validate(args: &UpArgs) -> Result<(), PlanError> {
+    if !args.containerd_namespace.starts_with("canopy") {
+        return Err(PlanError::Namespace);
+    }
+    if args.workers > 1000 || args.virtual_workers > 10_000 {
+        return Err(PlanError::TooManyWorkers);
+    }
+    if args.workers + args.virtual_workers == 0 {
+        return Err(PlanError::NoWorkers);
+    }
+    Ok(())
+}
+
+/// Whether the workers need containerd (real workers offering containers).
+pub fn needs_containerd(args: &UpArgs) -> bool {
+    args.workers > 0 && args.runtimes.split(',').any(|r| r.trim() == "container")
+}
+
+/// The ports of one `canopy up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub api: u16,
+    pub grpc: u16,
+    pub root_metrics: u16,
+    pub cluster_api: u16,
+    pub mqtt: u16,
+    /// Worker I's API is `first_node + I - 1`; the virtual workers' process follows them.
+    pub first_node: u16,
+}
+
+impl Ports {
+    /// Oakestra's ports, or a block from `base`.
+    pub fn new(base: Option<u16>) -> Result<Ports, PlanError> {
+        Ok(match base {
+            None => Ports {
+                api: 10000,
+                grpc: 50052,
+                root_metrics: 10009,
+                cluster_api: 10100,
+                mqtt: 10003,
+                first_node: 10110,
+            },
+            Some(b) => {
+                if b.checked_add(10 + 1000).is_none() {
+                    return Err(PlanError::PortBase(b));
+                }
+                Ports {
+                    api: b,
+                    grpc: b + 1,
+                    root_metrics: b + 2,
+                    cluster_api: b + 3,
+                    mqtt: b + 4,
+                    first_node: b + 10,
+                }
+            }
+        })
+    }
+}
+
+/// The daemons `canopy up` runs.
+pub const DAEMONS: [&str; 3] = ["root-orchestrator", "cluster-orchestrator", "node-engine"];
+
+/// Where the daemon binaries are: a directory, or none to find them on PATH.
+pub struct BinDir(pub Option<PathBuf>);
+
+impl BinDir {
+    pub fn path(&self, name: &str) -> String {
+        match &self.0 {
+            Some(d) => d.join(name).display().to_string(),
+            None => name.to_owned(),
+        }
+    }
+}
+
+/// A secret a child gets in its environment, read from the file the tier before it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub var: &'static str,
+    pub file: PathBuf,
+}
+
+/// One child process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPlan {
+    /// `root`, `cluster`, `workerN` or `virtual`.
+    pub name: String,
+    /// What is printed as it starts.
+    pub step: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Its output, appended.
+    pub log: PathBuf,
+    pub health: String,
+    /// containerd namespace (workers).
+    pub namespace: Option<String>,
+    pub token: Option<Token>,
+}
+
+/// Everything one `canopy up` starts, in order: the root, the cluster, then the node engines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The data directory (absolute).
+    pub dir: PathBuf,
+    /// The root's API URL.
+    pub api: String,
+    /// The root's metrics URL and the cluster's API URL, as `up.json` records them.
+    pub root_metrics: String,
+    pub cluster_api: String,
+    /// The password the root generates on its first start.
+    pub admin_password: PathBuf,
+    pub root: ChildPlan,
+    pub cluster: ChildPlan,
+    /// `worker1`..`workerN`, then `virtual` (one process for every virtual worker) if asked.
+    pub engines: Vec<ChildPlan>,
+    /// Active workers the cluster must report before `canopy up` is ready.
+    pub workers: u32,
+}
+
+/// The plan for `args`, with the data directory `dir` (absolute) and daemons from `bins`.
+pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
+    let host = args.listen;
+    let local = match host {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        other => other,
+    };
+    let url = |port: u16| format!("http://{}", SocketAddr::new(local, port));
+    let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+    let api = url(ports.api);
+    let cluster_api = url(ports.cluster_api);
+
+    let root_dir = dir.join("root");
+    let mut command = vec![
+        bins.path("root-orchestrator"),
+        format!("--data-dir={}", root_dir.display()),
+        format!("--api-addr={}", SocketAddr::new(host, ports.api)),
+        format!("--grpc-addr={}", SocketAddr::new(host, ports.grpc)),
+        format!(
+            "--metrics-addr={}",
+            SocketAddr::new(local, ports.root_metrics)
+        ),
+        format!("--log={}", args.log),
+    ];
+    command.extend(args.root_args.iter().cloned());
+    let root = ChildPlan {
+        name: "root".to_owned(),
+        step: "starting the root orchestrator".to_owned(),
+        command,
+        log: log("root"),
+        health: format!("{api}/health"),
+        namespace: None,
+        token: None,
+    };
+
+    let cluster_dir = dir.join("cluster");
+    let mut command = vec![
+        bins.path("cluster-orchestrator"),
+        format!("--root-addr={}", SocketAddr::new(local, ports.grpc)),
+        "--name=local".to_owned(),
+        format!("--data-dir={}", cluster_dir.display()),
+        format!("--api-addr={}", SocketAddr::new(host, ports.cluster_api)),
+        format!("--mqtt-addr={}", SocketAddr::new(host, ports.mqtt)),
+        format!("--log={}", args.log),
+    ];
+    command.extend(args.cluster_args.iter().cloned());
+    let cluster = ChildPlan {
+        name: "cluster".to_owned(),
+        step: "starting the cluster orchestrator (embedded MQTT broker)".to_owned(),
+        command,
+        log: log("cluster"),
+        health: format!("{cluster_api}/health"),
+        namespace: None,
+        token: Some(Token {
+            var: "CANOPY_CLUSTER_TOKEN",
+            file: root_dir.join("cluster-token"),
+        }),
+    };
+
+    let node_token = Token {
+        var: "CANOPY_NODE_TOKEN",
+        file: cluster_dir.join("node-token"),
+    };
+    let cluster_addr = format!(
+        "--cluster-addr={}",
+        SocketAddr::new(local, ports.cluster_api)
+    );
+    let mut engines = Vec::new();
+    for i in 1..=args.workers {
+        let name = format!("worker{i}");
+        let ns = format!("{}-{name}", args.containerd_namespace);
+        let port = ports.first_node + (i as u16 - 1);
+        let mut command = vec![
+            bins.path("node-engine"),
+            cluster_addr.clone(),
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.join(&name).display()),
+            format!("--api-addr={}", SocketAddr::new(local, port)),
+            format!("--containerd-socket={}", args.containerd_socket.display()),
+            format!("--containerd-namespace={ns}"),
+            format!("--runtimes={}", args.runtimes),
+            "--remove-on-exit".to_owned(),
+            format!("--log={}", args.log),
+        ];
+        command.extend(args.node_args.iter().cloned());
+        engines.push(ChildPlan {
+            step: format!("starting node engine {name} (containerd namespace {ns})"),
+            command,
+            log: log(&name),
+            health: format!("{}/health", url(port)),
+            namespace: Some(ns),
+            token: Some(node_token.clone()),
+            name,
+        });
+    }
+    if args.virtual_workers > 0 {
+        let port = ports.first_node + args.workers as u16;
+        let mut command = vec![
+            bins.path("node-engine"),
+            cluster_addr,
+            "--name=virtual".to_owned(),
+            format!("--data-dir={}", dir.join("virtual").display()),
+            format!("--api-addr={}", SocketAddr::new(local, port)),
+            format!("--bench-virtual-workers={}", args.virtual_workers),
+            format!("--log={}", args.log),
+        ];
+        command.extend(args.node_args.iter().cloned());
+        engines.push(ChildPlan {
+            name: "virtual".to_owned(),
+            step: format!(
+                "starting {} virtual workers (benchmark mode: no workloads run)",
+                args.virtual_workers
+            ),
+            command,
+            log: log("virtual"),
+            health: format!("{}/health", url(port)),
+            namespace: None,
+            token: Some(node_token),
+        });
+    }
+    Plan {
+        dir: dir.to_owned(),
+        root_metrics: format!(
+            "http://{}/metrics",
+            SocketAddr::new(local, ports.root_metrics)
+        ),
+        cluster_api,
+        api,
+        admin_password: root_dir.join("admin-password"),
+        root,
+        cluster,
+        engines,
+        workers: args.workers + args.virtual_workers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn args(extra: &[&str]) -> UpArgs {
+        Cli::parse_from(std::iter::once("up").chain(extra.iter().copied())).up
+    }
+
+    fn plan_of(extra: &[&str]) -> Plan {
+        let a = args(extra);
+        let ports = Ports::new(a.port_base).expect("ports");
+        plan(&a, &ports, Path::new("/d"), &BinDir(Some("/bin".into())))
+    }
+
+    #[test]
+    fn default_ports_are_oakestras() {
+        let p = plan_of(&[]);
+        assert_eq!(p.api, "http://127.0.0.1:10000");
+        assert_eq!(p.root_metrics, "http://127.0.0.1:10009/metrics");
+        assert_eq!(p.cluster_api, "http://127.0.0.1:10100");
+        assert_eq!(
+            p.root.command,
+            [
+                "/bin/root-orchestrator",
+                "--data-dir=/d/root",
+                "--api-addr=127.0.0.1:10000",
+                "--grpc-addr=127.0.0.1:50052",
+                "--metrics-addr=127.0.0.1:10009",
+                "--log=info",
+            ]
+        );
+        assert_eq!(
+            p.cluster.command,
+            [
+                "/bin/cluster-orchestrator",
+                "--root-addr=127.0.0.1:50052",
+                "--name=local",
+                "--data-dir=/d/cluster",
+                "--api-addr=127.0.0.1:10100",
+                "--mqtt-addr=127.0.0.1:10003",
+                "--log=info",
+            ]
+        );
+        assert_eq!(p.engines[0].health, "http://127.0.0.1:10110/health");
+    }
+
+    #[test]
+    fn a_port_base_allocates_a_block() {
+        let p = plan_of(&["--port-base=20000", "--workers=2", "--virtual-workers=5"]);
+        assert_eq!(
+            Ports::new(Some(20000)),
+            Ok(Ports {
+                api: 20000,
+                grpc: 20001,
+                root_metrics: 20002,
+                cluster_api: 20003,
+                mqtt: 20004,
+                first_node: 20010,
+            })
+        );
+        assert_eq!(p.api, "http://127.0.0.1:20000");
+        assert_eq!(p.root.health, "http://127.0.0.1:20000/health");
+        assert_eq!(p.cluster.health, "http://127.0.0.1:20003/health");
+        let health: Vec<&str> = p.engines.iter().map(|e| e.health.as_str()).collect();
+        assert_eq!(
+            health,
+            [
+                "http://127.0.0.1:20010/health",
+                "http://127.0.0.1:20011/health",
+                "http://127.0.0.1:20012/health",
+            ]
+        );
+        assert_eq!(Ports::new(Some(65000)), Err(PlanError::PortBase(65000)));
+    }
+
+    #[test]
+    fn workers_get_names_namespaces_data_dirs_and_the_node_token() {
+        let p = plan_of(&["--workers=2", "--containerd-namespace=canopy-test"]);
+        let w2 = &p.engines[1];
+        assert_eq!(w2.name, "worker2");
+        assert_eq!(w2.namespace.as_deref(), Some("canopy-test-worker2"));
+        assert_eq!(w2.log, Path::new("/d/logs/worker2.log"));
+        assert_eq!(
+            w2.command,
+            [
+                "/bin/node-engine",
+                "--cluster-addr=127.0.0.1:10100",
+                "--name=worker2",
+                "--data-dir=/d/worker2",
+                "--api-addr=127.0.0.1:10111",
+                "--containerd-socket=/run/containerd/containerd.sock",
+                "--containerd-namespace=canopy-test-worker2",
+                "--runtimes=container,wasm",
+                "--remove-on-exit",
+                "--log=info",
+            ]
+        );
+        let token = w2.token.as_ref().expect("a token");
+        assert_eq!(token.var, "CANOPY_NODE_TOKEN");
+        assert_eq!(token.file, Path::new("/d/cluster/node-token"));
+        let token = p.cluster.token.as_ref().expect("a token");
+        assert_eq!(token.var, "CANOPY_CLUSTER_TOKEN");
+        assert_eq!(token.file, Path::new("/d/root/cluster-token"));
+        assert_eq!(p.root.token, None);
+        assert_eq!(p.admin_password, Path::new("/d/root/admin-password"));
+        assert_eq!(p.workers, 2);
+    }
+
+    #[test]
+    fn extra_arguments_go_last_to_their_daemon() {
+        let p = plan_of(&[
+            "--workers=2",
+            "--virtual-workers=3",
+            "--node-arg=--insecure-registry=r:5000",
+            "--cluster-arg",
+            "--x=1",
+            "--root-arg=--y",
+        ]);
+        assert_eq!(p.root.command.last().map(String::as_str), Some("--y"));
+        assert_eq!(p.cluster.command.last().map(String::as_str), Some("--x=1"));
+        for e in &p.engines {
+            assert_eq!(
+                e.command.last().map(String::as_str),
+                Some("--insecure-registry=r:5000"),
+                "{}",
+                e.name
+            );
+        }
+    }
+
+    #[test]
+    fn virtual_workers_run_in_one_engine_after_the_real_ones() {
+        let p = plan_of(&["--workers=1", "--virtual-workers=50", "--listen=0.0.0.0"]);
+        let names: Vec<&str> = p.engines.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["worker1", "virtual"]);
+        let v = &p.engines[1];
+        assert_eq!(v.namespace, None);
+        assert_eq!(
+            v.command,
+            [
+                "/bin/node-engine",
+                "--cluster-addr=127.0.0.1:10100",
+                "--name=virtual",
+                "--data-dir=/d/virtual",
+                "--api-addr=127.0.0.1:10111",
+                "--bench-virtual-workers=50",
+                "--log=info",
+            ]
+        );
+        assert_eq!(p.workers, 51);
+        // Listeners bind 0.0.0.0; the children reach each other on 127.0.0.1.
+        assert!(
+            p.root
+                .command
+                .contains(&"--api-addr=0.0.0.0:10000".to_owned())
+        );
+        assert!(
+            p.root
+                .command
+                .contains(&"--metrics-addr=127.0.0.1:10009".to_owned())
+        );
+        assert_eq!(p.api, "http://127.0.0.1:10000");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_anything_starts() {
+        assert_eq!(
+            validate(&args(&["--containerd-namespace=k8s"])),
+            Err(PlanError::Namespace)
+        );
+        assert_eq!(
+            validate(&args(&["--workers=1001"])),
+            Err(PlanError::TooManyWorkers)
+        );
+        assert_eq!(validate(&args(&["--workers=0"])), Err(PlanError::NoWorkers));
+        assert_eq!(
+            validate(&args(&["--workers=0", "--virtual-workers=3"])),
+            Ok(())
+        );
+        assert!(needs_containerd(&args(&[])));
+        assert!(!needs_containerd(&args(&["--runtimes=wasm"])));
+        assert!(!needs_containerd(&args(&[
+            "--workers=0",
+            "--virtual-workers=3"
+        ])));
+        assert_eq!(BinDir(None).path("node-engine"), "node-engine");
+    }
+}
