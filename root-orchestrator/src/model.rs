@@ -111,7 +111,7 @@ pub struct Service {
     pub next_instance: u32,
     /// Stored apart, one document per instance (collection `instances`).
     #[serde(skip)]
-    pub instances: BTreeMap<u32, Instance>,
+    pub instances: BTreeMap<InstanceNumber, Instance>,
 }
 
 /// One instance of a service.
@@ -170,6 +170,21 @@ impl Instance {
 }
 
 impl Service {
+    /// The stored document: the service without its instances (those are stored apart), so
+    /// copying it costs the same however many instances the service has.
+    pub fn document(&self) -> Service {
+        Service {
+            id: self.id.clone(),
+            application_id: self.application_id.clone(),
+            owner: self.owner.clone(),
+            sla: self.sla.clone(),
+            spec: self.spec.clone(),
+            rr_ip: self.rr_ip,
+            next_instance: self.next_instance,
+            instances: BTreeMap::new(),
+        }
+    }
+
     /// The service's status, derived from its instances: a scheduling failure if any instance
     /// has one, else the least advanced instance's status; `UNDEPLOYED` without instances.
     pub fn status(&self) -> (InstanceStatus, String) {
@@ -265,13 +280,18 @@ mod tests {
             instances: BTreeMap::new(),
         };
         assert_eq!(s.status().0, InstanceStatus::Undeployed);
-        s.instances.insert(0, instance(0, InstanceStatus::Running));
+        s.instances
+            .insert(InstanceNumber(0), instance(0, InstanceStatus::Running));
         assert_eq!(s.status().0, InstanceStatus::Running);
-        s.instances
-            .insert(1, instance(1, InstanceStatus::ClusterScheduled));
+        s.instances.insert(
+            InstanceNumber(1),
+            instance(1, InstanceStatus::ClusterScheduled),
+        );
         assert_eq!(s.status().0, InstanceStatus::ClusterScheduled);
-        s.instances
-            .insert(2, instance(2, InstanceStatus::NoActiveClusterWithCapacity));
+        s.instances.insert(
+            InstanceNumber(2),
+            instance(2, InstanceStatus::NoActiveClusterWithCapacity),
+        );
         assert_eq!(s.status().0, InstanceStatus::NoActiveClusterWithCapacity);
     }
 
