@@ -43,6 +43,8 @@ mod apps;
 mod placement;
 mod sessions;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use accounts::{Login, NewUser, UserRoles};
 pub use sessions::{ClusterNode, ClusterView, Registered, Session};
