@@ -11,6 +11,7 @@
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
 //! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
+//! | `tests/` | `plan.rs`: the placement step case by case; `mod.rs`: the whole `Root` on a paused clock |
 //!
 //! (The gRPC server the clusters talk to is [`crate::link`]; it calls into `sessions.rs`.)
 //!

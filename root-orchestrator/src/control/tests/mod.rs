@@ -1,6 +1,8 @@
 //! The [`Root`] as a whole over an embedded store, on tokio's paused clock: failover after the
 //! grace period, and a failed commit that must leave memory as it was.
 
+mod plan;
+
 use super::state::Change;
 use super::*;
 use crate::model::Service;
