@@ -140,7 +140,8 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(number: InstanceNumber, ip: Ipv4Addr) -> Self {
+    /// A new instance, requested at `at` (Unix seconds).
+    pub fn new(number: InstanceNumber, ip: Ipv4Addr, at: f64) -> Self {
         Instance {
             number,
             status: InstanceStatus::Requested,
@@ -151,15 +152,16 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             logs: String::new(),
-            updated_at: unix_now(),
+            updated_at: at,
             refused_by: Vec::new(),
         }
     }
 
-    pub fn set_status(&mut self, status: InstanceStatus, detail: impl Into<String>) {
+    /// Sets the status, changed at `at` (Unix seconds).
+    pub fn set_status(&mut self, status: InstanceStatus, detail: impl Into<String>, at: f64) {
         self.status = status;
         self.detail = detail.into();
-        self.updated_at = unix_now();
+        self.updated_at = at;
     }
 
     /// Waiting for the root scheduler: never placed, placement refused, or taken back from a
@@ -257,7 +259,7 @@ mod tests {
     use super::*;
 
     fn instance(n: u32, status: InstanceStatus) -> Instance {
-        let mut i = Instance::new(InstanceNumber(n), Ipv4Addr::new(10, 30, 0, n as u8));
+        let mut i = Instance::new(InstanceNumber(n), Ipv4Addr::new(10, 30, 0, n as u8), 0.0);
         i.status = status;
         i
     }

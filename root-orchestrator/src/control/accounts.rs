@@ -1,10 +1,10 @@
 //! Users, organisations, passwords and login.
 
 use super::state::{Change, State};
-use super::{Caller, Error, Result, Root, conflict, not_found};
+use super::{Caller, Error, Now, Result, Root, conflict, not_found};
 use crate::auth;
 use crate::model::{
-    ADMIN_USER, Member, Organization, ROOT_ORGANIZATION, Role, User, new_object_id, unix_now,
+    ADMIN_USER, Member, Organization, ROOT_ORGANIZATION, Role, User, new_object_id,
 };
 use canopy_core::naming::is_cluster_name;
 use canopy_store::secrets;
@@ -66,7 +66,7 @@ impl Root {
                     name: ADMIN_USER.into(),
                     password_hash: hash,
                     email: String::new(),
-                    created_at: format!("{}", unix_now() as u64),
+                    created_at: format!("{}", Now::read().unix as u64),
                 };
                 let id = u.id.clone();
                 change.put_user(u)?;

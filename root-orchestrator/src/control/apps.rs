@@ -2,7 +2,7 @@
 //! scaled up (a new instance is placed at once) and down.
 
 use super::state::{Change, InstanceKey, State};
-use super::{Caller, Error, Result, Root, conflict, new_id, not_found, now};
+use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found};
 use crate::model::{Application, Instance, Service};
 use canopy_core::addressing::AddressError;
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
@@ -260,7 +260,7 @@ impl Root {
 
     /// Adds one instance to a service and places it. Returns its number.
     pub async fn scale_up(&self, caller: &Caller, id: &str) -> Result<InstanceNumber> {
-        let now = now();
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let (key, s) = owned_service(&st, caller, id)?;
         let n = InstanceNumber(s.next_instance);
@@ -273,7 +273,7 @@ impl Root {
         doc.next_instance = n.0 + 1;
         change.put_service(key.clone(), doc)?;
         let key = InstanceKey::new(key, n);
-        let mut instance = Instance::new(n, ip);
+        let mut instance = Instance::new(n, ip, now.unix);
         self.place_copy(&st, &mut change, &key, &mut instance, None, now)?;
         change.put_instance(key, instance)?;
         self.commit(&mut st, change).await?;

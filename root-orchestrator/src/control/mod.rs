@@ -37,7 +37,8 @@
 //!
 //! # Time
 //!
-//! Liveness is measured with [`now`], tokio's clock, so tests can pause and advance it.
+//! Each operation reads the clocks once ([`Now::read`]) and passes that `now` on: liveness is
+//! measured on tokio's clock, so tests can pause and advance it.
 
 mod accounts;
 mod apps;
@@ -107,9 +108,22 @@ fn new_id<T: std::str::FromStr<Err = canopy_core::ids::IdError>>() -> Result<T> 
         .map_err(|e: canopy_core::ids::IdError| StoreError::Backend(e.to_string()).into())
 }
 
-/// The current instant on tokio's clock (paused and advanced in tests), as a std [`Instant`].
-pub fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+/// The time an operation runs at, read once where it starts and passed into every decision
+/// and timestamp: tokio's clock for liveness and grace periods (paused and advanced in tests),
+/// the wall clock for the Unix seconds stored in documents.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub at: Instant,
+    pub unix: f64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now {
+            at: tokio::time::Instant::now().into_std(),
+            unix: crate::model::unix_now(),
+        }
+    }
 }
 
 /// Who is asking: the user name and whether the token carries `Admin`.
@@ -179,7 +193,7 @@ pub struct Root {
 impl Root {
     /// Loads the state from `store`.
     pub async fn open(store: SharedStore, settings: Settings) -> Result<Arc<Root>> {
-        let st = State::load(&store, now()).await?;
+        let st = State::load(&store, Now::read()).await?;
         let root = Arc::new(Root {
             store,
             state: Mutex::new(st),
@@ -221,7 +235,7 @@ impl Root {
 
     /// Sets the cluster and instance gauges from the current state.
     pub async fn refresh_gauges(&self) {
-        let now = now();
+        let now = Now::read().at;
         let st = self.state.lock().await;
         let grace = self.settings.cluster_grace;
         let active = st

@@ -14,7 +14,7 @@
 //! Clusters that refused an instance are not tried for it again until it runs.
 
 use super::state::{Change, ClusterEntry, InstanceKey, State};
-use super::{Result, Root, now};
+use super::{Now, Result, Root};
 use crate::model::Instance;
 use crate::scheduler::{self, ClusterCandidate, Rejection};
 use canopy_core::link::CommandAction;
@@ -176,7 +176,7 @@ impl Root {
         key: &InstanceKey,
         inst: &mut Instance,
         refused_by: Option<&ClusterId>,
-        now: Instant,
+        now: Now,
     ) -> Result<()> {
         let Some(s) = st.services.get(&key.service) else {
             return Ok(());
@@ -186,9 +186,9 @@ impl Root {
             spec: &s.spec,
             instances: vec![&*inst],
         };
-        let effects = plan(&self.snapshot(st, vec![one], refused_by), now);
+        let effects = plan(&self.snapshot(st, vec![one], refused_by), now.at);
         for effect in &effects {
-            self.stage(st, change, inst, effect)?;
+            self.stage(st, change, inst, effect, now)?;
         }
         Ok(())
     }
@@ -196,7 +196,7 @@ impl Root {
     /// Periodic work: clusters that stopped reporting lose their instances, and instances that
     /// wait for a cluster are placed when one fits.
     pub async fn tick(&self) -> Result<()> {
-        let now = now();
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let services = st
             .services
@@ -207,7 +207,7 @@ impl Root {
                 instances: s.instances.values().collect(),
             })
             .collect();
-        let effects = plan(&self.snapshot(&st, services, None), now);
+        let effects = plan(&self.snapshot(&st, services, None), now.at);
         let mut change = Change::new(&st);
         for one in effects.chunk_by(|a, b| a.key() == b.key()) {
             let key = one[0].key();
@@ -216,7 +216,7 @@ impl Root {
             };
             let mut inst = before.clone();
             for effect in one {
-                self.stage(&st, &mut change, &mut inst, effect)?;
+                self.stage(&st, &mut change, &mut inst, effect, now)?;
             }
             if inst.status != before.status || inst.cluster_id != before.cluster_id {
                 change.put_instance(key.clone(), inst)?;
@@ -232,6 +232,7 @@ impl Root {
         change: &mut Change,
         inst: &mut Instance,
         effect: &PlacementEffect,
+        now: Now,
     ) -> Result<()> {
         match effect {
             PlacementEffect::TakeBack { key, from } => {
@@ -243,23 +244,24 @@ impl Root {
                 inst.set_status(
                     InstanceStatus::Requested,
                     format!("cluster {from} stopped reporting"),
+                    now.unix,
                 );
                 self.metrics.reschedule();
             }
             PlacementEffect::Assign { key, to } => {
                 self.metrics.schedule_decision(true);
-                deploy(st, change, key, inst, to)?;
+                deploy(st, change, key, inst, to, now)?;
             }
             PlacementEffect::Unplaced { rejection, .. } => {
                 self.metrics.schedule_decision(false);
                 if inst.status != rejection.status || inst.detail != rejection.detail {
-                    inst.set_status(rejection.status, rejection.detail.clone());
+                    inst.set_status(rejection.status, rejection.detail.clone(), now.unix);
                 }
             }
             PlacementEffect::Move { key, from, to } => {
                 self.metrics.schedule_decision(true);
                 change.undeploy(from.clone(), &key.service, Some(key.number))?;
-                deploy(st, change, key, inst, to)?;
+                deploy(st, change, key, inst, to, now)?;
                 self.metrics.reschedule();
             }
             PlacementEffect::Stays { .. } => self.metrics.schedule_decision(false),
@@ -275,13 +277,14 @@ fn deploy(
     key: &InstanceKey,
     inst: &mut Instance,
     cluster: &ClusterId,
+    now: Now,
 ) -> Result<()> {
     let Some(s) = st.services.get(&key.service) else {
         return Ok(());
     };
     inst.cluster_id = Some(cluster.clone());
     inst.node_id = None;
-    inst.set_status(InstanceStatus::ClusterScheduled, "");
+    inst.set_status(InstanceStatus::ClusterScheduled, "", now.unix);
     let action = CommandAction::Deploy {
         service_id: key.service.clone(),
         instance: inst.number,

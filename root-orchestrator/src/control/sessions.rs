@@ -4,8 +4,8 @@
 
 use super::accounts::check_label;
 use super::state::{Change, InstanceKey};
-use super::{Error, Outbound, Result, Root, SessionHandle, conflict, new_id, not_found, now};
-use crate::model::{Cluster, PendingCommand, unix_now};
+use super::{Error, Now, Outbound, Result, Root, SessionHandle, conflict, new_id, not_found};
+use crate::model::{Cluster, PendingCommand};
 use canopy_core::link::{
     ClusterReport, CommandAck, CommandAction, InstanceReport, NodeSummary, Registration,
 };
@@ -51,16 +51,16 @@ pub struct Session {
 
 impl Root {
     pub async fn clusters(&self, only_active: bool) -> Vec<ClusterView> {
-        let now = now();
+        let now = Now::read();
         let st = self.state.lock().await;
         let grace = self.settings.cluster_grace;
         st.clusters
             .values()
-            .filter(|e| !only_active || e.active(grace, now))
+            .filter(|e| !only_active || e.active(grace, now.at))
             .map(|e| ClusterView {
                 doc: e.doc.clone(),
                 report: e.report.clone(),
-                active: e.active(grace, now),
+                active: e.active(grace, now.at),
                 last_report: e.last_report_unix,
             })
             .collect()
@@ -70,7 +70,7 @@ impl Root {
     /// id the cluster already holds, keeps its identity.
     pub async fn register_cluster(&self, reg: &Registration) -> Result<Registered> {
         check_label("cluster_name", &reg.cluster_name)?;
-        let now = now();
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let by_id = reg
             .cluster_id
@@ -105,11 +105,11 @@ impl Root {
             location: reg.location,
             session_token: token.clone(),
             last_acked_seq,
-            registered_at: unix_now(),
+            registered_at: now.unix,
             version: reg.version.clone(),
         };
         let mut change = Change::new(&st);
-        change.put_cluster(doc, now)?;
+        change.put_cluster(doc, now.at)?;
         self.commit(&mut st, change).await?;
         tracing::info!(cluster = %id, name = %reg.cluster_name, "cluster registered");
         Ok(Registered {
@@ -121,7 +121,7 @@ impl Root {
     /// Opens a session for a registered cluster: checks the session token and fills the
     /// outbound channel with every unacknowledged command.
     pub async fn open_session(&self, cluster: &ClusterId, session_token: &str) -> Result<Session> {
-        let now = now();
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let e = st
             .clusters
@@ -130,7 +130,7 @@ impl Root {
         if !secrets::constant_time_eq(&e.doc.session_token, session_token) {
             return Err(Error::BadCredentials);
         }
-        e.last_seen = now;
+        e.last_seen = now.at;
         let last_acked_seq = e.doc.last_acked_seq;
         let (tx, outbound) = mpsc::unbounded_channel();
         for p in st.outbox.values().filter(|p| &p.cluster_id == cluster) {
@@ -160,7 +160,7 @@ impl Root {
 
     /// A cluster's resource report: it is alive and has this much room. Kept in memory only.
     pub async fn cluster_report(&self, cluster: &ClusterId, mut report: ClusterReport) {
-        let now = now();
+        let now = Now::read();
         let usage = std::mem::take(&mut report.usage);
         let nodes = std::mem::take(&mut report.nodes);
         let mut st = self.state.lock().await;
@@ -169,8 +169,8 @@ impl Root {
         };
         e.report = Some(report);
         e.nodes = nodes;
-        e.last_seen = now;
-        e.last_report_unix = unix_now();
+        e.last_seen = now.at;
+        e.last_report_unix = now.unix;
         // Live figures and log tails: kept in memory, written with the next status change.
         for u in usage {
             if let Some(i) = st
@@ -188,7 +188,7 @@ impl Root {
 
     /// Every worker of every cluster, from the clusters' last reports.
     pub async fn nodes(&self) -> Vec<ClusterNode> {
-        let now = now();
+        let now = Now::read();
         let st = self.state.lock().await;
         let grace = self.settings.cluster_grace;
         let mut out = Vec::new();
@@ -196,7 +196,7 @@ impl Root {
             let view = ClusterView {
                 doc: e.doc.clone(),
                 report: None,
-                active: e.active(grace, now),
+                active: e.active(grace, now.at),
                 last_report: e.last_report_unix,
             };
             for n in &e.nodes {
@@ -211,19 +211,19 @@ impl Root {
 
     /// Applies one instance status report; returns the sequence number to acknowledge.
     pub async fn instance_report(&self, cluster: &ClusterId, r: InstanceReport) -> Result<u64> {
-        let now = now();
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let Some(e) = st.clusters.get_mut(cluster) else {
             return Err(not_found("cluster", cluster.as_str()));
         };
-        e.last_seen = now;
+        e.last_seen = now.at;
         if r.seq <= e.doc.last_acked_seq {
             return Ok(e.doc.last_acked_seq);
         }
         let mut doc = e.doc.clone();
         doc.last_acked_seq = r.seq;
         let mut change = Change::new(&st);
-        change.put_cluster(doc, now)?;
+        change.put_cluster(doc, now.at)?;
         let key = InstanceKey::new(r.service_id.clone(), r.instance);
         let ours = st
             .instance(&key)
@@ -237,7 +237,7 @@ impl Root {
             }
             Some(i) => {
                 let mut i = i.clone();
-                i.set_status(r.status, r.detail.clone());
+                i.set_status(r.status, r.detail.clone(), now.unix);
                 if r.status == InstanceStatus::Running {
                     i.refused_by.clear();
                 } else if r.status.class() == StatusClass::NegativeScheduling
@@ -261,6 +261,7 @@ impl Root {
     /// A cluster acknowledged a command: it leaves the outbox. A refused deploy marks the
     /// instance `FAILED` with the cluster's reason.
     pub async fn command_ack(&self, cluster: &ClusterId, ack: CommandAck) -> Result<()> {
+        let now = Now::read();
         let mut st = self.state.lock().await;
         let Some(p) = st.outbox.get(&ack.id) else {
             return Ok(());
@@ -288,6 +289,7 @@ impl Root {
                 i.set_status(
                     InstanceStatus::Failed,
                     format!("cluster {cluster} refused the deployment: {reason}"),
+                    now.unix,
                 );
                 change.put_instance(key, i)?;
             }

@@ -1,10 +1,10 @@
 //! The in-memory model of the root, its load from the store, and [`Change`]: a change staged
 //! for the store and for memory at once, applied to memory only after its commit.
 
-use super::{Delivery, Result};
+use super::{Delivery, Now, Result};
 use crate::model::{
     Application, Cluster, Instance, Organization, PendingCommand, Service, User,
-    collections as col, outbox_key, unix_now,
+    collections as col, outbox_key,
 };
 use canopy_core::addressing::{AddressError, Ipv4Pool};
 use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
@@ -90,14 +90,16 @@ pub(super) struct State {
 /// An instance as stored: the instance and the service it belongs to.
 #[derive(Serialize, Deserialize)]
 struct StoredInstance {
-    service_id: ServiceId,
+    /// Text, not [`ServiceId`]: one bad document is skipped at load instead of failing it.
+    service_id: String,
     #[serde(flatten)]
     instance: Instance,
 }
 
 impl State {
-    /// Reads every collection; `now` starts every cluster's grace period.
-    pub async fn load(store: &SharedStore, now: Instant) -> Result<State> {
+    /// Reads every collection; `now` starts every cluster's grace period and seeds the
+    /// command ids.
+    pub async fn load(store: &SharedStore, now: Now) -> Result<State> {
         let mut st = State {
             users: BTreeMap::new(),
             orgs: BTreeMap::new(),
@@ -145,7 +147,8 @@ impl State {
             .list()
             .await?
         {
-            match st.services.get_mut(&i.service_id) {
+            let service = ServiceId::parse(i.service_id.as_str()).ok();
+            match service.and_then(|id| st.services.get_mut(&id)) {
                 Some(s) => {
                     let _ = st.pool.reserve(i.instance.ip);
                     s.instances.insert(i.instance.number, i.instance);
@@ -158,7 +161,8 @@ impl State {
             .await?
         {
             // A restarted root gives every cluster the full grace period to come back.
-            st.clusters.insert(c.id.clone(), ClusterEntry::new(c, now));
+            st.clusters
+                .insert(c.id.clone(), ClusterEntry::new(c, now.at));
         }
         for (_, p) in Collection::<PendingCommand>::new(store.clone(), col::OUTBOX)
             .list()
@@ -166,7 +170,7 @@ impl State {
         {
             st.outbox.insert(p.command.id, p);
         }
-        let clock_micros = (unix_now() * 1e6) as u64;
+        let clock_micros = (now.unix * 1e6) as u64;
         st.next_command = st
             .outbox
             .keys()
@@ -327,7 +331,7 @@ impl Change {
 
     pub fn put_instance(&mut self, key: InstanceKey, i: Instance) -> Result<()> {
         let stored = StoredInstance {
-            service_id: key.service.clone(),
+            service_id: key.service.to_string(),
             instance: i,
         };
         self.tx.put(col::INSTANCES, &key.store_key(), &stored)?;

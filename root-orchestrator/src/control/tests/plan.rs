@@ -72,7 +72,7 @@ fn clusters(list: &[(&str, Seen)], now: Instant) -> BTreeMap<ClusterId, ClusterE
 }
 
 fn instance(on: Option<&str>, status: InstanceStatus, refused_by: &[&str]) -> Instance {
-    let mut i = Instance::new(InstanceNumber(0), Ipv4Addr::new(10, 30, 0, 2));
+    let mut i = Instance::new(InstanceNumber(0), Ipv4Addr::new(10, 30, 0, 2), 0.0);
     i.cluster_id = on.map(id);
     i.status = status;
     i.refused_by = refused_by.iter().map(|c| id(c)).collect();
