@@ -5,7 +5,7 @@
 //!
 //! | file | holds |
 //! |------|-------|
-//! | `mod.rs` | the [`Root`] façade: open, settings, the lock, [`Root::commit`], errors, the ticker |
+//! | `mod.rs` | the [`Root`] façade: open, settings, the lock, [`Root::commit`], gauges, the ticker; [`Error`], [`Caller`], [`Now`] |
 //! | `state.rs` | the in-memory model, its load from the store, [`InstanceKey`], and the staged change |
 //! | `accounts.rs` | users, organisations, passwords, login |
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |

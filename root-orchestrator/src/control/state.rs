@@ -73,7 +73,8 @@ impl ClusterEntry {
     }
 }
 
-/// Everything the root holds in memory; changed only through [`State::apply`].
+/// Everything the root holds in memory; changed only through [`State::apply`], except what is
+/// never stored (liveness, last reports, live figures: see [`super`]).
 pub(super) struct State {
     /// By user name.
     pub users: BTreeMap<String, User>,
