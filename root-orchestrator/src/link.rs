@@ -65,10 +65,10 @@ impl ClusterLink for LinkService {
             tracing::warn!(name = %reg.cluster_name, "cluster registration with a wrong join token");
             return Err(Status::unauthenticated("wrong cluster join token"));
         }
-        let (id, token) = self.root.register_cluster(&reg).await.map_err(status_of)?;
+        let registered = self.root.register_cluster(&reg).await.map_err(status_of)?;
         Ok(Response::new(pb::RegisterResponse {
-            cluster_id: id.to_string(),
-            session_token: token,
+            cluster_id: registered.id.to_string(),
+            session_token: registered.session_token,
         }))
     }
 
@@ -90,7 +90,11 @@ impl ClusterLink for LinkService {
         };
         let cluster = ClusterId::parse(hello.cluster_id)
             .map_err(|e| Status::invalid_argument(format!("hello.cluster_id: {e}")))?;
-        let (last_seq, generation, mut commands) = self
+        let control::Session {
+            last_acked_seq: last_seq,
+            generation,
+            outbound: mut commands,
+        } = self
             .root
             .open_session(&cluster, &hello.session_token)
             .await

@@ -85,7 +85,7 @@ pub struct Service {
     pub next_instance: u32,
     /// Stored apart, one document per instance (collection `instances`).
     #[serde(skip)]
-    pub instances: BTreeMap<u32, Instance>,
+    pub instances: BTreeMap<InstanceNumber, Instance>,
 }
 
 /// One instance of a service.
@@ -114,7 +114,8 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(number: InstanceNumber, ip: Ipv4Addr) -> Self {
+    /// A new instance, requested at `at` (Unix seconds).
+    pub fn new(number: InstanceNumber, ip: Ipv4Addr, at: f64) -> Self {
         Instance {
             number,
             status: InstanceStatus::Requested,
@@ -125,15 +126,16 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             logs: String::new(),
-            updated_at: unix_now(),
+            updated_at: at,
             refused_by: Vec::new(),
         }
     }
 
-    pub fn set_status(&mut self, status: InstanceStatus, detail: impl Into<String>) {
+    /// Sets the status, changed at `at` (Unix seconds).
+    pub fn set_status(&mut self, status: InstanceStatus, detail: impl Into<String>, at: f64) {
         self.status = status;
         self.detail = detail.into();
-        self.updated_at = unix_now();
+        self.updated_at = at;
     }
 
     /// Waiting for the root scheduler: never placed, placement refused, or taken back from a
@@ -144,6 +146,21 @@ impl Instance {
 }
 
 impl Service {
+    /// The stored document: the service without its instances (those are stored apart), so
+    /// copying it costs the same however many instances the service has.
+    pub fn document(&self) -> Service {
+        Service {
+            id: self.id.clone(),
+            application_id: self.application_id.clone(),
+            owner: self.owner.clone(),
+            sla: self.sla.clone(),
+            spec: self.spec.clone(),
+            rr_ip: self.rr_ip,
+            next_instance: self.next_instance,
+            instances: BTreeMap::new(),
+        }
+    }
+
     /// The service's status, derived from its instances: a scheduling failure if any instance
     /// has one, else the least advanced instance's status; `UNDEPLOYED` without instances.
     pub fn status(&self) -> (InstanceStatus, String) {
@@ -216,7 +233,7 @@ mod tests {
     use super::*;
 
     fn instance(n: u32, status: InstanceStatus) -> Instance {
-        let mut i = Instance::new(InstanceNumber(n), Ipv4Addr::new(10, 30, 0, n as u8));
+        let mut i = Instance::new(InstanceNumber(n), Ipv4Addr::new(10, 30, 0, n as u8), 0.0);
         i.status = status;
         i
     }
@@ -239,13 +256,18 @@ mod tests {
             instances: BTreeMap::new(),
         };
         assert_eq!(s.status().0, InstanceStatus::Undeployed);
-        s.instances.insert(0, instance(0, InstanceStatus::Running));
+        s.instances
+            .insert(InstanceNumber(0), instance(0, InstanceStatus::Running));
         assert_eq!(s.status().0, InstanceStatus::Running);
-        s.instances
-            .insert(1, instance(1, InstanceStatus::ClusterScheduled));
+        s.instances.insert(
+            InstanceNumber(1),
+            instance(1, InstanceStatus::ClusterScheduled),
+        );
         assert_eq!(s.status().0, InstanceStatus::ClusterScheduled);
-        s.instances
-            .insert(2, instance(2, InstanceStatus::NoActiveClusterWithCapacity));
+        s.instances.insert(
+            InstanceNumber(2),
+            instance(2, InstanceStatus::NoActiveClusterWithCapacity),
+        );
         assert_eq!(s.status().0, InstanceStatus::NoActiveClusterWithCapacity);
     }
 

@@ -19,7 +19,10 @@ pub async fn login(
         .organization_name
         .as_deref()
         .or(req.organization.as_deref());
-    let (roles, org_id) = s.root.login(&req.username, &req.password, org).await?;
+    let crate::control::Login {
+        roles,
+        organization_id: org_id,
+    } = s.root.login(&req.username, &req.password, org).await?;
     let token = s
         .keys
         .issue(&req.username, roles.clone(), &org_id, TokenType::Access)
@@ -94,7 +97,7 @@ pub async fn permission(
     caller: Caller,
     Path(username): Path<String>,
 ) -> ApiResult<Json<PermissionView>> {
-    let (_, roles) = s.root.user(&caller, &username).await?;
+    let roles = s.root.user(&caller, &username).await?.roles;
     Ok(Json(PermissionView { roles }))
 }
 
@@ -108,8 +111,8 @@ pub async fn get_user(
     caller: Caller,
     Path(username): Path<String>,
 ) -> ApiResult<Json<UserView>> {
-    let (u, roles) = s.root.user(&caller, &username).await?;
-    Ok(Json(UserView::new(&u, roles)))
+    let u = s.root.user(&caller, &username).await?;
+    Ok(Json(UserView::new(&u.user, u.roles)))
 }
 
 /// Changes one's own password.
@@ -144,8 +147,8 @@ pub async fn update_user(
     s.root
         .update_user(&caller, &username, req.email, req.roles)
         .await?;
-    let (u, roles) = s.root.user(&caller, &username).await?;
-    Ok(Json(UserView::new(&u, roles)))
+    let u = s.root.user(&caller, &username).await?;
+    Ok(Json(UserView::new(&u.user, u.roles)))
 }
 
 /// Deletes a user; answers with the users that remain.
@@ -174,7 +177,7 @@ pub async fn list_users(
     Ok(Json(
         users
             .iter()
-            .map(|(u, r)| UserView::new(u, r.clone()))
+            .map(|u| UserView::new(&u.user, u.roles.clone()))
             .collect(),
     ))
 }

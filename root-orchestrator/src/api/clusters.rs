@@ -40,6 +40,8 @@ pub async fn list_nodes(
 ) -> ApiResult<Json<Vec<NodeView>>> {
     let list = s.root.nodes().await;
     Ok(Json(
-        list.iter().map(|(c, n)| NodeView::new(c, n)).collect(),
+        list.iter()
+            .map(|n| NodeView::new(&n.cluster, &n.node))
+            .collect(),
     ))
 }

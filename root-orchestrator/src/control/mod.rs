@@ -1,0 +1,274 @@
+//! The root's control plane: the state behind the REST API and the cluster link, kept in memory
+//! and written through to the store before anything is acknowledged.
+//!
+//! # Layout
+//!
+//! | file | holds |
+//! |------|-------|
+//! | `mod.rs` | the [`Root`] façade: open, settings, the lock, [`Root::commit`], gauges, the ticker; [`Error`], [`Caller`], [`Now`] |
+//! | `state.rs` | the in-memory model, its load from the store, [`InstanceKey`], and the staged change |
+//! | `accounts.rs` | users, organisations, passwords, login |
+//! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
+//! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
+//! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
+//! | `tests/` | `plan.rs`: the placement step case by case; `mod.rs`: the whole `Root` on a paused clock |
+//!
+//! (The gRPC server the clusters talk to is [`crate::link`]; it calls into `sessions.rs`.)
+//!
+//! # One way to change state: stage → commit → apply
+//!
+//! One lock ([`Root::state`]) orders every change, so address allocation, instance numbers and
+//! placements never race (the store has no compare-and-swap). Under it, an operation reads the
+//! state and stages its change in a `Change` (the documents to write, the commands to send, and
+//! the same change for memory) without touching the state. [`Root::commit`] writes the staged
+//! documents through the shared [`canopy_store::Tx`]; only when that succeeds is the change
+//! applied to memory and are its commands sent to clusters. A failed commit leaves memory as it
+//! was and sends nothing. Only what is never stored is set directly: a cluster's liveness
+//! (`last_seen`), its last resource report and the instances' live figures.
+//!
+//! # Placement
+//!
+//! A new instance is placed at once; if nothing fits, the instance keeps the negative status
+//! and [`Root::tick`] tries again every tick. A cluster that has not reported for the grace
+//! period is inactive; its instances are taken back (an undeploy is queued for the cluster,
+//! delivered if it ever returns) and placed elsewhere. Every such decision is made by the pure
+//! [`placement::plan`] over a snapshot and `now`; the async code gathers the snapshot and
+//! stages the effects it returns.
+//!
+//! # Time
+//!
+//! Each operation reads the clocks once ([`Now::read`]) and passes that `now` on: liveness is
+//! measured on tokio's clock, so tests can pause and advance it.
+
+mod accounts;
+mod apps;
+mod placement;
+mod sessions;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use accounts::{Login, NewUser, UserRoles};
+pub use sessions::{ClusterNode, ClusterView, Registered, Session};
+pub use state::InstanceKey;
+
+use crate::auth;
+use crate::metrics::Metrics;
+use canopy_core::link::Command;
+use canopy_core::{ClusterId, InstanceStatus};
+use canopy_store::{SharedStore, StoreError};
+use state::{Change, State};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc};
+
+/// What can go wrong in a control-plane operation; [`crate::api`] maps each to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{field}: {message}")]
+    Conflict { field: String, message: String },
+    /// Well-formed but unacceptable (HTTP 422).
+    #[error("{field}: {message}")]
+    Unprocessable { field: String, message: String },
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("You have not enough permissions!")]
+    Forbidden,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+}
+
+fn not_found(what: &'static str, id: &str) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_owned(),
+    }
+}
+
+fn conflict(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Conflict {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A fresh object id as a typed id (object ids are hex digits: always a valid id).
+fn new_id<T: std::str::FromStr<Err = canopy_core::ids::IdError>>() -> Result<T> {
+    crate::model::new_object_id()
+        .parse()
+        .map_err(|e: canopy_core::ids::IdError| StoreError::Backend(e.to_string()).into())
+}
+
+/// The time an operation runs at, read once where it starts and passed into every decision
+/// and timestamp: tokio's clock for liveness and grace periods (paused and advanced in tests),
+/// the wall clock for the Unix seconds stored in documents.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub at: Instant,
+    pub unix: f64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now {
+            at: tokio::time::Instant::now().into_std(),
+            unix: crate::model::unix_now(),
+        }
+    }
+}
+
+/// Who is asking: the user name and whether the token carries `Admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+    pub organization: String,
+}
+
+impl Caller {
+    fn may_touch(&self, owner: &str) -> bool {
+        self.admin || self.name == owner
+    }
+
+    pub fn require_admin(&self) -> Result<()> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(Error::Forbidden)
+        }
+    }
+}
+
+/// Tunables of the control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A cluster that has not reported for this long is inactive and loses its instances.
+    pub cluster_grace: Duration,
+    /// How often [`Root::tick`] runs.
+    pub tick: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_grace: Duration::from_secs(30),
+            tick: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Something to send down a cluster session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Command(Command),
+}
+
+/// What a committed change sends: a command for a cluster.
+type Delivery = (ClusterId, Command);
+
+struct SessionHandle {
+    generation: u64,
+    tx: mpsc::UnboundedSender<Outbound>,
+}
+
+/// The root's control plane.
+pub struct Root {
+    store: SharedStore,
+    state: Mutex<State>,
+    sessions: std::sync::Mutex<HashMap<ClusterId, SessionHandle>>,
+    session_generation: std::sync::atomic::AtomicU64,
+    settings: Settings,
+    pub metrics: Metrics,
+}
+
+impl Root {
+    /// Loads the state from `store`.
+    pub async fn open(store: SharedStore, settings: Settings) -> Result<Arc<Root>> {
+        let st = State::load(&store, Now::read()).await?;
+        let root = Arc::new(Root {
+            store,
+            state: Mutex::new(st),
+            sessions: std::sync::Mutex::new(HashMap::new()),
+            session_generation: std::sync::atomic::AtomicU64::new(0),
+            settings,
+            metrics: Metrics::default(),
+        });
+        root.refresh_gauges().await;
+        Ok(root)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Writes a staged change; only then applies it to `st` and sends its commands. On `Err`
+    /// memory is as it was and nothing is sent.
+    async fn commit(&self, st: &mut State, change: Change) -> Result<()> {
+        let (tx, apply) = change.split();
+        let sends = tx.commit(&*self.store).await?;
+        st.apply(apply);
+        if !sends.is_empty() {
+            let sessions = self.sessions_lock();
+            for (cluster, command) in sends {
+                if let Some(s) = sessions.get(&cluster) {
+                    let _ = s.tx.send(Outbound::Command(command));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterId, SessionHandle>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the cluster and instance gauges from the current state.
+    pub async fn refresh_gauges(&self) {
+        let now = Now::read().at;
+        let st = self.state.lock().await;
+        let grace = self.settings.cluster_grace;
+        let active = st
+            .clusters
+            .values()
+            .filter(|e| e.active(grace, now))
+            .count();
+        let mut by_status: BTreeMap<InstanceStatus, i64> = BTreeMap::new();
+        for s in st.services.values() {
+            for i in s.instances.values() {
+                *by_status.entry(i.status).or_default() += 1;
+            }
+        }
+        self.metrics
+            .set_clusters(active as i64, (st.clusters.len() - active) as i64);
+        self.metrics.set_instances(&by_status);
+        self.metrics.set_addresses(st.pool.in_use() as i64);
+    }
+
+    /// Runs [`Root::tick`] every tick until `shutdown` resolves.
+    pub async fn run_ticker(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut every = tokio::time::interval(self.settings.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = every.tick() => {
+                    if let Err(e) = self.tick().await {
+                        tracing::error!(error = %e, "control loop tick failed");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The cluster side of the root: registration, sessions and their outbound channel, resource
+//! and instance reports, command acknowledgements and the outbox. (The gRPC server that calls
+//! these is [`crate::link`].)
+
+use super::accounts::check_label;
+use super::state::{Change, InstanceKey};
+use super::{Error, Now, Outbound, Result, Root, SessionHandle, conflict, new_id, not_found};
+use crate::model::{Cluster, PendingCommand};
+use canopy_core::link::{
+    ClusterReport, CommandAck, CommandAction, InstanceReport, NodeSummary, Registration,
+};
+use canopy_core::{ClusterId, InstanceStatus, StatusClass};
+use canopy_store::secrets;
+use tokio::sync::mpsc;
+
+/// A cluster as the API shows it.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub doc: Cluster,
+    pub report: Option<ClusterReport>,
+    pub active: bool,
+    /// Unix seconds of the last report; 0 if none since the root started.
+    pub last_report: f64,
+}
+
+/// One worker of a cluster, from the cluster's last report.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// The cluster, without its report.
+    pub cluster: ClusterView,
+    pub node: NodeSummary,
+}
+
+/// A registered cluster: its id and the token its sessions must show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    pub id: ClusterId,
+    pub session_token: String,
+}
+
+/// An open cluster session.
+#[derive(Debug)]
+pub struct Session {
+    /// The highest instance-report sequence number stored from the cluster.
+    pub last_acked_seq: u64,
+    /// Closes exactly this session ([`Root::close_session`]).
+    pub generation: u64,
+    /// What to send the cluster, starting with every unacknowledged command.
+    pub outbound: mpsc::UnboundedReceiver<Outbound>,
+}
+
+impl Root {
+    pub async fn clusters(&self, only_active: bool) -> Vec<ClusterView> {
+        let now = Now::read();
+        let st = self.state.lock().await;
+        let grace = self.settings.cluster_grace;
+        st.clusters
+            .values()
+            .filter(|e| !only_active || e.active(grace, now.at))
+            .map(|e| ClusterView {
+                doc: e.doc.clone(),
+                report: e.report.clone(),
+                active: e.active(grace, now.at),
+                last_report: e.last_report_unix,
+            })
+            .collect()
+    }
+
+    /// Registers a cluster (the join token was checked by the caller). The same name, or the
+    /// id the cluster already holds, keeps its identity.
+    pub async fn register_cluster(&self, reg: &Registration) -> Result<Registered> {
+        check_label("cluster_name", &reg.cluster_name)?;
+        let now = Now::read();
+        let mut st = self.state.lock().await;
+        let by_id = reg
+            .cluster_id
+            .as_ref()
+            .filter(|id| st.clusters.contains_key(*id))
+            .cloned();
+        let by_name = st
+            .clusters
+            .values()
+            .find(|e| e.doc.name == reg.cluster_name)
+            .map(|e| e.doc.id.clone());
+        if let (Some(a), Some(b)) = (&by_id, &by_name)
+            && a != b
+        {
+            return Err(conflict(
+                "cluster_name",
+                format!("name {:?} belongs to cluster {b}", reg.cluster_name),
+            ));
+        }
+        let id = match by_id.or(by_name) {
+            Some(id) => id,
+            None => match &reg.cluster_id {
+                Some(id) => id.clone(),
+                None => new_id()?,
+            },
+        };
+        let token = secrets::random_token(16);
+        let last_acked_seq = st.clusters.get(&id).map_or(0, |e| e.doc.last_acked_seq);
+        let doc = Cluster {
+            id: id.clone(),
+            name: reg.cluster_name.clone(),
+            location: reg.location,
+            session_token: token.clone(),
+            last_acked_seq,
+            registered_at: now.unix,
+            version: reg.version.clone(),
+        };
+        let mut change = Change::new(&st);
+        change.put_cluster(doc, now.at)?;
+        self.commit(&mut st, change).await?;
+        tracing::info!(cluster = %id, name = %reg.cluster_name, "cluster registered");
+        Ok(Registered {
+            id,
+            session_token: token,
+        })
+    }
+
+    /// Opens a session for a registered cluster: checks the session token and fills the
+    /// outbound channel with every unacknowledged command.
+    pub async fn open_session(&self, cluster: &ClusterId, session_token: &str) -> Result<Session> {
+        let now = Now::read();
+        let mut st = self.state.lock().await;
+        let e = st
+            .clusters
+            .get_mut(cluster)
+            .ok_or_else(|| not_found("cluster", cluster.as_str()))?;
+        if !secrets::constant_time_eq(&e.doc.session_token, session_token) {
+            return Err(Error::BadCredentials);
+        }
+        e.last_seen = now.at;
+        let last_acked_seq = e.doc.last_acked_seq;
+        let (tx, outbound) = mpsc::unbounded_channel();
+        for p in st.outbox.values().filter(|p| &p.cluster_id == cluster) {
+            let _ = tx.send(Outbound::Command(p.command.clone()));
+        }
+        let generation = self
+            .session_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions_lock()
+            .insert(cluster.clone(), SessionHandle { generation, tx });
+        Ok(Session {
+            last_acked_seq,
+            generation,
+            outbound,
+        })
+    }
+
+    pub fn close_session(&self, cluster: &ClusterId, generation: u64) {
+        let mut sessions = self.sessions_lock();
+        if sessions
+            .get(cluster)
+            .is_some_and(|s| s.generation == generation)
+        {
+            sessions.remove(cluster);
+        }
+    }
+
+    /// A cluster's resource report: it is alive and has this much room. Kept in memory only.
+    pub async fn cluster_report(&self, cluster: &ClusterId, mut report: ClusterReport) {
+        let now = Now::read();
+        let usage = std::mem::take(&mut report.usage);
+        let nodes = std::mem::take(&mut report.nodes);
+        let mut st = self.state.lock().await;
+        let Some(e) = st.clusters.get_mut(cluster) else {
+            return;
+        };
+        e.report = Some(report);
+        e.nodes = nodes;
+        e.last_seen = now.at;
+        e.last_report_unix = now.unix;
+        // Live figures and log tails: kept in memory, written with the next status change.
+        for u in usage {
+            if let Some(i) = st
+                .services
+                .get_mut(&u.service_id)
+                .and_then(|s| s.instances.get_mut(&u.instance))
+                .filter(|i| i.cluster_id.as_ref() == Some(cluster))
+            {
+                i.cpu_percent = u.cpu_percent;
+                i.memory_mb = u.memory_mb;
+                i.logs = u.logs;
+            }
+        }
+    }
+
+    /// Every worker of every cluster, from the clusters' last reports.
+    pub async fn nodes(&self) -> Vec<ClusterNode> {
+        let now = Now::read();
+        let st = self.state.lock().await;
+        let grace = self.settings.cluster_grace;
+        let mut out = Vec::new();
+        for e in st.clusters.values() {
+            let view = ClusterView {
+                doc: e.doc.clone(),
+                report: None,
+                active: e.active(grace, now.at),
+                last_report: e.last_report_unix,
+            };
+            for n in &e.nodes {
+                out.push(ClusterNode {
+                    cluster: view.clone(),
+                    node: n.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Applies one instance status report; returns the sequence number to acknowledge.
+    pub async fn instance_report(&self, cluster: &ClusterId, r: InstanceReport) -> Result<u64> {
+        let now = Now::read();
+        let mut st = self.state.lock().await;
+        let Some(e) = st.clusters.get_mut(cluster) else {
+            return Err(not_found("cluster", cluster.as_str()));
+        };
+        e.last_seen = now.at;
+        if r.seq <= e.doc.last_acked_seq {
+            return Ok(e.doc.last_acked_seq);
+        }
+        let mut doc = e.doc.clone();
+        doc.last_acked_seq = r.seq;
+        let mut change = Change::new(&st);
+        change.put_cluster(doc, now.at)?;
+        let key = InstanceKey::new(r.service_id.clone(), r.instance);
+        let ours = st
+            .instance(&key)
+            .filter(|i| i.cluster_id.as_ref() == Some(cluster));
+        match ours {
+            // Unknown here, or placed elsewhere since (failover): the cluster must drop it.
+            None => {
+                if r.status != InstanceStatus::Undeployed {
+                    change.undeploy(cluster.clone(), &key.service, Some(r.instance))?;
+                }
+            }
+            Some(i) => {
+                let mut i = i.clone();
+                i.set_status(r.status, r.detail.clone(), now.unix);
+                if r.status == InstanceStatus::Running {
+                    i.refused_by.clear();
+                } else if r.status.class() == StatusClass::NegativeScheduling
+                    && !i.refused_by.contains(cluster)
+                {
+                    i.refused_by.push(cluster.clone());
+                }
+                i.node_id = r.node_id.clone();
+                i.cpu_percent = r.cpu_percent;
+                i.memory_mb = r.memory_mb;
+                // The cluster has no worker for it: move it to a cluster that has not refused
+                // it yet, if one fits; otherwise the cluster's answer stands.
+                self.place_copy(&st, &mut change, &key, &mut i, Some(cluster), now)?;
+                change.put_instance(key, i)?;
+            }
+        }
+        self.commit(&mut st, change).await?;
+        Ok(r.seq)
+    }
+
+    /// A cluster acknowledged a command: it leaves the outbox. A refused deploy marks the
+    /// instance `FAILED` with the cluster's reason.
+    pub async fn command_ack(&self, cluster: &ClusterId, ack: CommandAck) -> Result<()> {
+        let now = Now::read();
+        let mut st = self.state.lock().await;
+        let Some(p) = st.outbox.get(&ack.id) else {
+            return Ok(());
+        };
+        if &p.cluster_id != cluster {
+            return Ok(());
+        }
+        let mut change = Change::new(&st);
+        change.acknowledged(ack.id);
+        if let (
+            Err(reason),
+            CommandAction::Deploy {
+                service_id,
+                instance,
+                ..
+            },
+        ) = (&ack.result, &p.command.action)
+        {
+            let key = InstanceKey::new(service_id.clone(), *instance);
+            if let Some(i) = st
+                .instance(&key)
+                .filter(|i| i.cluster_id.as_ref() == Some(cluster))
+            {
+                let mut i = i.clone();
+                i.set_status(
+                    InstanceStatus::Failed,
+                    format!("cluster {cluster} refused the deployment: {reason}"),
+                    now.unix,
+                );
+                change.put_instance(key, i)?;
+            }
+        }
+        self.commit(&mut st, change).await
+    }
+
+    /// Unacknowledged commands, oldest first (for tests and diagnostics).
+    pub async fn pending_commands(&self) -> Vec<PendingCommand> {
+        self.state.lock().await.outbox.values().cloned().collect()
+    }
+}

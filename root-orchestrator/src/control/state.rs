@@ -1,0 +1,405 @@
+//! The in-memory model of the root, its load from the store, and [`Change`]: a change staged
+//! for the store and for memory at once, applied to memory only after its commit.
+
+use super::{Delivery, Now, Result};
+use crate::model::{
+    Application, Cluster, Instance, Organization, PendingCommand, Service, User,
+    collections as col, outbox_key,
+};
+use canopy_core::addressing::{AddressError, Ipv4Pool};
+use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
+use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
+use canopy_store::{Collection, SharedStore, Tx};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// One instance of one service: the key of the `instances` collection and of every placement.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceKey {
+    pub service: ServiceId,
+    pub number: InstanceNumber,
+}
+
+impl InstanceKey {
+    pub fn new(service: ServiceId, number: InstanceNumber) -> Self {
+        InstanceKey { service, number }
+    }
+
+    /// The store key: zero-padded so the store lists a service's instances in number order.
+    fn store_key(&self) -> String {
+        format!("{}:{:010}", self.service, self.number.0)
+    }
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.service, self.number)
+    }
+}
+
+/// A registered cluster with what the root knows of it beyond its stored document.
+pub(super) struct ClusterEntry {
+    pub doc: Cluster,
+    /// The last report without its node list and usage (those are kept apart: the scheduler
+    /// copies reports).
+    pub report: Option<ClusterReport>,
+    pub nodes: Vec<NodeSummary>,
+    pub last_seen: Instant,
+    pub last_report_unix: f64,
+}
+
+impl ClusterEntry {
+    pub fn new(doc: Cluster, now: Instant) -> Self {
+        ClusterEntry {
+            doc,
+            report: None,
+            nodes: Vec::new(),
+            last_seen: now,
+            last_report_unix: 0.0,
+        }
+    }
+
+    /// Has reported, and not longer ago than `grace`.
+    pub fn active(&self, grace: Duration, now: Instant) -> bool {
+        self.report.is_some() && !self.gone(grace, now)
+    }
+
+    /// Silent for longer than `grace`: its instances are taken back.
+    pub fn gone(&self, grace: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_seen) > grace
+    }
+}
+
+/// Everything the root holds in memory; changed only through [`State::apply`], except what is
+/// never stored (liveness, last reports, live figures: see [`super`]).
+pub(super) struct State {
+    /// By user name.
+    pub users: BTreeMap<String, User>,
+    /// By organisation id.
+    pub orgs: BTreeMap<String, Organization>,
+    pub apps: BTreeMap<ApplicationId, Application>,
+    pub services: BTreeMap<ServiceId, Service>,
+    pub clusters: BTreeMap<ClusterId, ClusterEntry>,
+    pub outbox: BTreeMap<u64, PendingCommand>,
+    pub next_command: u64,
+    pub pool: Ipv4Pool,
+}
+
+/// An instance as stored: the instance and the service it belongs to.
+#[derive(Serialize, Deserialize)]
+struct StoredInstance {
+    /// Text, not [`ServiceId`]: one bad document is skipped at load instead of failing it.
+    service_id: String,
+    #[serde(flatten)]
+    instance: Instance,
+}
+
+impl State {
+    /// Reads every collection; `now` starts every cluster's grace period and seeds the
+    /// command ids.
+    pub async fn load(store: &SharedStore, now: Now) -> Result<State> {
+        let mut st = State {
+            users: BTreeMap::new(),
+            orgs: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            services: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            next_command: 0,
+            pool: Ipv4Pool::service_addresses(),
+        };
+        for (_, u) in Collection::<User>::new(store.clone(), col::USERS)
+            .list()
+            .await?
+        {
+            st.users.insert(u.name.clone(), u);
+        }
+        for (_, o) in Collection::<Organization>::new(store.clone(), col::ORGANIZATIONS)
+            .list()
+            .await?
+        {
+            st.orgs.insert(o.id.clone(), o);
+        }
+        for (key, a) in Collection::<Application>::new(store.clone(), col::APPLICATIONS)
+            .list()
+            .await?
+        {
+            match ApplicationId::parse(a.id.as_str()) {
+                Ok(id) => _ = st.apps.insert(id, a),
+                Err(e) => tracing::warn!(key, error = %e, "application with a bad id ignored"),
+            }
+        }
+        for (key, s) in Collection::<Service>::new(store.clone(), col::SERVICES)
+            .list()
+            .await?
+        {
+            let Ok(id) = ServiceId::parse(s.id.as_str()) else {
+                tracing::warn!(key, "service with a bad id ignored");
+                continue;
+            };
+            // A pinned or allocated service address that no longer fits the pool is kept anyway.
+            let _ = st.pool.reserve(s.rr_ip);
+            st.services.insert(id, s);
+        }
+        for (key, i) in Collection::<StoredInstance>::new(store.clone(), col::INSTANCES)
+            .list()
+            .await?
+        {
+            let service = ServiceId::parse(i.service_id.as_str()).ok();
+            match service.and_then(|id| st.services.get_mut(&id)) {
+                Some(s) => {
+                    let _ = st.pool.reserve(i.instance.ip);
+                    s.instances.insert(i.instance.number, i.instance);
+                }
+                None => tracing::warn!(key, "instance of an unknown service ignored"),
+            }
+        }
+        for (_, c) in Collection::<Cluster>::new(store.clone(), col::CLUSTERS)
+            .list()
+            .await?
+        {
+            // A restarted root gives every cluster the full grace period to come back.
+            st.clusters
+                .insert(c.id.clone(), ClusterEntry::new(c, now.at));
+        }
+        for (_, p) in Collection::<PendingCommand>::new(store.clone(), col::OUTBOX)
+            .list()
+            .await?
+        {
+            st.outbox.insert(p.command.id, p);
+        }
+        let clock_micros = (now.unix * 1e6) as u64;
+        st.next_command = st
+            .outbox
+            .keys()
+            .next_back()
+            .map_or(0, |id| id + 1)
+            .max(clock_micros);
+        Ok(st)
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.services.get(&key.service)?.instances.get(&key.number)
+    }
+
+    /// Applies a committed change.
+    pub fn apply(&mut self, apply: Apply) {
+        for op in apply.ops {
+            match op {
+                Op::User(name, Some(u)) => _ = self.users.insert(name, u),
+                Op::User(name, None) => _ = self.users.remove(&name),
+                Op::Org(id, Some(o)) => _ = self.orgs.insert(id, o),
+                Op::Org(id, None) => _ = self.orgs.remove(&id),
+                Op::App(id, Some(a)) => _ = self.apps.insert(id, a),
+                Op::App(id, None) => _ = self.apps.remove(&id),
+                Op::Service(id, Some(mut s)) => {
+                    if let Some(old) = self.services.get_mut(&id) {
+                        s.instances = std::mem::take(&mut old.instances);
+                    }
+                    self.services.insert(id, *s);
+                }
+                Op::Service(id, None) => _ = self.services.remove(&id),
+                Op::Instance(key, i) => {
+                    if let Some(s) = self.services.get_mut(&key.service) {
+                        match i {
+                            Some(i) => _ = s.instances.insert(key.number, i),
+                            None => _ = s.instances.remove(&key.number),
+                        }
+                    }
+                }
+                Op::Cluster(doc, now) => match self.clusters.get_mut(&doc.id) {
+                    Some(e) => e.doc = doc,
+                    None => {
+                        _ = self
+                            .clusters
+                            .insert(doc.id.clone(), ClusterEntry::new(doc, now))
+                    }
+                },
+                Op::Outbox(id, Some(p)) => _ = self.outbox.insert(id, p),
+                Op::Outbox(id, None) => _ = self.outbox.remove(&id),
+            }
+        }
+        self.next_command = apply.next_command;
+        if let Some(pool) = apply.pool {
+            self.pool = pool;
+        }
+        for ip in apply.released {
+            self.pool.release(ip);
+        }
+    }
+}
+
+/// One change to memory, the twin of one staged store write.
+enum Op {
+    User(String, Option<User>),
+    Org(String, Option<Organization>),
+    App(ApplicationId, Option<Application>),
+    /// The service document; the instances held in memory are kept.
+    Service(ServiceId, Option<Box<Service>>),
+    Instance(InstanceKey, Option<Instance>),
+    /// A cluster document; `Instant` starts the grace period of a new cluster.
+    Cluster(Cluster, Instant),
+    Outbox(u64, Option<PendingCommand>),
+}
+
+/// The memory half of a [`Change`], applied by [`State::apply`] after the commit.
+pub(super) struct Apply {
+    ops: Vec<Op>,
+    next_command: u64,
+    pool: Option<Ipv4Pool>,
+    released: Vec<Ipv4Addr>,
+}
+
+/// A change being staged: every method stages a store write (or a command) in the [`Tx`] and
+/// the same change for memory. Nothing in [`State`] changes until [`super::Root::commit`].
+pub(super) struct Change {
+    tx: Tx<Delivery>,
+    apply: Apply,
+}
+
+impl Change {
+    /// Starts a change of `st` (command ids continue from its counter).
+    pub fn new(st: &State) -> Change {
+        Change {
+            tx: Tx::new(),
+            apply: Apply {
+                ops: Vec::new(),
+                next_command: st.next_command,
+                pool: None,
+                released: Vec::new(),
+            },
+        }
+    }
+
+    pub fn split(self) -> (Tx<Delivery>, Apply) {
+        (self.tx, self.apply)
+    }
+
+    pub fn put_user(&mut self, u: User) -> Result<()> {
+        self.tx.put(col::USERS, &u.name, &u)?;
+        self.apply.ops.push(Op::User(u.name.clone(), Some(u)));
+        Ok(())
+    }
+
+    pub fn delete_user(&mut self, name: &str) {
+        self.tx.delete(col::USERS, name);
+        self.apply.ops.push(Op::User(name.to_owned(), None));
+    }
+
+    pub fn put_org(&mut self, o: Organization) -> Result<()> {
+        self.tx.put(col::ORGANIZATIONS, &o.id, &o)?;
+        self.apply.ops.push(Op::Org(o.id.clone(), Some(o)));
+        Ok(())
+    }
+
+    pub fn delete_org(&mut self, id: &str) {
+        self.tx.delete(col::ORGANIZATIONS, id);
+        self.apply.ops.push(Op::Org(id.to_owned(), None));
+    }
+
+    pub fn put_app(&mut self, id: ApplicationId, a: Application) -> Result<()> {
+        self.tx.put(col::APPLICATIONS, id.as_str(), &a)?;
+        self.apply.ops.push(Op::App(id, Some(a)));
+        Ok(())
+    }
+
+    pub fn delete_app(&mut self, id: &ApplicationId) {
+        self.tx.delete(col::APPLICATIONS, id.as_str());
+        self.apply.ops.push(Op::App(id.clone(), None));
+    }
+
+    /// Stages the service document `s` (its `instances` are not part of it: memory keeps its own).
+    pub fn put_service(&mut self, id: ServiceId, s: Service) -> Result<()> {
+        self.tx.put(col::SERVICES, id.as_str(), &s)?;
+        self.apply.ops.push(Op::Service(id, Some(Box::new(s))));
+        Ok(())
+    }
+
+    /// Removes a service with its instances, releasing their addresses. The caller undeploys.
+    pub fn delete_service(&mut self, id: &ServiceId, s: &Service) {
+        self.tx.delete(col::SERVICES, id.as_str());
+        self.apply.released.push(s.rr_ip);
+        for i in s.instances.values() {
+            let key = InstanceKey::new(id.clone(), i.number);
+            self.tx.delete(col::INSTANCES, &key.store_key());
+            self.apply.released.push(i.ip);
+        }
+        self.apply.ops.push(Op::Service(id.clone(), None));
+    }
+
+    pub fn put_instance(&mut self, key: InstanceKey, i: Instance) -> Result<()> {
+        let stored = StoredInstance {
+            service_id: key.service.to_string(),
+            instance: i,
+        };
+        self.tx.put(col::INSTANCES, &key.store_key(), &stored)?;
+        self.apply
+            .ops
+            .push(Op::Instance(key, Some(stored.instance)));
+        Ok(())
+    }
+
+    /// Removes an instance, releasing its address. The caller undeploys.
+    pub fn delete_instance(&mut self, key: InstanceKey, i: &Instance) {
+        self.tx.delete(col::INSTANCES, &key.store_key());
+        self.apply.released.push(i.ip);
+        self.apply.ops.push(Op::Instance(key, None));
+    }
+
+    /// Stages a cluster document; a new cluster's grace period starts at `now`.
+    pub fn put_cluster(&mut self, doc: Cluster, now: Instant) -> Result<()> {
+        self.tx.put(col::CLUSTERS, doc.id.as_str(), &doc)?;
+        self.apply.ops.push(Op::Cluster(doc, now));
+        Ok(())
+    }
+
+    /// Queues a command for a cluster: stored in the outbox, sent after the commit.
+    pub fn send(&mut self, cluster: ClusterId, action: CommandAction) -> Result<()> {
+        let id = self.apply.next_command;
+        self.apply.next_command += 1;
+        let p = PendingCommand {
+            cluster_id: cluster.clone(),
+            command: Command { id, action },
+        };
+        self.tx.put(col::OUTBOX, &outbox_key(id), &p)?;
+        self.tx.effect((cluster, p.command.clone()));
+        self.apply.ops.push(Op::Outbox(id, Some(p)));
+        Ok(())
+    }
+
+    /// Queues an undeploy of one instance (or, with `None`, every instance) of a service.
+    pub fn undeploy(
+        &mut self,
+        cluster: ClusterId,
+        service: &ServiceId,
+        instance: Option<InstanceNumber>,
+    ) -> Result<()> {
+        let action = CommandAction::Undeploy {
+            service_id: service.clone(),
+            instance,
+        };
+        self.send(cluster, action)
+    }
+
+    /// A command the cluster acknowledged leaves the outbox.
+    pub fn acknowledged(&mut self, id: u64) {
+        self.tx.delete(col::OUTBOX, &outbox_key(id));
+        self.apply.ops.push(Op::Outbox(id, None));
+    }
+
+    /// The address pool as this change sees it (a copy of `st`'s, taken when first needed).
+    fn pool<'a>(&'a mut self, st: &State) -> &'a mut Ipv4Pool {
+        self.apply.pool.get_or_insert_with(|| st.pool.clone())
+    }
+
+    pub fn allocate(&mut self, st: &State) -> Result<Ipv4Addr, AddressError> {
+        self.pool(st).allocate()
+    }
+
+    pub fn reserve(&mut self, st: &State, ip: Ipv4Addr) -> Result<(), AddressError> {
+        self.pool(st).reserve(ip)
+    }
+}

@@ -1,0 +1,189 @@
+//! The [`Root`] as a whole over an embedded store, on tokio's paused clock: failover after the
+//! grace period, and a failed commit that must leave memory as it was.
+
+mod plan;
+
+use super::state::Change;
+use super::*;
+use crate::model::Service;
+use canopy_core::link::{ClusterReport, CommandAction, Registration, ResourceAggregate};
+use canopy_core::{
+    Architecture, InstanceNumber, JobName, Resources, ServiceId, ServiceSpec, Virtualization,
+};
+use canopy_store::{Document, EmbeddedStore, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// An embedded store whose writes fail while `broken` is set.
+struct Flaky {
+    inner: EmbeddedStore,
+    broken: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn put(&self, c: &str, k: &str, doc: &Document) -> canopy_store::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("the disk is gone".into()));
+        }
+        self.inner.put(c, k, doc).await
+    }
+    async fn create(&self, c: &str, k: &str, doc: &Document) -> canopy_store::Result<()> {
+        self.inner.create(c, k, doc).await
+    }
+    async fn get(&self, c: &str, k: &str) -> canopy_store::Result<Option<Document>> {
+        self.inner.get(c, k).await
+    }
+    async fn delete(&self, c: &str, k: &str) -> canopy_store::Result<bool> {
+        self.inner.delete(c, k).await
+    }
+    async fn list(&self, c: &str) -> canopy_store::Result<Vec<(String, Document)>> {
+        self.inner.list(c).await
+    }
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(1);
+
+async fn root(dir: &tempfile::TempDir) -> (Arc<Root>, Arc<Flaky>) {
+    let store = Arc::new(Flaky {
+        inner: EmbeddedStore::open(dir.path()).await.unwrap(),
+        broken: AtomicBool::new(false),
+    });
+    let settings = Settings {
+        cluster_grace: GRACE,
+        tick: Duration::from_millis(500),
+    };
+    let root = Root::open(store.clone(), settings).await.unwrap();
+    (root, store)
+}
+
+fn admin() -> Caller {
+    Caller {
+        name: "Admin".into(),
+        admin: true,
+        organization: String::new(),
+    }
+}
+
+/// A one-worker cluster's report with `vcpus` free (0: full).
+pub(super) fn report(vcpus: u32) -> ClusterReport {
+    let agg = ResourceAggregate {
+        active_nodes: 1,
+        free: Resources {
+            vcpus,
+            memory_mb: 1000,
+            vgpus: 0,
+        },
+        cpu_percent: 10.0,
+        memory_percent: 10.0,
+        virtualizations: [Virtualization::Container].into(),
+        supported_addons: Default::default(),
+        csi_drivers: Default::default(),
+    };
+    ClusterReport {
+        total: agg.clone(),
+        per_architecture: [(Architecture::Amd64, agg)].into(),
+        ..Default::default()
+    }
+}
+
+async fn cluster(root: &Root, name: &str, vcpus: u32) -> ClusterId {
+    let reg = Registration {
+        join_token: String::new(),
+        cluster_name: name.into(),
+        location: None,
+        cluster_id: None,
+        version: String::new(),
+    };
+    let id = root.register_cluster(&reg).await.unwrap().id;
+    root.cluster_report(&id, report(vcpus)).await;
+    id
+}
+
+/// Stores a service straight through a change (as creating an SLA would).
+async fn service(root: &Root) -> ServiceId {
+    let id = ServiceId::parse("svc").unwrap();
+    let mut spec = ServiceSpec::new(
+        JobName::new("a", "b", "c", "d").unwrap(),
+        Virtualization::Container,
+        "img",
+    );
+    spec.resources.vcpus = 1;
+    let s = Service {
+        id: id.to_string(),
+        application_id: "app".into(),
+        owner: "Admin".into(),
+        sla: serde_json::json!({}),
+        spec,
+        rr_ip: std::net::Ipv4Addr::new(10, 30, 0, 1),
+        next_instance: 0,
+        instances: BTreeMap::new(),
+    };
+    let mut st = root.state.lock().await;
+    let mut change = Change::new(&st);
+    change.put_service(id.clone(), s).unwrap();
+    root.commit(&mut st, change).await.unwrap();
+    id
+}
+
+async fn placed_on(root: &Root, id: &ServiceId) -> Option<ClusterId> {
+    let s = root.service(&admin(), id.as_str()).await.unwrap();
+    s.instances[&InstanceNumber(0)].cluster_id.clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_cluster_loses_its_instance_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = root(&dir).await;
+    let a = cluster(&root, "a", 8).await;
+    let b = cluster(&root, "b", 2).await;
+    let id = service(&root).await;
+    root.scale_up(&admin(), id.as_str()).await.unwrap();
+    assert_eq!(placed_on(&root, &id).await, Some(a.clone()));
+
+    // b keeps reporting, a falls silent. Within the grace period nothing moves.
+    tokio::time::advance(GRACE / 2).await;
+    root.cluster_report(&b, report(2)).await;
+    root.tick().await.unwrap();
+    assert_eq!(placed_on(&root, &id).await, Some(a.clone()));
+
+    tokio::time::advance(GRACE).await;
+    root.cluster_report(&b, report(2)).await;
+    root.tick().await.unwrap();
+    assert_eq!(placed_on(&root, &id).await, Some(b.clone()));
+    let actions: Vec<(ClusterId, bool)> = root
+        .pending_commands()
+        .await
+        .into_iter()
+        .map(|p| {
+            let deploy = matches!(p.command.action, CommandAction::Deploy { .. });
+            (p.cluster_id, deploy)
+        })
+        .collect();
+    assert_eq!(actions, vec![(a.clone(), true), (a, false), (b, true)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_commit_leaves_memory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, store) = root(&dir).await;
+    cluster(&root, "a", 8).await;
+    let id = service(&root).await;
+    let addresses = root.state.lock().await.pool.in_use();
+
+    store.broken.store(true, Ordering::SeqCst);
+    assert!(root.scale_up(&admin(), id.as_str()).await.is_err());
+    let s = root.service(&admin(), id.as_str()).await.unwrap();
+    assert_eq!((s.next_instance, s.instances.len()), (0, 0));
+    assert_eq!(root.state.lock().await.pool.in_use(), addresses);
+    assert!(root.pending_commands().await.is_empty());
+
+    store.broken.store(false, Ordering::SeqCst);
+    assert_eq!(
+        root.scale_up(&admin(), id.as_str()).await.unwrap(),
+        InstanceNumber(0)
+    );
+    assert_eq!(root.pending_commands().await.len(), 1);
+}
