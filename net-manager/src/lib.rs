@@ -1,13 +1,13 @@
 //! Net manager: bridge, veth, inter-node tunnel, service-IP translation with nftables.
 //!
-//! Work in progress (the overlay issue): the data path of one worker exists and is tested in
-//! namespaces; the daemon, the tunnel between workers and the table updates from the cluster
-//! do not yet, so `net-manager` the binary still says so and node engines use the host's
+//! Work in progress (the overlay issue): the data path exists and is tested in namespaces (one
+//! worker, and two workers over VXLAN); the daemon and the table updates from the cluster do
+//! not yet, so `net-manager` the binary still says so and node engines use the host's
 //! network.
 //!
 //! Layout:
 //! - [`link`]: links, addresses and routes through rtnetlink in any network namespace: the
-//!   worker's bridge, an instance's veth pair.
+//!   worker's bridge, an instance's veth pair, the VXLAN tunnel and its peers.
 //! - [`nft`]: the translation table (virtual address → instances' addresses) rendered as one
 //!   nftables table, replaced atomically.
 //! - [`apply`]: running `nft` in a namespace.

@@ -246,3 +246,140 @@ pub async fn detach(worker_ns: Option<&Path>, host_if: &str) -> Result<()> {
     )
     .await
 }
+
+/// This worker's end of the tunnel between workers: a VXLAN device (VNI, UDP port) over the
+/// LAN address `local`, with the worker subnet's network address as its own, so routes to
+/// other workers' subnets can name their far ends (flannel's layout: no flooding, every far
+/// end is a static neighbour and forwarding entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    /// This worker's address on the LAN the tunnel runs over.
+    pub local: Ipv4Addr,
+    /// The tunnel device's own address (the worker subnet's network address).
+    pub address: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Another worker, as the tunnel reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its worker subnet and prefix (instances there are reached through it).
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    /// Its tunnel device's address and MAC.
+    pub tunnel_address: Ipv4Addr,
+    pub tunnel_mac: [u8; 6],
+    /// Its LAN address (where its VXLAN packets go).
+    pub underlay: Ipv4Addr,
+}
+
+/// Creates (or keeps) the tunnel device, up; returns its MAC, which other workers need.
+pub async fn ensure_tunnel(h: &Handle, t: &Tunnel) -> Result<[u8; 6]> {
+    if !exists(h, &t.name).await {
+        h.link()
+            .add(
+                rtnetlink::LinkVxlan::new(&t.name, t.vni)
+                    .port(t.port)
+                    .local(t.local)
+                    .learning(false)
+                    .mtu(t.mtu)
+                    .build(),
+            )
+            .execute()
+            .await?;
+    }
+    let idx = index(h, &t.name).await?;
+    ensure_address(h, idx, t.address, 32).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await?;
+    mac(h, &t.name).await
+}
+
+/// The hardware address of link `name`.
+pub async fn mac(h: &Handle, name: &str) -> Result<[u8; 6]> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    let link = links
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| LinkError::NoLink(name.to_owned()))?;
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| LinkError::NoLink(format!("{name} (no hardware address)")))
+}
+
+/// Makes `peer`'s instances reachable through the tunnel: its far end as a permanent
+/// neighbour, a forwarding entry sending that MAC to its LAN address, and a route to its
+/// subnet via its far end. Idempotent (entries are replaced).
+pub async fn add_peer(h: &Handle, tunnel: &str, peer: &Peer) -> Result<()> {
+    use rtnetlink::packet_route::neighbour::NeighbourFlags;
+    let idx = index(h, tunnel).await?;
+    h.neighbours()
+        .add(idx, peer.tunnel_address.into())
+        .link_layer_address(&peer.tunnel_mac)
+        .replace()
+        .execute()
+        .await?;
+    h.neighbours()
+        .add_bridge(idx, &peer.tunnel_mac)
+        .destination(peer.underlay.into())
+        .flags(NeighbourFlags::Own)
+        .replace()
+        .execute()
+        .await?;
+    h.route()
+        .add(peer_route(idx, peer))
+        .replace()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// The route to `peer`'s subnet through the tunnel device `idx`.
+fn peer_route(idx: u32, peer: &Peer) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(peer.subnet, peer.prefix)
+        .output_interface(idx)
+        .gateway(peer.tunnel_address)
+        .onlink()
+        .build()
+}
+
+/// Forgets `peer`: its route, neighbour and forwarding entry. Entries already gone are fine.
+pub async fn remove_peer(h: &Handle, tunnel: &str, peer: &Peer) -> Result<()> {
+    let idx = index(h, tunnel).await?;
+    let _ = h.route().del(peer_route(idx, peer)).execute().await;
+    let mut neighbours = h.neighbours().get().execute();
+    let mut stale = Vec::new();
+    while let Ok(Some(n)) = neighbours.try_next().await {
+        if n.header.ifindex != idx {
+            continue;
+        }
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let ours = n.attributes.iter().any(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                *ip == peer.tunnel_address || *ip == peer.underlay
+            }
+            NeighbourAttribute::LinkLayerAddress(m) => m.as_slice() == peer.tunnel_mac,
+            _ => false,
+        });
+        if ours {
+            stale.push(n);
+        }
+    }
+    for n in stale {
+        let _ = h.neighbours().del(n).execute().await;
+    }
+    Ok(())
+}

@@ -8,118 +8,14 @@
 //! - detaching removes the veth; everything the test made is gone afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{Lab, fetch, fetch_soon, ip, links_in, prefix};
 use net_manager::link::{self, Attachment};
 use net_manager::nft::{self, Translations};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
-/// The test's own prefix for namespaces, links and tables.
-fn prefix() -> String {
-    format!("cnmt{}", std::process::id() % 100_000)
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// Network namespaces made for this test, removed (with their links) on drop, and processes
-/// started in them, stopped by pid.
-struct Lab {
-    names: Vec<String>,
-    procs: Vec<Child>,
-    www: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            names: Vec::new(),
-            procs: Vec::new(),
-            www: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn netns(&mut self, role: &str) -> PathBuf {
-        let name = format!("{}-{role}", prefix());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip netns add {name} (the test needs root and iproute2)");
-        self.names.push(name.clone());
-        PathBuf::from(format!("/run/netns/{name}"))
-    }
-
-    /// busybox httpd in namespace `ns` on port 80, serving a page that names it.
-    fn web_server(&mut self, ns: &std::path::Path, page: &str) {
-        let dir = self.www.path().join(page);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("index.html"), page).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.display()))
-            .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.procs.push(child);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-/// `GET http://addr/` from namespace `ns`: the page, or `None` when nothing answered.
-fn fetch(ns: &std::path::Path, addr: Ipv4Addr) -> Option<String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args([
-            "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-",
-        ])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Retries while the servers come up.
-fn fetch_soon(ns: &std::path::Path, addr: Ipv4Addr) -> String {
-    for _ in 0..50 {
-        if let Some(page) = fetch(ns, addr) {
-            return page;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("nothing answered at {addr}");
-}
-
-fn links_in(ns: &std::path::Path) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["ip", "-o", "link"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn service_ips_reach_instances_on_one_worker() {
@@ -193,7 +89,7 @@ async fn service_ips_reach_instances_on_one_worker() {
     // Nothing behind an address: it is not translated, and nothing answers.
     t.targets.insert(rr, vec![]);
     net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the new table");
-    assert_eq!(fetch(&client, rr), None);
+    assert!(common::unreachable(&client, rr));
 
     // Detaching removes the veth; removing the table leaves none behind.
     link::detach(Some(&worker), &instances[2].host_if)
@@ -213,9 +109,5 @@ async fn service_ips_reach_instances_on_one_worker() {
     assert!(!String::from_utf8_lossy(&tables.stdout).contains(&table));
 
     drop(lab);
-    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&left.stdout).contains(&p),
-        "namespaces left behind"
-    );
+    assert!(!common::namespaces_left(), "namespaces left behind");
 }

@@ -1,0 +1,168 @@
+//! Test hosts for the net manager's data path: network namespaces the test creates (named
+//! with the test's prefix, removed with their links on drop), processes started in them
+//! (stopped by pid), and HTTP fetches from inside them with busybox.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The test process's own prefix for namespaces, links and tables.
+pub fn prefix() -> String {
+    format!("cnmt{}", std::process::id() % 100_000)
+}
+
+pub fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+pub struct Lab {
+    names: Vec<String>,
+    procs: Vec<Child>,
+    www: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab {
+            names: Vec::new(),
+            procs: Vec::new(),
+            www: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A new network namespace `<prefix>-<role>`; its path.
+    pub fn netns(&mut self, role: &str) -> PathBuf {
+        let name = format!("{}-{role}", prefix());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name} (the test needs root and iproute2)");
+        self.names.push(name.clone());
+        PathBuf::from(format!("/run/netns/{name}"))
+    }
+
+    /// A veth from bridge `bridge` in `from` to `into`, where its end `name` gets
+    /// `addr/prefix` and comes up (a host's link to a LAN).
+    #[allow(clippy::too_many_arguments)]
+    pub fn veth_into(
+        &self,
+        from: &Path,
+        bridge: &str,
+        far: &str,
+        into: &Path,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) {
+        let run = |ns: &Path, args: &[&str]| {
+            let ok = Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .arg("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args:?}");
+        };
+        let into_s = into.display().to_string();
+        let into_name = into_s.rsplit('/').next().unwrap().to_owned();
+        run(
+            from,
+            &["link", "add", far, "type", "veth", "peer", "name", name],
+        );
+        run(from, &["link", "set", far, "master", bridge, "up"]);
+        run(from, &["link", "set", name, "netns", &into_name]);
+        run(
+            into,
+            &["addr", "add", &format!("{addr}/{prefix}"), "dev", name],
+        );
+        run(into, &["link", "set", name, "up"]);
+    }
+
+    /// busybox httpd in namespace `ns` on port 80, serving a page that says `page`.
+    pub fn web_server(&mut self, ns: &Path, page: &str) {
+        let dir = self.www.path().join(page);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), page).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.push(child);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Whether a namespace of this test process is still on the machine.
+pub fn namespaces_left() -> bool {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&prefix())
+}
+
+/// `GET http://addr/` from namespace `ns`: the page, or `None` when nothing answered.
+pub fn fetch(ns: &Path, addr: Ipv4Addr) -> Option<String> {
+    fetch_within(ns, addr, 5)
+}
+
+/// Nothing answers at `addr` from `ns` within a second.
+pub fn unreachable(ns: &Path, addr: Ipv4Addr) -> bool {
+    fetch_within(ns, addr, 1).is_none()
+}
+
+fn fetch_within(ns: &Path, addr: Ipv4Addr, secs: u32) -> Option<String> {
+    let secs = secs.to_string();
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args([
+            "busybox", "timeout", &secs, "busybox", "wget", "-q", "-O", "-",
+        ])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Retries while the servers come up.
+pub fn fetch_soon(ns: &Path, addr: Ipv4Addr) -> String {
+    for _ in 0..50 {
+        if let Some(page) = fetch(ns, addr) {
+            return page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing answered at {addr}");
+}
+
+/// `ip -o link` in namespace `ns`.
+pub fn links_in(ns: &Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
