@@ -13,6 +13,15 @@ pub enum NftError {
     Refused(String),
 }
 
+/// Makes table `ip <table>` hold `t` (one transaction, see [`crate::nft::render`]).
+pub fn translations(
+    ns: Option<&Path>,
+    table: &str,
+    t: &crate::nft::Translations,
+) -> Result<(), NftError> {
+    nft(ns, &crate::nft::render(table, t))
+}
+
 /// Runs `nft -f -` with `script`, in the network namespace at `ns` when given (through
 /// `nsenter --net`, so this process never changes namespace).
 pub fn nft(ns: Option<&Path>, script: &str) -> Result<(), NftError> {

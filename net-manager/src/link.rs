@@ -100,6 +100,22 @@ pub async fn index(h: &Handle, name: &str) -> Result<u32> {
     }
 }
 
+/// The names of every link in the namespace.
+pub async fn names(h: &Handle) -> Result<Vec<String>> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(l) = links.try_next().await? {
+        if let Some(name) = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether link `name` exists.
 pub async fn exists(h: &Handle, name: &str) -> bool {
     index(h, name).await.is_ok()

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 
 /// The translation a worker applies: virtual address → namespace addresses of the RUNNING
 /// instances behind it (in a stable order; an empty list means nothing answers).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Translations {
     pub targets: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
 }

@@ -4,7 +4,7 @@
 //! `nft::render` makes. Traffic goes only to addresses inside these namespaces.
 //!
 //! - a round-robin address reaches both servers; an instance address exactly one;
-//! - replacing the table takes effect for new connections;
+//! - updating the table takes effect for new connections and leaves established ones alone;
 //! - detaching removes the veth; everything the test made is gone afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,7 +63,7 @@ async fn service_ips_reach_instances_on_one_worker() {
     t.targets
         .insert(rr, vec![instances[1].address, instances[2].address]);
     t.targets.insert(s1_ip, vec![instances[1].address]);
-    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the table");
+    net_manager::apply::translations(Some(&worker), &table, &t).expect("the table");
 
     // Round robin: both servers answer the service address.
     assert!(fetch_soon(&client, rr).starts_with("page-"));
@@ -80,15 +80,28 @@ async fn service_ips_reach_instances_on_one_worker() {
     // through the worker's conntrack).
     assert!(fetch(&instances[2].instance_ns, s1_ip).is_some_and(|p| p == "page-one"));
 
-    // The table is replaced whole: the service now has only the second server.
+    // An update changes new connections only: one held open through an address whose
+    // targets do not change keeps going.
+    let mut held = common::Held::open(&instances[1].instance_ns, &client, s1_ip, 9000);
+    assert!(
+        held.say("before"),
+        "no connection through the instance address"
+    );
+    // The service now has only the second server.
     t.targets.insert(rr, vec![instances[2].address]);
-    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the new table");
+    net_manager::apply::translations(Some(&worker), &table, &t).expect("the new table");
     for _ in 0..5 {
         assert_eq!(fetch(&client, rr).as_deref(), Some("page-two"));
     }
+    assert!(
+        held.say("after"),
+        "the table update broke an established connection: heard {:?}",
+        held.heard()
+    );
+    drop(held);
     // Nothing behind an address: it is not translated, and nothing answers.
     t.targets.insert(rr, vec![]);
-    net_manager::apply::nft(Some(&worker), &nft::render(&table, &t)).expect("the new table");
+    net_manager::apply::translations(Some(&worker), &table, &t).expect("the new table");
     assert!(common::unreachable(&client, rr));
 
     // Detaching removes the veth; removing the table leaves none behind.

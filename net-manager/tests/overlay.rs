@@ -8,7 +8,7 @@ mod common;
 
 use common::{Lab, fetch, fetch_soon, ip, links_in, prefix};
 use net_manager::link::{self, Attachment, Peer, Tunnel};
-use net_manager::nft::{self, Translations};
+use net_manager::nft::Translations;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -143,7 +143,7 @@ async fn a_service_address_reaches_instances_on_two_workers() {
     t.targets.insert(ip("10.30.0.66"), vec![remote.address]);
     t.targets.insert(ip("10.30.0.3"), vec![local.address]);
     for w in [&w1, &w2] {
-        net_manager::apply::nft(Some(&w.ns), &nft::render(&format!("{p}_t"), &t)).unwrap();
+        net_manager::apply::translations(Some(&w.ns), &format!("{p}_t"), &t).unwrap();
     }
     let pages: BTreeSet<String> = (0..12)
         .filter_map(|_| fetch(&client.instance_ns, rr))

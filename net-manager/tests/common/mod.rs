@@ -166,3 +166,76 @@ pub fn links_in(ns: &Path) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A TCP connection held open between two namespaces with busybox `nc`: a listener on `port`
+/// in the server's namespace writing what it hears to a file, a client connected to
+/// `addr:port` whose input the test writes. Both stopped by pid on drop.
+pub struct Held {
+    server: Child,
+    client: Child,
+    heard: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Held {
+    pub fn open(server_ns: &Path, client_ns: &Path, addr: Ipv4Addr, port: u16) -> Held {
+        let dir = tempfile::tempdir().unwrap();
+        let heard = dir.path().join("heard");
+        let server = Command::new("nsenter")
+            .arg(format!("--net={}", server_ns.display()))
+            .args(["busybox", "nc", "-l", "-p", &port.to_string()])
+            // Its input stays open (nc hangs up when its input ends).
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&heard).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let client = Command::new("nsenter")
+            .arg(format!("--net={}", client_ns.display()))
+            .args(["busybox", "nc", &addr.to_string(), &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Held {
+            server,
+            client,
+            heard,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `line` and waits until the server heard it; `false` if the connection is gone.
+    pub fn say(&mut self, line: &str) -> bool {
+        use std::io::Write;
+        let Some(stdin) = self.client.stdin.as_mut() else {
+            return false;
+        };
+        if stdin.write_all(format!("{line}\n").as_bytes()).is_err() || stdin.flush().is_err() {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if self.heard().lines().any(|l| l == line) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn heard(&self) -> String {
+        std::fs::read_to_string(&self.heard).unwrap_or_default()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for c in [&mut self.client, &mut self.server] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
