@@ -62,6 +62,10 @@ pub struct Config {
     /// `canopy up`); by default instances keep running across an engine restart.
     #[arg(long, env = "CANOPY_REMOVE_ON_EXIT")]
     pub remove_on_exit: bool,
+    /// The worker's net manager (its unix socket): containers then get their own network
+    /// namespace on the overlay. Without it, containers use the host's network.
+    #[arg(long, env = "CANOPY_NET_SOCKET")]
+    pub net_manager_socket: Option<PathBuf>,
     /// How often the engine looks for workloads in its namespace that no instance names (a
     /// bug); each is logged as an error, removed and counted in /metrics.
     #[arg(long, env = "CANOPY_UNTRACKED_CHECK_SECS", default_value_t = 30.0)]
@@ -113,6 +117,7 @@ impl Config {
             stop_grace_secs: 2.0,
             remove_on_exit: false,
             untracked_check_secs: 30.0,
+            net_manager_socket: None,
             bench_virtual_workers: 0,
             log: "info".into(),
         }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod host;
 pub mod metrics;
+pub mod overlay;
 pub mod runtime;
 pub mod server;
 pub mod uplink;

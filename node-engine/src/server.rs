@@ -26,6 +26,8 @@ pub enum StartError {
     UnknownRuntime(String),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("--net-manager-socket: {0}")]
+    Overlay(crate::overlay::OverlayError),
 }
 
 /// A started engine: instances recovered, not yet linked to a cluster.
@@ -85,6 +87,12 @@ impl Node {
                 log_dir: config.log_dir(),
                 stop_grace: config.stop_grace(),
                 public_ip: crate::host::primary_ipv4(),
+                overlay: match &config.net_manager_socket {
+                    Some(socket) => {
+                        Some(crate::overlay::NetManager::new(socket).map_err(StartError::Overlay)?)
+                    }
+                    None => None,
+                },
             },
         );
         engine.recover().await?;

@@ -82,6 +82,7 @@ impl Machine {
                     log_dir: self.dir.path().join("logs"),
                     stop_grace: GRACE,
                     public_ip: "127.0.0.1".into(),
+                    overlay: None,
                 },
             );
             engine.recover().await.expect("recovery");
@@ -209,6 +210,7 @@ fn workloads_nothing_tracks_are_removed_and_counted() {
         instance: canopy_core::InstanceNumber(0),
         spec: deploy_msg(1, 0, false).parse().unwrap().spec,
         log_path: m.dir.path().join("stray.log"),
+        netns: None,
     };
     p.run(m.runtime.start(&stray)).unwrap();
     assert_eq!(p.run(p.engine.remove_untracked()), vec!["stray".to_owned()]);

@@ -76,6 +76,8 @@ pub struct EngineConfig {
     pub stop_grace: Duration,
     /// Reported as `publicip` with every status.
     pub public_ip: String,
+    /// The worker's net manager; `None`: containers use the host's network.
+    pub overlay: Option<crate::overlay::NetManager>,
 }
 
 /// One instance the engine holds: its workload, what it reports, and its supervisor's
@@ -206,6 +208,7 @@ impl Engine {
             instance: n,
             spec,
             log_path: self.config.log_dir.join(format!("{name}.log")),
+            netns: None,
         })
     }
 
@@ -356,6 +359,14 @@ impl Engine {
         {
             tracing::error!(instance = name, error = %e, "cannot record a status");
         }
+    }
+
+    /// The net manager, when `w` goes on the overlay (containers do; wasm has no sockets).
+    fn overlay_for(&self, w: &Workload) -> Option<&crate::overlay::NetManager> {
+        self.config
+            .overlay
+            .as_ref()
+            .filter(|_| w.spec.virtualization == Virtualization::Container)
     }
 
     /// The runtime for `kind` (`workload()` refuses kinds without one, so it is present for

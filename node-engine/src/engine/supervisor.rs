@@ -140,11 +140,26 @@ impl Engine {
         let Some(rt) = self.runtime(w.spec.virtualization) else {
             return;
         };
+        let mut w = w;
         let running = match resume {
             Resume::Start => {
                 self.set(&name, generation, InstanceStatus::Creating, "")
                     .await;
-                match self.timed(&*rt, "start", rt.start(&w)).await {
+                let started = match self.overlay_for(&w) {
+                    Some(net) => match net.attach(&name).await {
+                        Ok(a) => {
+                            w.netns = Some(a.netns);
+                            Ok(())
+                        }
+                        Err(e) => Err(RuntimeError::bad("overlay", e.to_string())),
+                    },
+                    None => Ok(()),
+                };
+                let started = match started {
+                    Ok(()) => self.timed(&*rt, "start", rt.start(&w)).await,
+                    Err(e) => Err(e),
+                };
+                match started {
                     Ok(()) => {
                         self.set(&name, generation, InstanceStatus::Running, "")
                             .await;
@@ -213,6 +228,11 @@ impl Engine {
             tracing::warn!(instance = %name, error = %e, "removing failed");
         }
         if reason == Stop::Delete {
+            if let Some(net) = self.overlay_for(&w)
+                && let Err(e) = net.detach(&name).await
+            {
+                tracing::warn!(instance = %name, error = %e, "cannot remove the instance's network");
+            }
             if let Err(e) = self.records.delete(&name).await {
                 tracing::error!(instance = %name, error = %e, "cannot forget the instance");
             }

@@ -66,6 +66,9 @@ pub struct Workload {
     pub spec: ServiceSpec,
     /// Where stdout and stderr go (appended).
     pub log_path: PathBuf,
+    /// The network namespace to join (the instance's place on the overlay); `None`: the
+    /// host's network.
+    pub netns: Option<PathBuf>,
 }
 
 impl Workload {

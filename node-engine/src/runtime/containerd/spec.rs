@@ -1,7 +1,7 @@
 //! The OCI runtime spec for one instance: the image's defaults, the SLA's `cmd`, environment,
-//! memory and CPU limits, Oakestra's hostname `instance-<n>`, and the host's network (there is
-//! no per-instance network namespace until the net manager lands), so a published port is
-//! reachable on the host.
+//! memory and CPU limits, Oakestra's hostname `instance-<n>`, and its network: the network
+//! namespace the net manager made for it when the worker has an overlay, else the host's
+//! (so a published port is the host's).
 
 use super::oci::ImageConfig;
 use crate::runtime::{Result, RuntimeError, Workload};
@@ -106,6 +106,12 @@ pub fn build(w: &Workload, image: &ImageConfig, cgroups_path: &str) -> Result<Ve
             "/proc/scsi",
         ]
     };
+    let mut namespaces = json!([
+        { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+    ]);
+    if let (Some(netns), Some(list)) = (&w.netns, namespaces.as_array_mut()) {
+        list.push(json!({ "type": "network", "path": netns }));
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -126,9 +132,7 @@ pub fn build(w: &Workload, image: &ImageConfig, cgroups_path: &str) -> Result<Ve
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,
-            "namespaces": [
-                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
-            ],
+            "namespaces": namespaces,
             "maskedPaths": masked,
             "readonlyPaths": if w.spec.privileged { Vec::new() } else { vec![
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
@@ -148,7 +152,7 @@ fn mounts() -> Value {
         { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
         { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
     ]);
-    // Host networking: the host's name resolution.
+    // The host's name resolution (on the overlay too, until the net manager answers names).
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
         if std::path::Path::new(f).exists()
             && let Some(a) = m.as_array_mut()
@@ -207,6 +211,7 @@ mod tests {
             instance: InstanceNumber(3),
             spec,
             log_path: "/tmp/x.log".into(),
+            netns: None,
         }
     }
 

@@ -1,0 +1,185 @@
+//! Containers on the overlay, for real: the node engine with real containerd, and the real
+//! `net-manager` binary running inside a worker network namespace this test creates (its
+//! bridge, veths and instance namespaces live there and in namespaces it makes). Oakestra's
+//! own example on one worker: a client whose command fetches `http://10.30.55.55/` and a
+//! server behind that address; the client's log holds the server's page. Traffic goes only
+//! to addresses inside these namespaces. (The translation table is put by the test; the
+//! cluster does not send tables yet.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = "app.ns.server.ns";
+const CLIENT: &str = "app.ns.client.ns";
+
+/// A network namespace of this test, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let name = format!("cnet{}{role}", std::process::id() % 100_000);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success(),
+            "ip netns add (the test needs root and iproute2)"
+        );
+        Netns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The net manager binary (built with the workspace's binaries) in namespace `ns`.
+struct NetManager {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl NetManager {
+    fn start(ns: &Netns, dir: &Path) -> NetManager {
+        let bin = canopy_e2e::bin_dir().join("net-manager");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the workspace's binaries",
+            bin.display()
+        );
+        let socket = dir.join("nm.sock");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(bin)
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--data-dir={}", dir.join("nm").display()))
+            .arg("--subnet=10.18.0.0")
+            .arg(format!("--bridge={}br", ns.0))
+            .arg(format!("--nft-table={}_t", ns.0))
+            .arg(format!("--netns-dir={}", dir.join("netns").display()))
+            .arg("--remove-on-exit")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no net manager socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NetManager { child, socket }
+    }
+
+    fn curl(&self, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--unix-socket"])
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetManager {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_reaches_another_through_its_service_address() {
+    require_containerd();
+    let ns = Namespace::new("overlay");
+    let worker = Netns::new("w");
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetManager::start(&worker, dir.path());
+    let broker = Broker::start().await;
+    let mut cluster = Cluster::start(&broker).await;
+    let mut config = Engine::config(&cluster.addr, &dir.path().join("engine"), &ns);
+    config.net_manager_socket = Some(net.socket.clone());
+    let mut engine = Engine::start(config).await;
+    engine.wait_connected(SECS_30).await;
+
+    cluster
+        .deploy(&deploy(
+            SERVER,
+            0,
+            "container",
+            &oci_archive(),
+            &["httpd", "-f", "-p", "80", "-h", "/www"],
+        ))
+        .await;
+    cluster.status(SERVER, 0, "RUNNING", SECS_60).await;
+    let attached: serde_json::Value =
+        serde_json::from_str(&net.curl(&["http://nm/instances"])).unwrap();
+    let server_ip = attached
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == format!("{SERVER}.instance.0"))
+        .and_then(|a| a["address"].as_str())
+        .expect("the server is on the overlay")
+        .to_owned();
+    let table = serde_json::json!({"targets": {"10.30.55.55": [server_ip]}});
+    net.curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &table.to_string(),
+        "http://nm/translations",
+    ]);
+
+    let mut client = deploy(
+        CLIENT,
+        0,
+        "container",
+        &oci_archive(),
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 40); do busybox timeout 2 busybox wget -q -O - http://10.30.55.55/ && exit 0; sleep 0.5; done; exit 1",
+        ],
+    );
+    client.one_shot = true;
+    cluster.deploy(&client).await;
+    cluster.status(CLIENT, 0, "COMPLETED", SECS_60).await;
+    let (_, log) = engine
+        .get(&format!("/instances/{CLIENT}.instance.0/logs"))
+        .await;
+    assert!(log.contains("Hello from Canopy"), "client log: {log}");
+
+    // Deleting the instances removes their networks.
+    cluster.undeploy(CLIENT, 0).await;
+    cluster.undeploy(SERVER, 0).await;
+    assert_eq!(net.curl(&["http://nm/instances"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("netns"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "instance namespaces left: {left:?}");
+    engine.stop().await;
+}
