@@ -2,7 +2,7 @@
 //!
 //! | method, path | body | answer |
 //! |---|---|---|
-//! | `POST /instances` | `{"name": "<job>.instance.<n>"}` | 200 the attachment (`name`, `address`, `netns`, `host_if`); 400 bad name; 409 subnet full |
+//! | `POST /instances` | `{"name": "<job>.instance.<n>", "ports": [{"host": 8080, "container": 80, "protocol": "tcp"}]}` | 200 the attachment (`name`, `address`, `netns`, `host_if`, `ports`); 400 bad input; 409 subnet full or a port another instance publishes |
 //! | `DELETE /instances/{name}` | — | 204 (also for one that is not attached) |
 //! | `GET /instances` | — | every attachment |
 //! | `PUT /translations` | `{"targets": {"10.30.55.55": ["10.18.0.2", …], …}}` | 204; 400 naming the bad field |
@@ -44,7 +44,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match e {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::Exhausted(_) => StatusCode::CONFLICT,
+            Error::Exhausted(_) | Error::PortTaken { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -68,11 +68,14 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 struct AttachRequest {
     name: String,
+    /// Ports to publish on the worker: `{"host": 8080, "container": 80, "protocol": "tcp"}`.
+    #[serde(default)]
+    ports: Vec<canopy_core::job::PortMapping>,
 }
 
 async fn attach(State(m): State<Arc<Manager>>, bytes: Bytes) -> Result<Response, ApiError> {
     let req: AttachRequest = body(&bytes)?;
-    Ok(Json(m.attach(&req.name).await?).into_response())
+    Ok(Json(m.attach(&req.name, &req.ports).await?).into_response())
 }
 
 async fn detach(

@@ -18,8 +18,9 @@ pub fn translations(
     ns: Option<&Path>,
     table: &str,
     t: &crate::nft::Translations,
+    published: &[crate::nft::Published],
 ) -> Result<(), NftError> {
-    nft(ns, &crate::nft::render(table, t))
+    nft(ns, &crate::nft::render(table, t, published))
 }
 
 /// Runs `nft -f -` with `script`, in the network namespace at `ns` when given (through

@@ -9,9 +9,10 @@
 use crate::link::{self, Attachment};
 use crate::metrics::Metrics;
 use crate::netns;
-use crate::nft::{self, Translations};
+use crate::nft::{self, Published, Translations};
 use crate::plan::{self, WorkerNet};
 use canopy_core::addressing::Ipv4Pool;
+use canopy_core::job::PortMapping;
 use canopy_store::{Collection, SharedStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub enum Error {
     /// The worker subnet has no free address (HTTP 409).
     #[error("the worker subnet {0} has no free address left")]
     Exhausted(String),
+    /// A port another instance already publishes (HTTP 409).
+    #[error("ports: {port} is already published by {by}")]
+    PortTaken { port: String, by: String },
     #[error("links: {0}")]
     Link(#[from] link::LinkError),
     #[error("{0}")]
@@ -60,12 +64,47 @@ pub struct Attached {
     /// Its network namespace: what the container runtime joins.
     pub netns: PathBuf,
     pub host_if: String,
+    /// Ports published on the worker for it.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 struct Inner {
     attached: BTreeMap<String, Attached>,
     pool: Ipv4Pool,
     translations: Translations,
+}
+
+impl Inner {
+    /// Every published port, with the instance it goes to.
+    fn published(&self) -> Vec<Published> {
+        self.attached
+            .values()
+            .flat_map(|a| {
+                a.ports.iter().map(|m| Published {
+                    mapping: *m,
+                    target: a.address,
+                })
+            })
+            .collect()
+    }
+
+    /// The instance (other than `name`) that already publishes one of `ports`.
+    fn port_taken(&self, name: &str, ports: &[PortMapping]) -> Option<(PortMapping, String)> {
+        self.attached
+            .values()
+            .filter(|a| a.name != name)
+            .find_map(|a| {
+                ports
+                    .iter()
+                    .find(|p| {
+                        a.ports
+                            .iter()
+                            .any(|q| q.host == p.host && q.protocol == p.protocol)
+                    })
+                    .map(|p| (*p, a.name.clone()))
+            })
+    }
 }
 
 pub struct Manager {
@@ -101,10 +140,13 @@ impl Manager {
         }
         let translations = tables.get(TABLE_KEY).await?.unwrap_or_default();
         let (bridge, gateway, mtu) = (settings.bridge.clone(), settings.net.bridge(), settings.mtu);
+        let localnet = format!("net.ipv4.conf.{}.route_localnet", settings.bridge);
         let keep: Vec<String> = attached.values().map(|a| a.host_if.clone()).collect();
         let removed = link::in_netns(None, move |h| async move {
             link::sysctl("net.ipv4.ip_forward", "1")?;
             link::ensure_bridge(&h, &bridge, gateway, plan::SUBNET_PREFIX, mtu).await?;
+            // Published ports answer on 127.0.0.1 too (see `nft::render`).
+            link::sysctl(&localnet, "1")?;
             let mut removed = Vec::new();
             for name in link::names(&h).await? {
                 if plan::is_host_if(&name) && !keep.contains(&name) {
@@ -127,14 +169,20 @@ impl Manager {
                 }
             }
         }
-        crate::apply::translations(None, &settings.table, &translations)?;
+        let inner = Inner {
+            attached,
+            pool,
+            translations,
+        };
+        crate::apply::translations(
+            None,
+            &settings.table,
+            &inner.translations,
+            &inner.published(),
+        )?;
         let m = Manager {
             settings,
-            inner: Mutex::new(Inner {
-                attached,
-                pool,
-                translations,
-            }),
+            inner: Mutex::new(inner),
             records,
             tables,
             metrics: Metrics::default(),
@@ -151,11 +199,17 @@ impl Manager {
 
     /// Puts instance `name` on the overlay: its own namespace, a veth to the bridge, an
     /// address from the worker subnet. The same name again answers the same attachment.
-    pub async fn attach(&self, name: &str) -> Result<Attached> {
+    pub async fn attach(&self, name: &str, ports: &[PortMapping]) -> Result<Attached> {
         plan::check_instance_name(name).map_err(Error::Invalid)?;
         let mut inner = self.inner.lock().await;
         if let Some(a) = inner.attached.get(name) {
             return Ok(a.clone());
+        }
+        if let Some((port, by)) = inner.port_taken(name, ports) {
+            return Err(Error::PortTaken {
+                port: port.to_string(),
+                by,
+            });
         }
         let address = inner
             .pool
@@ -166,6 +220,7 @@ impl Manager {
             address,
             netns: self.settings.netns_dir.join(name),
             host_if: plan::host_if(name),
+            ports: ports.to_vec(),
         };
         if let Err(e) = self.plumb(&a).await {
             self.unplumb(&a).await;
@@ -178,6 +233,18 @@ impl Manager {
             return Err(e.into());
         }
         inner.attached.insert(name.to_owned(), a.clone());
+        if !a.ports.is_empty()
+            && let Err(e) = self.publish(&inner)
+        {
+            inner.attached.remove(name);
+            if !a.ports.is_empty() {
+                self.publish(&inner)?;
+            }
+            let _ = self.records.delete(name).await;
+            self.unplumb(&a).await;
+            inner.pool.release(address);
+            return Err(e);
+        }
         self.metrics
             .set_sizes(inner.attached.len(), inner.translations.len());
         tracing::info!(instance = name, address = %a.address, "attached");
@@ -235,7 +302,7 @@ impl Manager {
     pub async fn set_translations(&self, t: Translations) -> Result<()> {
         let started = Instant::now();
         let mut inner = self.inner.lock().await;
-        crate::apply::translations(None, &self.settings.table, &t)?;
+        crate::apply::translations(None, &self.settings.table, &t, &inner.published())?;
         self.tables.put(TABLE_KEY, &t).await?;
         inner.translations = t;
         self.metrics.table_updated(
@@ -243,6 +310,17 @@ impl Manager {
             inner.attached.len(),
             inner.translations.len(),
         );
+        Ok(())
+    }
+
+    /// Applies the table again with the ports published now.
+    fn publish(&self, inner: &Inner) -> Result<()> {
+        crate::apply::translations(
+            None,
+            &self.settings.table,
+            &inner.translations,
+            &inner.published(),
+        )?;
         Ok(())
     }
 

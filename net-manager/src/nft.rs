@@ -12,6 +12,7 @@
 //! Lookups are one verdict map from address to a per-address chain, so the cost of a new
 //! connection does not grow with the number of services.
 
+use canopy_core::job::{PortMapping, Protocol};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -39,6 +40,27 @@ impl Translations {
     }
 }
 
+/// A port published on the worker: traffic to any of the worker's own addresses on
+/// `mapping.host` goes to `target:mapping.container`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub mapping: PortMapping,
+    pub target: Ipv4Addr,
+}
+
+impl Published {
+    fn rule(&self) -> String {
+        let proto = match self.mapping.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        format!(
+            "fib daddr type local {proto} dport {} dnat to {}:{}",
+            self.mapping.host, self.target, self.mapping.container
+        )
+    }
+}
+
 /// Names an nftables table may have: the test prefix and a few safe characters.
 pub fn valid_table_name(name: &str) -> bool {
     !name.is_empty()
@@ -52,9 +74,14 @@ fn chain_name(vip: Ipv4Addr) -> String {
     format!("to_{a}_{b}_{c}_{d}")
 }
 
-/// The nft script that replaces table `ip <table>` with `t`, atomically: it creates the table
-/// if missing, deletes it and defines it anew, all in one transaction.
-pub fn render(table: &str, t: &Translations) -> String {
+/// The nft script that replaces table `ip <table>` with `t` and the published ports,
+/// atomically: it creates the table if missing, deletes it and defines it anew, all in one
+/// transaction.
+///
+/// A published port is reachable on every address of the worker, `127.0.0.1` included: a
+/// connection from the worker's own loopback leaves with the bridge's address as its source
+/// (the instance could not answer `127.0.0.1`); this needs `route_localnet` on the bridge.
+pub fn render(table: &str, t: &Translations, published: &[Published]) -> String {
     let mut s = String::new();
     // Creating first makes the delete valid on the first run.
     let _ = writeln!(s, "table ip {table}");
@@ -87,9 +114,21 @@ pub fn render(table: &str, t: &Translations) -> String {
         let _ = writeln!(s, "\tchain {hook} {{");
         // -100 is "dstnat"; older nft knows the name only for prerouting.
         let _ = writeln!(s, "\t\ttype nat hook {hook} priority -100; policy accept;");
+        for p in published {
+            let _ = writeln!(s, "\t\t{}", p.rule());
+        }
         if !vmap.is_empty() {
             let _ = writeln!(s, "\t\tip daddr vmap {{ {} }}", vmap.join(", "));
         }
+        let _ = writeln!(s, "\t}}");
+    }
+    if !published.is_empty() {
+        let _ = writeln!(s, "\tchain postrouting {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype nat hook postrouting priority 100; policy accept;"
+        );
+        let _ = writeln!(s, "\t\tip saddr 127.0.0.0/8 ct status dnat masquerade");
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
@@ -119,7 +158,7 @@ mod tests {
         );
         t.targets.insert(ip("10.30.9.9"), vec![]);
         assert_eq!(t.len(), 4);
-        let s = render("canopy_w1", &t);
+        let s = render("canopy_w1", &t, &[]);
         assert!(s.starts_with("table ip canopy_w1\ndelete table ip canopy_w1\n"));
         assert!(s.contains("\tchain to_10_30_0_7 {\n\t\tdnat to 10.18.0.2\n\t}"));
         assert!(s.contains(
@@ -139,10 +178,31 @@ mod tests {
 
     #[test]
     fn an_empty_table_still_has_its_hooks() {
-        let s = render("canopy_w1", &Translations::default());
+        let s = render("canopy_w1", &Translations::default(), &[]);
         assert!(s.contains("type nat hook prerouting priority -100"));
         assert!(s.contains("type nat hook output priority -100"));
         assert!(!s.contains("vmap"));
+    }
+
+    #[test]
+    fn published_ports_reach_their_instance_from_every_worker_address() {
+        let p = Published {
+            mapping: PortMapping::parse_list("8080:80/tcp").unwrap()[0],
+            target: ip("10.18.0.2"),
+        };
+        let u = Published {
+            mapping: PortMapping::parse_list("5353/udp").unwrap()[0],
+            target: ip("10.18.0.3"),
+        };
+        let s = render("canopy_w1", &Translations::default(), &[p, u]);
+        for rule in [
+            "fib daddr type local tcp dport 8080 dnat to 10.18.0.2:80",
+            "fib daddr type local udp dport 5353 dnat to 10.18.0.3:5353",
+        ] {
+            assert_eq!(s.matches(rule).count(), 2, "both hooks: {s}");
+        }
+        assert!(s.contains("ip saddr 127.0.0.0/8 ct status dnat masquerade"));
+        assert!(!render("canopy_w1", &Translations::default(), &[]).contains("postrouting"));
     }
 
     #[test]

@@ -258,6 +258,95 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left: {left:?}");
+    let names = lab.names();
     drop(lab);
-    assert!(!common::namespaces_left(), "namespaces left behind");
+    assert!(!common::namespaces_left(&names), "namespaces left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_ports_answer_on_the_workers_addresses_and_are_not_shared() {
+    let mut lab = Lab::new();
+    let worker = lab.netns("pw");
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        worker: worker.clone(),
+        dir: tmp.path().to_owned(),
+    };
+    let d = setup.start(false);
+    let ports = json!([{"host": 8080, "container": 80, "protocol": "tcp"}]);
+    let (status, web) = d.call(
+        "POST",
+        "/instances",
+        Some(&json!({"name": "app.t.web.t.instance.0", "ports": ports})),
+    );
+    assert_eq!(status, 200, "{web}");
+    let web_ns = PathBuf::from(web["netns"].as_str().unwrap());
+    lab.web_server(&web_ns, "published-page");
+    let (client_ip, client) = d.attach("app.t.client.t.instance.0");
+    assert_eq!(client_ip, "10.18.0.3");
+
+    // On the worker's own loopback, and from an instance on the worker's bridge address.
+    let from_worker = || {
+        let out = in_ns(
+            &worker,
+            &[
+                "busybox",
+                "timeout",
+                "5",
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1:8080/",
+            ],
+        )
+        .output()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let start = Instant::now();
+    while from_worker() != "published-page" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1:8080 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bridge = std::net::Ipv4Addr::new(10, 18, 0, 1);
+    let page = common::fetch_port(&client, bridge, 8080);
+    assert_eq!(page.as_deref(), Some("published-page"));
+
+    // The same port and protocol for another instance is refused, naming who has it; the
+    // same number over UDP is another port.
+    let (status, v) = d.call(
+        "POST",
+        "/instances",
+        Some(&json!({"name": "app.t.other.t.instance.0", "ports": ports})),
+    );
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("app.t.web.t.instance.0"),
+        "{v}"
+    );
+    let (status, v) = d.call(
+        "POST",
+        "/instances",
+        Some(&json!({"name": "app.t.other.t.instance.0",
+                     "ports": [{"host": 8080, "container": 80, "protocol": "udp"}]})),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // Detached, the port is free again and answers nothing.
+    assert_eq!(
+        d.call("DELETE", "/instances/app.t.web.t.instance.0", None)
+            .0,
+        204
+    );
+    assert!(common::fetch_port(&client, bridge, 8080).is_none());
+    d.terminate();
+    drop(lab);
 }

@@ -143,7 +143,7 @@ async fn a_service_address_reaches_instances_on_two_workers() {
     t.targets.insert(ip("10.30.0.66"), vec![remote.address]);
     t.targets.insert(ip("10.30.0.3"), vec![local.address]);
     for w in [&w1, &w2] {
-        net_manager::apply::translations(Some(&w.ns), &format!("{p}_t"), &t).unwrap();
+        net_manager::apply::translations(Some(&w.ns), &format!("{p}_t"), &t, &[]).unwrap();
     }
     let pages: BTreeSet<String> = (0..12)
         .filter_map(|_| fetch(&client.instance_ns, rr))
@@ -173,6 +173,7 @@ async fn a_service_address_reaches_instances_on_two_workers() {
         Some("page-local")
     );
     assert!(links_in(&w1.ns).contains(&format!("{p}x1")));
+    let names = lab.names();
     drop(lab);
-    assert!(!common::namespaces_left(), "namespaces left behind");
+    assert!(!common::namespaces_left(&names), "namespaces left behind");
 }

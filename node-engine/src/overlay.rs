@@ -68,12 +68,17 @@ impl NetManager {
         }
     }
 
-    /// Attaches instance `name` (idempotent: the same name answers the same network).
-    pub async fn attach(&self, name: &str) -> Result<Attached, OverlayError> {
+    /// Attaches instance `name` with `ports` published on the worker (idempotent: the same
+    /// name answers the same network).
+    pub async fn attach(
+        &self,
+        name: &str,
+        ports: &[canopy_core::job::PortMapping],
+    ) -> Result<Attached, OverlayError> {
         let r = self
             .http
             .post("http://net-manager/instances")
-            .json(&serde_json::json!({ "name": name }))
+            .json(&serde_json::json!({ "name": name, "ports": ports }))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -3,8 +3,9 @@
 //! bridge, veths and instance namespaces live there and in namespaces it makes). Oakestra's
 //! own example on one worker: a client whose command fetches `http://10.30.55.55/` and a
 //! server behind that address; the client's log holds the server's page. Traffic goes only
-//! to addresses inside these namespaces. (The translation table is put by the test; the
-//! cluster does not send tables yet.)
+//! to addresses inside these namespaces. The server's published port answers on the
+//! worker's 127.0.0.1. (The translation table is put by the test; the cluster does not send
+//! tables yet.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -35,6 +36,9 @@ impl Netns {
                 .success(),
             "ip netns add (the test needs root and iproute2)"
         );
+        let _ = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
         Netns(name)
     }
 
@@ -123,16 +127,29 @@ async fn a_container_reaches_another_through_its_service_address() {
     let mut engine = Engine::start(config).await;
     engine.wait_connected(SECS_30).await;
 
-    cluster
-        .deploy(&deploy(
-            SERVER,
-            0,
-            "container",
-            &oci_archive(),
-            &["httpd", "-f", "-p", "80", "-h", "/www"],
-        ))
-        .await;
+    let mut server = deploy(
+        SERVER,
+        0,
+        "container",
+        &oci_archive(),
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    server.port = "8080:80".into();
+    cluster.deploy(&server).await;
     cluster.status(SERVER, 0, "RUNNING", SECS_60).await;
+    // Its published port answers on the worker's own loopback.
+    let page = Command::new("nsenter")
+        .arg(format!("--net={}", worker.path().display()))
+        .args([
+            "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-",
+        ])
+        .arg("http://127.0.0.1:8080/")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Hello from Canopy"),
+        "the published port did not answer"
+    );
     let attached: serde_json::Value =
         serde_json::from_str(&net.curl(&["http://nm/instances"])).unwrap();
     let server_ip = attached

@@ -44,6 +44,10 @@ impl Lab {
             .unwrap()
             .success();
         assert!(ok, "ip netns add {name} (the test needs root and iproute2)");
+        // Loopback up, as on any host.
+        let _ = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
         self.names.push(name.clone());
         PathBuf::from(format!("/run/netns/{name}"))
     }
@@ -115,10 +119,20 @@ impl Drop for Lab {
     }
 }
 
-/// Whether a namespace of this test process is still on the machine.
-pub fn namespaces_left() -> bool {
+impl Lab {
+    /// The names of the namespaces this lab made.
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+}
+
+/// Whether any of these namespaces is still on the machine.
+pub fn namespaces_left(names: &[String]) -> bool {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&prefix())
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|n| names.iter().any(|m| m == n))
 }
 
 /// `GET http://addr/` from namespace `ns`: the page, or `None` when nothing answered.
@@ -131,14 +145,23 @@ pub fn unreachable(ns: &Path, addr: Ipv4Addr) -> bool {
     fetch_within(ns, addr, 1).is_none()
 }
 
+/// `GET http://addr:port/` from namespace `ns` (2 s at most).
+pub fn fetch_port(ns: &Path, addr: Ipv4Addr, port: u16) -> Option<String> {
+    get(ns, &format!("http://{addr}:{port}/"), 2)
+}
+
 fn fetch_within(ns: &Path, addr: Ipv4Addr, secs: u32) -> Option<String> {
+    get(ns, &format!("http://{addr}/"), secs)
+}
+
+fn get(ns: &Path, url: &str, secs: u32) -> Option<String> {
     let secs = secs.to_string();
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
         .args([
             "busybox", "timeout", &secs, "busybox", "wget", "-q", "-O", "-",
         ])
-        .arg(format!("http://{addr}/"))
+        .arg(url)
         .output()
         .unwrap();
     out.status

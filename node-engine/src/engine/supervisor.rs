@@ -146,7 +146,7 @@ impl Engine {
                 self.set(&name, generation, InstanceStatus::Creating, "")
                     .await;
                 let started = match self.overlay_for(&w) {
-                    Some(net) => match net.attach(&name).await {
+                    Some(net) => match net.attach(&name, &w.spec.ports).await {
                         Ok(a) => {
                             w.netns = Some(a.netns);
                             Ok(())
