@@ -103,6 +103,10 @@ string_id!(
     /// A user account at the root.
     UserId
 );
+string_id!(
+    /// An organisation at the root (a group of users with roles).
+    OrganizationId
+);
 
 /// The number of one instance of a service. Oakestra numbers instances from 0 upwards
 /// (`next_instance_progressive_number`), and never reuses a number within a service.

@@ -11,7 +11,9 @@ pub mod naming;
 pub mod resources;
 pub mod status;
 
-pub use ids::{ApplicationId, ClusterId, InstanceNumber, NodeId, ServiceId, UserId};
+pub use ids::{
+    ApplicationId, ClusterId, InstanceNumber, NodeId, OrganizationId, ServiceId, UserId,
+};
 pub use job::{Constraint, EnvVar, GeoPoint, PortMapping, Protocol, ServiceSpec};
 pub use naming::JobName;
 pub use resources::{Architecture, Resources, Virtualization};

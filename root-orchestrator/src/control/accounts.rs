@@ -1,11 +1,12 @@
 //! Users, organisations, passwords and login.
 
 use super::state::{Change, State};
-use super::{Caller, Error, Now, Result, Root, conflict, not_found};
+use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found};
 use crate::auth;
 use crate::model::{
     ADMIN_USER, Member, Organization, ROOT_ORGANIZATION, Role, User, new_object_id,
 };
+use canopy_core::OrganizationId;
 use canopy_core::naming::is_cluster_name;
 use canopy_store::secrets;
 
@@ -151,7 +152,7 @@ impl Root {
             created_at: new.created_at,
         };
         change.put_user(u.clone())?;
-        if let Some(org) = st.orgs.get(&caller.organization) {
+        if let Some(org) = st.org(&caller.organization) {
             let mut org = org.clone();
             org.members.push(Member {
                 user_id: u.id.clone(),
@@ -172,14 +173,14 @@ impl Root {
         let u = st.users.get(name).ok_or_else(|| not_found("user", name))?;
         Ok(UserRoles {
             user: u.clone(),
-            roles: roles_in(st.orgs.get(&caller.organization), &u.id),
+            roles: roles_in(st.org(&caller.organization), &u.id),
         })
     }
 
     pub async fn users(&self, caller: &Caller) -> Result<Vec<UserRoles>> {
         caller.require_admin()?;
         let st = self.state.lock().await;
-        let org = st.orgs.get(&caller.organization);
+        let org = st.org(&caller.organization);
         Ok(st
             .users
             .values()
@@ -237,7 +238,7 @@ impl Root {
         let mut change = Change::new(&st);
         change.put_user(u.clone())?;
         if let Some(roles) = roles
-            && let Some(org) = st.orgs.get(&caller.organization)
+            && let Some(org) = st.org(&caller.organization)
         {
             let mut org = org.clone();
             match org.members.iter_mut().find(|m| m.user_id == u.id) {
@@ -289,7 +290,7 @@ impl Root {
         check_label("name", &name)?;
         let mut st = self.state.lock().await;
         if let Some(id) = id
-            && !st.orgs.contains_key(id)
+            && st.org(id).is_none()
         {
             return Err(not_found("organization", id));
         }
@@ -311,8 +312,12 @@ impl Root {
                 });
             }
         }
+        let key: OrganizationId = match id {
+            Some(id) => OrganizationId::parse(id).map_err(|_| not_found("organization", id))?,
+            None => new_id()?,
+        };
         let o = Organization {
-            id: id.map_or_else(new_object_id, str::to_owned),
+            id: key.to_string(),
             name,
             members,
         };
@@ -324,8 +329,9 @@ impl Root {
 
     pub async fn delete_organization(&self, caller: &Caller, id: &str) -> Result<()> {
         caller.require_admin()?;
+        let key = OrganizationId::parse(id).map_err(|_| not_found("organization", id))?;
         let mut st = self.state.lock().await;
-        match st.orgs.get(id) {
+        match st.orgs.get(&key) {
             None => return Err(not_found("organization", id)),
             Some(o) if o.name == ROOT_ORGANIZATION => {
                 return Err(conflict("name", "the root organization cannot be deleted"));
@@ -333,7 +339,7 @@ impl Root {
             Some(_) => {}
         }
         let mut change = Change::new(&st);
-        change.delete_org(id);
+        change.delete_org(&key);
         self.commit(&mut st, change).await
     }
 }

@@ -8,7 +8,7 @@ use crate::model::{
 };
 use canopy_core::addressing::{AddressError, Ipv4Pool};
 use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
-use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
+use canopy_core::{ApplicationId, ClusterId, InstanceNumber, OrganizationId, ServiceId};
 use canopy_store::{Collection, SharedStore, Tx};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ pub(super) struct State {
     /// By user name.
     pub users: BTreeMap<String, User>,
     /// By organisation id.
-    pub orgs: BTreeMap<String, Organization>,
+    pub orgs: BTreeMap<OrganizationId, Organization>,
     pub apps: BTreeMap<ApplicationId, Application>,
     pub services: BTreeMap<ServiceId, Service>,
     pub clusters: BTreeMap<ClusterId, ClusterEntry>,
@@ -98,6 +98,13 @@ struct StoredInstance {
 }
 
 impl State {
+    /// The organisation with id `id` (text from a token or a path), if there is one.
+    pub fn org(&self, id: &str) -> Option<&Organization> {
+        OrganizationId::parse(id)
+            .ok()
+            .and_then(|id| self.orgs.get(&id))
+    }
+
     /// Reads every collection; `now` starts every cluster's grace period and seeds the
     /// command ids.
     pub async fn load(store: &SharedStore, now: Now) -> Result<State> {
@@ -121,7 +128,12 @@ impl State {
             .list()
             .await?
         {
-            st.orgs.insert(o.id.clone(), o);
+            match OrganizationId::parse(o.id.as_str()) {
+                Ok(id) => _ = st.orgs.insert(id, o),
+                Err(e) => {
+                    tracing::warn!(organization = %o.id, error = %e, "stored organization with a bad id skipped")
+                }
+            }
         }
         for (key, a) in Collection::<Application>::new(store.clone(), col::APPLICATIONS)
             .list()
@@ -235,7 +247,7 @@ impl State {
 /// One change to memory, the twin of one staged store write.
 enum Op {
     User(String, Option<User>),
-    Org(String, Option<Organization>),
+    Org(OrganizationId, Option<Organization>),
     App(ApplicationId, Option<Application>),
     /// The service document; the instances held in memory are kept.
     Service(ServiceId, Option<Box<Service>>),
@@ -289,15 +301,19 @@ impl Change {
         self.apply.ops.push(Op::User(name.to_owned(), None));
     }
 
+    /// Stages organisation `o` under its id (which must be one: the root makes them).
     pub fn put_org(&mut self, o: Organization) -> Result<()> {
-        self.tx.put(col::ORGANIZATIONS, &o.id, &o)?;
-        self.apply.ops.push(Op::Org(o.id.clone(), Some(o)));
+        let id = OrganizationId::parse(o.id.as_str()).map_err(|e| {
+            canopy_store::StoreError::Backend(format!("organization id {:?}: {e}", o.id))
+        })?;
+        self.tx.put(col::ORGANIZATIONS, id.as_str(), &o)?;
+        self.apply.ops.push(Op::Org(id, Some(o)));
         Ok(())
     }
 
-    pub fn delete_org(&mut self, id: &str) {
-        self.tx.delete(col::ORGANIZATIONS, id);
-        self.apply.ops.push(Op::Org(id.to_owned(), None));
+    pub fn delete_org(&mut self, id: &OrganizationId) {
+        self.tx.delete(col::ORGANIZATIONS, id.as_str());
+        self.apply.ops.push(Op::Org(id.clone(), None));
     }
 
     pub fn put_app(&mut self, id: ApplicationId, a: Application) -> Result<()> {
