@@ -344,6 +344,39 @@ async fn crashes_back_off_and_one_shots_complete(kind: BrokerKind) {
     assert_eq!(local.status, canopy_core::InstanceStatus::Completed);
 }
 
+/// Workers register while another worker keeps talking. (The cluster used to hold its state
+/// lock while the broker granted a worker's credentials; the broker's answer comes through the
+/// MQTT loop, which needed that lock for the talking worker's message, so the registration
+/// timed out.)
+async fn registrations_go_on_while_workers_talk(kind: BrokerKind) {
+    use canopy_proto::worker::topics;
+    let s = site(&kind).await;
+    let w = TestWorker::join(&s.cluster, "chatty").await;
+    let client = w.client.clone();
+    let topic = topics::information(&w.id);
+    let chatter = tokio::spawn(async move {
+        let info = serde_json::json!({"ip": "127.0.0.1", "cpu_percent": 5.0, "vcpus": 4,
+                                      "memory_percent": 10.0, "memory": 4000})
+        .to_string();
+        loop {
+            let _ = client
+                .publish(
+                    topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    info.clone(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    for i in 0..5 {
+        let (status, body) = register(&s.cluster.api, &format!("newcomer{i}"), NODE_TOKEN).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "registration {i}: {body}");
+    }
+    chatter.abort();
+}
+
 macro_rules! suite {
     ($($case:ident),+ $(,)?) => {
         mod embedded {
@@ -361,4 +394,5 @@ suite!(
     without_the_root_the_cluster_still_heals,
     bad_input_is_refused_or_dropped,
     crashes_back_off_and_one_shots_complete,
+    registrations_go_on_while_workers_talk,
 );

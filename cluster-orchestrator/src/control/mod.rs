@@ -115,6 +115,10 @@ pub struct Cluster {
     outgoing: mpsc::UnboundedSender<Publish>,
     reports_ready: Notify,
     auth: Arc<dyn NodeAuth>,
+    /// One registration at a time (they may share a host name). Held instead of the state
+    /// lock while the broker is asked: its answer comes in through the MQTT loop, which
+    /// needs the state lock for every other message.
+    registrations: Mutex<()>,
     /// When the cluster opened, on both clocks: Unix time is read off tokio's clock from here.
     opened: Now,
     pub metrics: Metrics,
@@ -140,6 +144,7 @@ impl Cluster {
             outgoing,
             reports_ready: Notify::new(),
             auth,
+            registrations: Mutex::new(()),
             opened,
             metrics: Metrics::default(),
         });

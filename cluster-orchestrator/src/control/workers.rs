@@ -34,12 +34,19 @@ impl Cluster {
             message: e.reason,
         })?;
         let password = canopy_store::secrets::random_token(16);
-        let mut st = self.state.lock().await;
-        let id = st.names.get(&reg.host).cloned().unwrap_or_else(new_node_id);
+        let _one = self.registrations.lock().await;
+        let id = {
+            let st = self.state.lock().await;
+            st.names.get(&reg.host).cloned().unwrap_or_else(new_node_id)
+        };
+        // Not under the state lock: the broker's answer arrives through the MQTT loop, which
+        // takes that lock for every worker message (holding it here made registrations time
+        // out whenever a worker message came in between).
         self.auth
             .allow(&id, &password)
             .await
             .map_err(Error::Broker)?;
+        let mut st = self.state.lock().await;
         let now = self.now();
         self.change(&mut st, now, |ch| {
             let doc = Worker {
