@@ -3,6 +3,7 @@
 //! - [`init_logging`]: tracing to stderr with an `EnvFilter`;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM;
 //! - [`Stopper`]: one shutdown future fanned out to every task of a server;
+//! - [`every`]: a periodic loop that ends with the shutdown;
 //! - [`metrics`]: label sets and the Prometheus text exposition;
 //! - [`json_body`]: JSON request bodies decoded with the path of the field at fault;
 //! - [`join_token`]: a join token from configuration or its file under the data directory.
@@ -95,6 +96,28 @@ impl Stopper {
     /// A receiver that reports closed once shutdown has begun.
     pub fn receiver(&self) -> tokio::sync::watch::Receiver<()> {
         self.rx.clone()
+    }
+}
+
+/// Runs `work` every `period` (the first time at once) until `shutdown` resolves. A run that
+/// takes longer than the period delays the next one rather than bunching them. The one
+/// periodic loop of every daemon (the control planes' ticks, the engine's checks).
+pub async fn every<F, Fut>(
+    period: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => work().await,
+        }
     }
 }
 

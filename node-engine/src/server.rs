@@ -116,11 +116,13 @@ impl Node {
         let remove_on_exit = self.config.remove_on_exit;
         let check_every = self.config.untracked_check_interval();
         let uplink_task = tokio::spawn(self.hold_link(link, stopper.stopped()));
-        let checker = tokio::spawn(check_untracked(
-            engine.clone(),
-            check_every,
-            stopper.stopped(),
-        ));
+        let (checked, checks_end) = (engine.clone(), stopper.stopped());
+        let checker = tokio::spawn(async move {
+            canopy_daemon::every(check_every, checks_end, || async {
+                checked.remove_untracked().await;
+            })
+            .await;
+        });
         let http =
             axum::serve(api, api::router(engine.clone())).with_graceful_shutdown(stopper.stopped());
         let served = http.await.map_err(StartError::Serve);
@@ -150,26 +152,5 @@ impl Node {
             state,
         );
         uplink.run(self.updates, shutdown).await;
-    }
-}
-
-/// Every `every`, removes workloads the runtimes hold that no instance names (see
-/// [`Engine::remove_untracked`]), until `shutdown`.
-async fn check_untracked(
-    engine: Arc<Engine>,
-    every: std::time::Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {
-                engine.remove_untracked().await;
-            }
-        }
     }
 }

@@ -232,16 +232,9 @@ impl Cluster {
         logged(result);
     }
 
+    /// Runs [`Cluster::tick`] every tick until `shutdown` resolves.
     pub async fn run_ticker(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut every = tokio::time::interval(self.settings.tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = every.tick() => self.tick().await,
-            }
-        }
+        canopy_daemon::every(self.settings.tick, shutdown, || self.tick()).await;
     }
 
     /// Sets the gauges from the current state (when metrics are scraped).

@@ -257,18 +257,11 @@ impl Root {
 
     /// Runs [`Root::tick`] every tick until `shutdown` resolves.
     pub async fn run_ticker(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut every = tokio::time::interval(self.settings.tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = every.tick() => {
-                    if let Err(e) = self.tick().await {
-                        tracing::error!(error = %e, "control loop tick failed");
-                    }
-                }
+        canopy_daemon::every(self.settings.tick, shutdown, || async {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "control loop tick failed");
             }
-        }
+        })
+        .await;
     }
 }
