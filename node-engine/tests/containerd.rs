@@ -315,7 +315,9 @@ async fn the_running_engine_removes_workloads_nothing_tracks() {
 
     // Two containers appear behind the engine's back: one labelled as the engine labels its
     // instances (an orphan), one of the operator's own.
-    ns.run_stray("orphan", Some("canopy.instance=orphan"));
+    // Created in one call: `ctr run` would make it in two steps, and the check may remove it
+    // between them.
+    ns.create_stray("orphan", Some("canopy.instance=orphan"));
     ns.run_stray("operators", Some("purpose=debugging"));
     let start = std::time::Instant::now();
     while ns.containers().contains(&"orphan".to_owned()) {

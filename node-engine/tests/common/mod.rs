@@ -482,8 +482,19 @@ impl Namespace {
     /// Runs `sleep 600` from the test image as container `id` behind the engine's back, with
     /// `ctr run` (labelled `label` when given). The image must be in the namespace.
     pub fn run_stray(&self, id: &str, label: Option<&str>) {
+        self.stray(&["run", "-d"], id, label);
+    }
+
+    /// Creates container `id` (no task) from the test image behind the engine's back, in one
+    /// containerd call (so nothing can remove it half made).
+    pub fn create_stray(&self, id: &str, label: Option<&str>) {
+        self.stray(&["containers", "create"], id, label);
+    }
+
+    fn stray(&self, how: &[&str], id: &str, label: Option<&str>) {
         let cwd = tempfile::tempdir().unwrap();
-        let mut args = vec!["--address", SOCKET, "-n", &self.0, "run", "-d"];
+        let mut args = vec!["--address", SOCKET, "-n", &self.0];
+        args.extend(how);
         if let Some(l) = label {
             args.extend(["--label", l]);
         }
@@ -495,7 +506,7 @@ impl Namespace {
             .expect("ctr runs");
         assert!(
             run.status.success(),
-            "ctr run {id}: {}",
+            "ctr {how:?} {id}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
     }
