@@ -1,4 +1,5 @@
-//! Command line and environment of the cluster orchestrator.
+//! Settings of the cluster orchestrator: defaults, a TOML file (`--config`), environment, flags
+//! (`canopy_daemon::config`; later layers win).
 
 use canopy_core::link::ClusterLocation;
 use clap::Parser;
