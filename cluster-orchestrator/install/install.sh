@@ -150,7 +150,7 @@ if [ -z "$want" ]; then
   die "this cluster has no node engine for architecture '$ARCH' (it has: ${have:-none}); put node-engine-$ARCH in the cluster's --install-dir"
 fi
 
-# The worker's checks (a subset of `canopy doctor`): what is missing limits what runs here.
+# The worker's checks (a subset of `canopy doctor`, which a worker may not have): what is missing limits what runs here.
 SOCK=/run/containerd/containerd.sock
 if [ -S "$SOCK" ]; then
   say "OK containerd socket $SOCK"
@@ -161,9 +161,11 @@ else
 fi
 if command -v runc >/dev/null 2>&1; then say "OK runc"; else warn "runc is missing: apt-get install runc"; fi
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-  say "OK cgroup v2"
+  say "OK cgroups v2"
+elif [ -d /sys/fs/cgroup/memory ]; then
+  say "OK cgroups v1"
 else
-  warn "no cgroup v2 at /sys/fs/cgroup: resource limits of containers may not apply"
+  warn "no cgroup file system at /sys/fs/cgroup: resource limits of containers will not apply"
 fi
 if [ -e /dev/kvm ]; then say "OK /dev/kvm"; else warn "no /dev/kvm: unikernels cannot run here (enable virtualization)"; fi
 if [ -z "$RUNTIMES" ]; then

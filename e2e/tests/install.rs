@@ -71,6 +71,20 @@ async fn curl_pipe_sh_installs_a_worker_that_joins_and_uninstalls_cleanly() {
     let name = format!("installed{}", std::process::id());
     let prefix_arg = format!("--prefix={}", p.display());
 
+    // The doctor reaches the cluster and compares clocks with it.
+    let out = Command::new(bin_dir().join("canopy"))
+        .args(["doctor", "--cluster", &cluster])
+        .output()
+        .expect("canopy doctor runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "OK   cluster      http://{cluster}/health answers"
+        )) && report.contains("OK   clock        within"),
+        "{}",
+        text(&out)
+    );
+
     // Wrong token and unknown architecture: clear errors, nothing installed.
     let out = install(
         &cluster,
