@@ -18,9 +18,10 @@ trap 'stop_started; [ -z "${RUN_DIR:-}" ] || rm -rf "$RUN_DIR"' EXIT
 step "Prerequisites"
 # Build: protoc for tonic, a C compiler for crates that build C. Runtime pieces later issues'
 # tests use: containerd and runc, busybox-static for test images, iproute2 and nftables for
-# namespaces, an OCI registry, an MQTT broker. Python's venv for the MongoDB wire server.
+# namespaces, an OCI registry, an MQTT broker, dockerd and docker-compose for the compose test. Python's venv for the MongoDB wire server.
 apt_install ca-certificates build-essential pkg-config protobuf-compiler python3 python3-venv \
-  containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl
+  containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl \
+  docker.io docker-compose
 ensure_rust
 
 VENV="$CANOPY_CACHE_DIR/venv"
@@ -60,5 +61,8 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "compose: root.yml and cluster.yml against a private dockerd"
+bash "$REPO/scripts/compose-test.sh" "$CARGO_TARGET_DIR/debug"
 
 step "All checks passed"

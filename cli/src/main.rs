@@ -3,10 +3,12 @@
 //!
 //! - [`sla`]: offline SLA checks;
 //! - [`commands`] over [`client`]: login, apply, get, logs, scale, delete against a root's API;
-//! - [`up`]: a whole Canopy on this machine.
+//! - [`up`]: a whole Canopy on this machine;
+//! - [`doctor`]: whether this machine can run a worker, a cluster or a root.
 
 mod client;
 mod commands;
+mod doctor;
 mod sla;
 mod table;
 mod up;
@@ -48,6 +50,9 @@ enum Command {
     Scale(commands::ScaleArgs),
     /// Delete an application or a service (and undeploy its instances).
     Delete(commands::DeleteArgs),
+    /// Check this machine: containerd, runc, cgroups, kvm, the overlay's kernel modules,
+    /// ports, the clock, reachability of a cluster or root. Exits non-zero on a failure.
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,9 +73,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        if let Command::Up(args) = command {
-            return up::run(args).await;
-        }
+        let command = match command {
+            Command::Up(args) => return up::run(args).await,
+            Command::Doctor(args) => return doctor::run(args).await,
+            other => other,
+        };
         let mut client = client::Client::new(cli.api.as_deref())?;
         match command {
             Command::Login(a) => commands::login(&mut client, a).await,
@@ -79,7 +86,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => commands::logs(&mut client, a).await,
             Command::Scale(a) => commands::scale(&mut client, a).await,
             Command::Delete(a) => commands::delete(&mut client, a).await,
-            Command::Sla(_) | Command::Up(_) => Ok(()),
+            Command::Sla(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
         }
     });
     match result {

@@ -1,4 +1,5 @@
-//! Command line and environment of the cluster orchestrator.
+//! Settings of the cluster orchestrator: defaults, a TOML file (`--config`), environment, flags
+//! (`canopy_daemon::config`; later layers win).
 
 use canopy_core::link::ClusterLocation;
 use clap::Parser;
@@ -63,6 +64,10 @@ pub struct Config {
     /// How often the cluster reports its resources to the root.
     #[arg(long, env = "CANOPY_REPORT_INTERVAL_SECS", default_value_t = 2.0)]
     pub report_interval_secs: f64,
+    /// Where the node engines handed to new workers are (`node-engine` for this machine's
+    /// architecture, `node-engine-<arch>` for others); default: this binary's directory.
+    #[arg(long, env = "CANOPY_INSTALL_DIR")]
+    pub install_dir: Option<PathBuf>,
     #[arg(long, env = "CANOPY_LOG", default_value = "info")]
     pub log: String,
 }
@@ -74,6 +79,16 @@ impl Config {
             &self.mongodb_database,
             &self.data_dir,
         )
+    }
+
+    /// `--install-dir`, or the directory of the running executable.
+    pub fn install_dir(&self) -> PathBuf {
+        self.install_dir.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
     }
 
     pub fn worker_timeout(&self) -> Duration {

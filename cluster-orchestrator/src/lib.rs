@@ -1,9 +1,10 @@
 //! Cluster orchestrator: the root link, the MQTT broker and worker protocol, node registration,
 //! the cluster scheduler, failure detection and rescheduling.
 //!
-//! - [`config`]: flags and environment;
+//! - [`config`]: settings (defaults, file, environment, flags);
 //! - [`server`]: start-up and serving;
 //! - [`api`]: node registration, status, health, `/metrics` (HTTP);
+//! - [`install`]: the worker installer (`/install.sh`, node engine binaries, checksums);
 //! - [`broker`]: the embedded rumqttd broker or an external Mosquitto (worker credentials);
 //! - [`mqtt`]: the cluster's MQTT client: decoding, dispatch, MQTT metrics;
 //! - [`control`]: workers, services, instances, placement, failure handling, reports (one
@@ -18,6 +19,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod install;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

@@ -1,13 +1,12 @@
 //! `cluster-orchestrator`: thin binary over the `cluster_orchestrator` library.
 
-use clap::Parser;
 use cluster_orchestrator::config::Config;
 use cluster_orchestrator::server::Server;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("cluster orchestrator", run(config).await)
 }

@@ -185,7 +185,12 @@ impl Server {
             mqtt_host: self.config.mqtt_advertise.clone(),
             mqtt_port: self.mqtt_port,
         };
-        let served = axum::serve(api, api::router(state))
+        let installer = crate::install::Installer {
+            dir: Arc::new(self.config.install_dir()),
+            node_token: Arc::new(self.node_token.clone()),
+        };
+        let routes = api::router(state).merge(crate::install::router(installer));
+        let served = axum::serve(api, routes)
             .with_graceful_shutdown(stopped())
             .await;
         let _ = tokio::join!(mqtt_task, ticker, uplink_task);

@@ -6,7 +6,10 @@
 //! - [`every`]: a periodic loop that ends with the shutdown;
 //! - [`metrics`]: label sets and the Prometheus text exposition;
 //! - [`json_body`]: JSON request bodies decoded with the path of the field at fault;
-//! - [`join_token`]: a join token from configuration or its file under the data directory.
+//! - [`join_token`]: a join token from configuration or its file under the data directory;
+//! - [`config`]: layered settings — defaults, a TOML file, the environment, flags.
+
+pub mod config;
 
 use serde::de::DeserializeOwned;
 use std::future::Future;

@@ -342,6 +342,17 @@ impl Stack {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The cluster's API, HOST:PORT (`--port-base` + 3): node registration, the installer.
+    pub fn cluster_addr(&self) -> String {
+        let base: u16 = self
+            .api
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the API has a port");
+        format!("127.0.0.1:{}", base + 3)
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let (status, v) = self.call("GET", path, None).await;
         assert!(status.is_success(), "GET {path}: {status} {v}");

@@ -1,4 +1,5 @@
-//! Command line and environment of the node engine.
+//! Settings of the node engine: defaults, a TOML file (`--config`), environment, flags
+//! (`canopy_daemon::config`; later layers win).
 
 use clap::Parser;
 use std::net::SocketAddr;

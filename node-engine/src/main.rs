@@ -1,13 +1,12 @@
 //! `node-engine`: thin binary over the `node_engine` library.
 
-use clap::Parser;
 use node_engine::config::Config;
 use node_engine::server::Node;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("node engine", run(config).await)
 }

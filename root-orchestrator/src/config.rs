@@ -1,5 +1,5 @@
-//! Command line and environment of the root orchestrator (clap; every flag also reads an
-//! environment variable, flags win).
+//! Settings of the root orchestrator: defaults, a TOML file (`--config`), environment, flags
+//! (`canopy_daemon::config`; later layers win).
 
 use clap::Parser;
 use std::net::SocketAddr;

@@ -1,13 +1,12 @@
 //! `root-orchestrator`: thin binary over the `root_orchestrator` library.
 
-use clap::Parser;
 use root_orchestrator::config::Config;
 use root_orchestrator::server::{Listeners, Server};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("root orchestrator", run(config).await)
 }
