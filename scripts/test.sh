@@ -22,6 +22,7 @@ step "Prerequisites"
 apt_install ca-certificates build-essential pkg-config protobuf-compiler python3 python3-venv \
   containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl
 ensure_rust
+ensure_qemu
 
 VENV="$CANOPY_CACHE_DIR/venv"
 if [ ! -x "$VENV/bin/nx-27017" ]; then
