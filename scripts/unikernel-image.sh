@@ -7,6 +7,14 @@
 #       and its kernel command line on COM1, then halts forever (`halt`), resets the machine
 #       (`reset`: QEMU with -no-reboot exits 0) or writes N to isa-debug-exit at port 0xf4
 #       (`exit:N`: QEMU exits 2N+1).
+#
+#   scripts/unikernel-image.sh linux OUT.tar.gz MARKER [CACHE_DIR]
+#       A Linux micro-VM: Debian's cloud kernel (`apt-get download`, `dpkg-deb -x`, nothing
+#       installed; the .deb is kept in CACHE_DIR, default $CANOPY_CACHE_DIR/debian-kernel) and
+#       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
+#       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
+#       0) or `httpd` (serves /www on port 80 until QEMU is stopped).
+#       Boot it with `console=ttyS0`.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,7 +68,74 @@ PY
   mv "$out.tmp" "$out"
 }
 
+linux() {
+  local out=$1 marker=$2 cache=${3:-$CANOPY_CACHE_DIR/debian-kernel}
+  [ -x /bin/busybox ] || die "busybox-static is not installed (apt-get install busybox-static)"
+  mkdir -p "$cache"
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  [ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64 (run apt-get update)"
+  local deb
+  deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
+  if [ -z "$deb" ]; then
+    step "apt-get download $pkg (into $cache)"
+    (cd "$cache" && apt-get download "$pkg")
+    deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
+    [ -n "$deb" ] || die "apt-get download $pkg left no .deb in $cache"
+  fi
+  local dir
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  if [ ! -f "$cache/$pkg.vmlinuz" ]; then
+    step "extracting the kernel from $(basename "$deb")"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards './boot/vmlinuz-*'
+    mv "$dir"/boot/vmlinuz-* "$cache/$pkg.vmlinuz.tmp"
+    mv "$cache/$pkg.vmlinuz.tmp" "$cache/$pkg.vmlinuz"
+  fi
+  local root="$dir/root"
+  mkdir -p "$root"/{bin,proc,sys,dev,www}
+  cp /bin/busybox "$root/bin/busybox"
+  cat >"$root/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+echo "$marker \$(cat /proc/cmdline)"
+case "\$end" in
+  httpd) echo '<h1>canopy micro-VM</h1>' >/www/index.html; httpd -p 80 -h /www; while :; do sleep 3600; done ;;
+esac
+poweroff -f
+INIT
+  chmod +x "$root/init"
+  python3 - "$root" "$dir/initramfs.cpio" <<'PY'
+import os, stat, sys
+root, out = sys.argv[1], sys.argv[2]
+ino = [0]
+def entry(name, mode, data=b""):
+    ino[0] += 1
+    h = "070701" + "".join(f"{v:08X}" for v in (ino[0], mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0))
+    b = h.encode() + name.encode() + b"\0"
+    b += b"\0" * (-len(b) % 4) + data
+    return b + b"\0" * (-len(b) % 4)
+buf = b""
+for d, dirs, files in os.walk(root):
+    for n in sorted(dirs) + sorted(files):
+        p = os.path.join(d, n); rel = os.path.relpath(p, root); st = os.lstat(p)
+        data = b"" if stat.S_ISDIR(st.st_mode) else open(p, "rb").read()
+        buf += entry(rel, st.st_mode, data)
+buf += entry("TRAILER!!!", 0)
+open(out, "wb").write(buf)
+PY
+  cp "$cache/$pkg.vmlinuz" "$dir/kernel"
+  mkdir -p "$(dirname "$out")"
+  tar -C "$dir" -czf "$out.tmp" kernel initramfs.cpio
+  mv "$out.tmp" "$out"
+}
+
 case "${1:-}" in
   tiny) shift; tiny "$@" ;;
-  *) die "usage: $0 tiny OUT.tar.gz MARKER halt|reset|exit:N" ;;
+  linux) shift; linux "$@" ;;
+  *) die "usage: $0 tiny OUT.tar.gz MARKER halt|reset|exit:N | linux OUT.tar.gz MARKER [CACHE_DIR]" ;;
 esac

@@ -74,6 +74,31 @@ fn kernels() -> &'static PathBuf {
     })
 }
 
+/// The Linux micro-VM (`scripts/unikernel-image.sh linux`), built once per test binary; the
+/// Debian kernel package is downloaded once into the build's tmp dir.
+fn linux_microvm() -> String {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = kernels().join("microvm.tar.gz");
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
+        let run = Command::new("bash")
+            .arg(repo_root().join("scripts/unikernel-image.sh"))
+            .arg("linux")
+            .arg(&out)
+            .arg("HELLO-MICROVM")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out.display().to_string()
+    })
+    .clone()
+}
+
 fn kernel(name: &str) -> String {
     kernels()
         .join(format!("{name}.tar.gz"))
@@ -143,6 +168,20 @@ impl Drop for VmGuard {
     }
 }
 
+/// A broker, a cluster stand-in and an in-process engine offering only unikernels, connected.
+async fn unikernel_engine(test: &str) -> (Broker, Cluster, Engine, tempfile::TempDir, VmGuard) {
+    let ns = Namespace::new(test);
+    let broker = Broker::start().await;
+    let cluster = Cluster::start(&broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let guard = VmGuard(dir.path().to_owned());
+    let mut config = Engine::config(&cluster.addr, dir.path(), &ns);
+    config.runtimes = vec!["unikernel".into()];
+    let mut engine = Engine::start(config).await;
+    engine.wait_connected(SECS_30).await;
+    (broker, cluster, engine, dir, guard)
+}
+
 fn uni(n: u32, code: &str, cmd: &[&str]) -> canopy_proto::worker::DeployMessage {
     deploy(JOB, n, "unikernel", code, cmd)
 }
@@ -150,15 +189,7 @@ fn uni(n: u32, code: &str, cmd: &[&str]) -> canopy_proto::worker::DeployMessage 
 #[tokio::test(flavor = "multi_thread")]
 async fn vms_boot_log_complete_fail_and_leave_nothing() {
     require_qemu();
-    let ns = Namespace::new("uni");
-    let broker = Broker::start().await;
-    let mut cluster = Cluster::start(&broker).await;
-    let dir = tempfile::tempdir().unwrap();
-    let _guard = VmGuard(dir.path().to_owned());
-    let mut config = Engine::config(&cluster.addr, dir.path(), &ns);
-    config.runtimes = vec!["unikernel".into()];
-    let mut engine = Engine::start(config).await;
-    engine.wait_connected(SECS_30).await;
+    let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("uni").await;
     let (base, http) = serve_kernels().await;
 
     // Served over HTTP, picked by arch; `cmd` reaches the kernel's command line.
@@ -311,6 +342,42 @@ async fn without_qemu_unikernels_are_not_offered_and_fail_saying_so() {
         "unikernel: qemu-system-x86_64 is not installed (Debian package qemu-system-x86 or qemu-system-arm)"
     );
     assert!(vms(dir.path()).is_empty());
+}
+
+/// A Debian kernel with a busybox initramfs: the marker and `cmd` on the console, a one-shot
+/// that powers off completes, one that serves httpd runs until deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linux_micro_vm_boots_to_its_init() {
+    require_qemu();
+    let image = linux_microvm();
+    let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("unilinux").await;
+
+    let boot = ["console=ttyS0", "quiet", "panic=-1"];
+    let mut m = uni(0, &image, &[&boot[..], &["end=poweroff"]].concat());
+    m.memory = 128;
+    m.one_shot = true;
+    cluster.deploy(&m).await;
+    cluster.status(JOB, 0, "COMPLETED", SECS_60).await;
+    let (_, log) = engine
+        .get(&format!("/instances/{JOB}.instance.0/logs"))
+        .await;
+    assert!(
+        log.contains("HELLO-MICROVM console=ttyS0 quiet panic=-1 end=poweroff"),
+        "{log}"
+    );
+
+    let mut m = uni(1, &image, &[&boot[..], &["end=httpd"]].concat());
+    m.memory = 128;
+    cluster.deploy(&m).await;
+    cluster.status(JOB, 1, "RUNNING", SECS_60).await;
+    cluster.logs_contain(JOB, 1, "HELLO-MICROVM", SECS_60).await;
+    let pid = qemu_pid(dir.path(), 1).expect("QEMU runs");
+    for n in [0, 1] {
+        cluster.undeploy(JOB, n).await;
+    }
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(vms(dir.path()).is_empty());
+    engine.stop().await;
 }
 
 fn spawn_engine(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Proc {
