@@ -14,7 +14,9 @@
 #       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
 #       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
 #       0) or `httpd` (serves /www on port 80 until QEMU is stopped).
-#       Boot it with `console=ttyS0`.
+#       Boot it with `console=ttyS0`; under software emulation on a busy host add
+#       `tsc_early_khz=2000000 no_timer_check` (the TSC's calibration against the PIT fails
+#       there and the kernel hangs).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -132,13 +132,18 @@ pub struct Vm<'a> {
     pub vcpus: u32,
     pub cmd: &'a [String],
     pub serial_log: &'a Path,
-    pub qmp: &'a Path,
+    pub qmp: Option<&'a Path>,
     pub pid_file: &'a Path,
 }
 
 /// QEMU's option syntax doubles a comma inside a value.
 fn val(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
+}
+
+/// The value of `-name` for a VM (also how its process is recognised).
+pub fn name_arg(name: &str) -> String {
+    format!("{},debug-threads=on", name.replace(',', ",,"))
 }
 
 /// The QEMU arguments (after the binary) for `vm`.
@@ -168,7 +173,9 @@ pub fn args(vm: &Vm) -> Vec<String> {
         "-serial",
         "chardev:serial0",
     ]);
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", val(vm.qmp))]);
+    if let Some(qmp) = vm.qmp {
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", val(qmp))]);
+    }
     push(&["-pidfile", &vm.pid_file.display().to_string()]);
     if x86 {
         push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -275,7 +282,7 @@ mod tests {
             vcpus: 2,
             cmd,
             serial_log: Path::new("/logs/a,b.log"),
-            qmp: Path::new("/q/1.sock"),
+            qmp: Some(Path::new("/q/1.sock")),
             pid_file: Path::new("/vm/pid"),
         }
     }

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// How long QEMU may take from spawn to a running guest.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The wrapper shell's `$0`, how a restarted engine recognises it.
+const WRAPPER: &str = "canopy-vm";
 const POLL: Duration = Duration::from_millis(50);
 
 pub struct QemuRuntime {
@@ -89,7 +91,7 @@ impl QemuRuntime {
 
     /// QEMU's pid, while it runs.
     fn qemu_pid(&self, id: &str) -> Option<i32> {
-        read_pid(&self.vm_dir(id).join("pid")).filter(|&p| alive(p, Some(id)))
+        read_pid(&self.vm_dir(id).join("pid")).filter(|&p| alive(p, &command::name_arg(id)))
     }
 
     fn state(&self, id: &str) -> RunState {
@@ -103,10 +105,13 @@ impl QemuRuntime {
         if self.qemu_pid(id).is_some() {
             return RunState::Running;
         }
-        // QEMU is gone; the wrapper may be about to write its status.
+        // QEMU is gone; the wrapper may be about to write its status. Once the wrapper is gone
+        // too, whatever it wrote is there.
         match read_pid(&dir.join("wrapper")) {
-            Some(w) if alive(w, None) => RunState::Running,
-            _ => RunState::Exited(Exit { code: -1 }),
+            Some(w) if alive(w, WRAPPER) => RunState::Running,
+            _ => RunState::Exited(Exit {
+                code: read_exit(&dir.join("exit")).unwrap_or(-1),
+            }),
         }
     }
 
@@ -132,14 +137,15 @@ impl QemuRuntime {
             vcpus: w.spec.resources.vcpus,
             cmd: &w.spec.cmd,
             serial_log: &w.log_path,
-            qmp: &qmp,
+            qmp: Some(&qmp),
             pid_file: &dir.join("pid"),
         };
         let err = std::fs::File::create(dir.join("stderr"))?;
         let mut child = tokio::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(r#""$@"; echo $? >"$CANOPY_EXIT.tmp" && mv "$CANOPY_EXIT.tmp" "$CANOPY_EXIT""#)
-            .arg("canopy-vm")
+            // `exit` last, so the shell does not exec `mv` and stays recognisable until the end.
+            .arg(r#""$@"; echo $? >"$CANOPY_EXIT.tmp" && mv "$CANOPY_EXIT.tmp" "$CANOPY_EXIT"; exit 0"#)
+            .arg(WRAPPER)
             .arg(binary)
             .args(command::args(&vm))
             .env("CANOPY_EXIT", dir.join("exit"))
@@ -149,18 +155,28 @@ impl QemuRuntime {
             .process_group(0)
             .spawn()?;
         if let Some(pid) = child.id() {
+            // Until the fork has exec'd the shell, its arguments are not yet the wrapper's.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !alive(pid as i32, WRAPPER)
+                && child.try_wait()?.is_none()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             std::fs::write(dir.join("wrapper"), pid.to_string())?;
         }
         // Reaps the wrapper while this engine lives; a restarted engine polls files instead.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        self.wait_started(&w.id, &qmp).await
+        self.wait_started(&w.id).await
     }
 
-    /// Returns once QMP says the guest runs, or once QEMU ended having started it (a quick
-    /// guest); QEMU ending with a complaint on stderr is a failed start.
-    async fn wait_started(&self, id: &str, qmp: &Path) -> Result<()> {
+    /// Returns once QEMU has built the machine (its pid file is written and a vCPU thread
+    /// runs), or once it ended by itself without a complaint (a quick guest). QEMU ending
+    /// with a complaint on stderr is a failed start. No QMP here: connecting to a QEMU whose
+    /// guest is shutting down can wedge it (seen with QEMU 10 under load).
+    async fn wait_started(&self, id: &str) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match self.state(id) {
@@ -181,9 +197,7 @@ impl QemuRuntime {
                     return Err(RuntimeError::Backend("the VM's directory vanished".into()));
                 }
                 RunState::Running => {
-                    if let Ok(s) = qmp::execute(qmp, "query-status").await
-                        && s.get("running").and_then(|r| r.as_bool()) == Some(true)
-                    {
+                    if self.qemu_pid(id).is_some_and(has_vcpu_thread) {
                         return Ok(());
                     }
                 }
@@ -273,8 +287,8 @@ fn read_exit(p: &Path) -> Option<i32> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// The process runs (not a zombie) and, when `id` is given, is the QEMU named by it.
-fn alive(pid: i32, id: Option<&str>) -> bool {
+/// The process runs (not a zombie) and has `arg` among its arguments.
+fn alive(pid: i32, arg: &str) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -284,13 +298,19 @@ fn alive(pid: i32, id: Option<&str>) -> bool {
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
-    match id {
-        None => true,
-        Some(id) => std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            let want = format!("{id},debug-threads=on");
-            c.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
-        }),
-    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+}
+
+/// QEMU (with `debug-threads=on`) names its vCPU threads `CPU <n>/<accel>`.
+fn has_vcpu_thread(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("CPU "))
+        })
 }
 
 fn kill(pid: i32, sig: nix::sys::signal::Signal) {

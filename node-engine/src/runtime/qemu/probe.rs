@@ -81,7 +81,7 @@ async fn boot(binary: &Path, bios: Option<&Path>, accel: Accel, dir: &Path) -> O
         vcpus: 1,
         cmd: &[],
         serial_log: Path::new("/dev/null"),
-        qmp: &dir.join("qmp"),
+        qmp: None,
         pid_file: &dir.join("pid"),
     };
     let t = Instant::now();
