@@ -26,6 +26,31 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# ensure_qemu: QEMU 10 from bookworm-backports (the unikernel runtime's tests). Bookworm's own
+# qemu-system-x86 (7.2) would replace the machine's qemu-utils 10 from backports; the backports
+# build keeps both, and its microvm boots with qboot.
+ensure_qemu() {
+  local sources=/etc/apt/sources.list.d/bookworm-backports.sources
+  if dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q 'bpo12'; then
+    note "QEMU from bookworm-backports present: $(dpkg-query -W -f='${Version}' qemu-system-x86)"
+    return 0
+  fi
+  [ "$(id -u)" -eq 0 ] || die "need root to install qemu-system-x86 from bookworm-backports"
+  if ! apt-cache policy 2>/dev/null | grep -q 'bookworm-backports'; then
+    step "adding bookworm-backports to apt's sources ($sources)"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$sources"
+    _apt_updated=
+  fi
+  if [ -z "$_apt_updated" ]; then
+    step "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    _apt_updated=1
+  fi
+  step "apt-get install -t bookworm-backports qemu-system-x86"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports qemu-system-x86
+}
+
 # ensure_rust: a Rust toolchain matching rust-toolchain.toml.
 ensure_rust() {
   local want

@@ -23,6 +23,7 @@ apt_install ca-certificates build-essential pkg-config protobuf-compiler python3
   containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl \
   docker.io docker-compose
 ensure_rust
+ensure_qemu
 
 VENV="$CANOPY_CACHE_DIR/venv"
 if [ ! -x "$VENV/bin/nx-27017" ]; then

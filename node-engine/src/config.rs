@@ -10,7 +10,7 @@ use std::time::Duration;
 #[command(
     name = crate::COMPONENT,
     version,
-    about = "Canopy node engine: joins a cluster, runs containers (containerd) and wasm modules (wasmtime), reports, recovers."
+    about = "Canopy node engine: joins a cluster, runs containers (containerd), wasm modules (wasmtime) and unikernels (QEMU), reports, recovers."
 )]
 pub struct Config {
     /// The cluster's node registration address, HOST:PORT (its --api-addr, port 10100).
@@ -29,14 +29,24 @@ pub struct Config {
     /// Local HTTP: /metrics, /health, /instances and instance logs.
     #[arg(long, env = "CANOPY_API_ADDR", default_value = "127.0.0.1:10110")]
     pub api_addr: SocketAddr,
-    /// Runtimes to offer: container, wasm (comma-separated).
+    /// Runtimes to offer: container, wasm, unikernel (comma-separated). `unikernel` (QEMU) is
+    /// advertised only when QEMU is installed; without it such deploys fail saying so.
     #[arg(
         long,
         env = "CANOPY_RUNTIMES",
         value_delimiter = ',',
-        default_value = "container,wasm"
+        default_value = "container,wasm,unikernel"
     )]
     pub runtimes: Vec<String>,
+    /// How unikernels execute: `auto` uses KVM when /dev/kvm opens and a probe guest boots
+    /// faster under it than under software emulation (TCG), else TCG.
+    #[arg(
+        long,
+        env = "CANOPY_UNIKERNEL_ACCEL",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub unikernel_accel: crate::runtime::qemu::command::AccelMode,
     #[arg(
         long,
         env = "CANOPY_CONTAINERD_SOCKET",
@@ -111,6 +121,7 @@ impl Config {
             data_dir,
             api_addr: "127.0.0.1:0".parse().expect("a socket address"),
             runtimes: vec!["container".into(), "wasm".into()],
+            unikernel_accel: crate::runtime::qemu::command::AccelMode::Auto,
             containerd_socket: "/run/containerd/containerd.sock".into(),
             containerd_namespace: namespace.to_owned(),
             insecure_registries: Vec::new(),

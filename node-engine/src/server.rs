@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::Runtime;
 use crate::runtime::containerd::ContainerdRuntime;
+use crate::runtime::qemu::QemuRuntime;
 use crate::runtime::wasm::WasmRuntime;
 use crate::uplink::{LinkState, Uplink, UplinkConfig};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub enum StartError {
         name: String,
         error: crate::runtime::RuntimeError,
     },
-    #[error("--runtimes: {0:?} is not a runtime (container, wasm)")]
+    #[error("--runtimes: {0:?} is not a runtime (container, wasm, unikernel)")]
     UnknownRuntime(String),
     #[error("serving: {0}")]
     Serve(std::io::Error),
@@ -63,6 +64,11 @@ impl Node {
                     .map_err(rt_err)?,
                 )),
                 "wasm" => runtimes.push(Arc::new(WasmRuntime::new().map_err(rt_err)?)),
+                "unikernel" => runtimes.push(Arc::new(
+                    QemuRuntime::new(config.data_dir.join("unikernel"), config.unikernel_accel)
+                        .await
+                        .map_err(rt_err)?,
+                )),
                 "" => {}
                 other => return Err(StartError::UnknownRuntime(other.to_owned())),
             }

@@ -7,43 +7,17 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const JOB: &str = "app.ns.svc.ns";
 
 fn spawn_engine(cluster_addr: &str, data_dir: &Path, ns: &Namespace, api_port: u16) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data_dir.join("engine.log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_node-engine"))
-        .args([
-            "--cluster-addr",
-            cluster_addr,
-            "--join-token",
-            NODE_TOKEN,
-            "--name",
-            "restart-worker",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-        .args([
-            "--containerd-namespace",
-            &ns.0,
-            "--report-interval-secs",
-            "0.5",
-            "--stop-grace-secs",
-            "2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(child)
+    spawn_engine_binary(
+        cluster_addr,
+        data_dir,
+        api_port,
+        &["--name", "restart-worker", "--containerd-namespace", &ns.0],
+    )
 }
 
 async fn wait_health(api_port: u16) {

@@ -177,7 +177,7 @@ impl Engine {
     pub fn virtualizations(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
         for kind in Virtualization::ALL {
-            if self.runtimes.contains_key(kind) {
+            if self.runtimes.get(kind).is_some_and(|rt| rt.offered()) {
                 if *kind == Virtualization::Container {
                     v.push("docker".into());
                 }

@@ -1,8 +1,10 @@
-//! The runtime trait every workload kind implements (containerd, wasmtime), and the types it
+//! The runtime trait every workload kind implements (containerd, wasmtime, QEMU), and the types it
 //! speaks. The engine drives instances only through this trait, so a new runtime is one new
 //! module here.
 
 pub mod containerd;
+pub mod fetch;
+pub mod qemu;
 pub mod simulated;
 pub mod wasm;
 
@@ -106,6 +108,12 @@ pub struct Stats {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> Virtualization;
+
+    /// The worker advertises this kind (false when what it needs is not installed; deploys
+    /// sent anyway fail naming what is missing).
+    fn offered(&self) -> bool {
+        true
+    }
 
     /// Fetches what the workload needs and starts it; returns once it runs.
     async fn start(&self, w: &Workload) -> Result<()>;

@@ -5,6 +5,7 @@
 //! A module cannot outlive the engine, so `recover` always answers `Missing` and the engine
 //! starts it again.
 
+use super::fetch::Fetcher;
 use super::{Exit, Result, RunState, Runtime, RuntimeError, Stats, Workload, open_log};
 use async_trait::async_trait;
 use canopy_core::Virtualization;
@@ -36,7 +37,7 @@ struct Running {
 
 pub struct WasmRuntime {
     engine: Engine,
-    http: reqwest::Client,
+    fetch: Fetcher,
     modules: Mutex<HashMap<[u8; 32], Module>>,
     running: Mutex<HashMap<String, Running>>,
 }
@@ -58,59 +59,15 @@ impl WasmRuntime {
             })?;
         Ok(WasmRuntime {
             engine,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(300))
-                .build()
-                .map_err(RuntimeError::backend)?,
+            fetch: Fetcher::new()?,
             modules: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Reads the module's bytes from a path or an HTTP(S) URL.
-    async fn fetch(&self, code: &str) -> Result<Vec<u8>> {
-        if code.starts_with("http://") || code.starts_with("https://") {
-            let resp = self
-                .http
-                .get(code)
-                .send()
-                .await
-                .map_err(|e| RuntimeError::Fetch(format!("{code}: {e}")))?;
-            if resp.status() == reqwest::StatusCode::NOT_FOUND {
-                return Err(RuntimeError::NotFound(format!("{code} answered 404")));
-            }
-            if !resp.status().is_success() {
-                return Err(RuntimeError::Fetch(format!(
-                    "{code} answered {}",
-                    resp.status()
-                )));
-            }
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| RuntimeError::Fetch(format!("{code}: {e}")))?;
-            return Ok(bytes.to_vec());
-        }
-        let path = code.strip_prefix("file://").unwrap_or(code);
-        if !path.starts_with('/') {
-            return Err(RuntimeError::bad(
-                "code",
-                format!("{code:?} is neither an absolute path nor an http(s) URL"),
-            ));
-        }
-        match tokio::fs::read(path).await {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::NotFound(format!("no module at {path}")))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Compiles (or takes from the cache) the module.
     async fn module(&self, code: &str) -> Result<Module> {
-        let bytes = self.fetch(code).await?;
+        let bytes = self.fetch.bytes(code, "module").await?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(m) = lock(&self.modules).get(&digest) {
             return Ok(m.clone());

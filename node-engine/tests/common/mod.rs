@@ -122,6 +122,37 @@ async fn serve(cmd: &mut Command, port: u16) -> Proc {
     proc
 }
 
+/// The real `node-engine` binary with its stderr appended to `<data_dir>/engine.log`, short
+/// report interval and stop grace, and `extra` arguments.
+pub fn spawn_engine_binary(
+    cluster_addr: &str,
+    data_dir: &Path,
+    api_port: u16,
+    extra: &[&str],
+) -> Proc {
+    let mut cmd = spawn_command(cluster_addr, data_dir, api_port);
+    Proc(cmd.args(extra).spawn().unwrap())
+}
+
+/// The command [`spawn_engine_binary`] runs, to add arguments or environment to.
+pub fn spawn_command(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("engine.log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-engine"));
+    cmd.args(["--cluster-addr", cluster_addr, "--join-token", NODE_TOKEN])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args(["--report-interval-secs", "0.5", "--stop-grace-secs", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// Debian's `docker-registry` on a loopback port.
 pub struct Registry {
     pub addr: String,

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Builds unikernel test images in Oakestra's format (a .tar.gz holding `kernel`, optionally
+# `initramfs.cpio` and `files/`), offline. Used by the node engine's tests and benchmarks.
+#
+#   scripts/unikernel-image.sh tiny OUT.tar.gz MARKER halt|reset|exit:N
+#       A PVH kernel of a few hundred bytes of 32-bit machine code: it prints MARKER, a space
+#       and its kernel command line on COM1, then halts forever (`halt`), resets the machine
+#       (`reset`: QEMU with -no-reboot exits 0) or writes N to isa-debug-exit at port 0xf4
+#       (`exit:N`: QEMU exits 2N+1).
+#
+#   scripts/unikernel-image.sh linux OUT.tar.gz MARKER [CACHE_DIR]
+#       A Linux micro-VM: Debian's cloud kernel (`apt-get download`, `dpkg-deb -x`, nothing
+#       installed; the .deb is kept in CACHE_DIR, default $CANOPY_CACHE_DIR/debian-kernel) and
+#       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
+#       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
+#       0) or `httpd` (serves /www on port 80 until QEMU is stopped).
+#       Boot it with `console=ttyS0`; under software emulation on a busy host add
+#       `tsc_early_khz=2000000 no_timer_check` (the TSC's calibration against the PIT fails
+#       there and the kernel hangs).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
+tiny() {
+  local out=$1 marker=$2 tail=$3
+  local dir
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  python3 - "$dir/kernel" "$marker" "$tail" <<'PY'
+import struct, sys
+out, marker, tail = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
+BASE = 0x100000
+HDR = 52 + 2 * 32          # ELF header + two program headers
+NOTE = HDR                 # PVH note: "Xen", type 18 (XEN_ELFNOTE_PHYS32_ENTRY)
+CODE = NOTE + 12 + 4 + 4
+def build(msg_at, nl_at, zero_at, puts_at):
+    c = b"\xBA\xF8\x03\x00\x00"                          # mov edx, 0x3f8 (COM1)
+    def call(at):                                        # call rel32 (after c so far)
+        return b"\xE8" + struct.pack("<i", at - (BASE + CODE + len(c) + 5))
+    c += b"\xBE" + struct.pack("<I", msg_at); c += call(puts_at)   # marker and a space
+    c += b"\x8B\x73\x18"; c += call(puts_at)             # mov esi,[ebx+24]: the command line
+    c += b"\xBE" + struct.pack("<I", nl_at); c += call(puts_at)    # newline
+    if tail == "reset":
+        c += b"\x0F\x01\x1D" + struct.pack("<I", zero_at) + b"\xCC"  # lidt [empty]; int3
+    elif tail.startswith("exit:"):
+        c += b"\x66\xBA\xF4\x00" + b"\xB8" + struct.pack("<I", int(tail[5:])) + b"\xEF"
+    elif tail != "halt":
+        sys.exit(f"unknown ending {tail!r}: halt, reset or exit:N")
+    c += b"\xFA\xF4\xEB\xFD"                             # cli; l: hlt; jmp l
+    puts = b"\xAC\x84\xC0\x74\x03\xEE\xEB\xF8\xC3"       # lodsb; test al,al; jz ret; out dx,al; jmp
+    return c, puts
+c, puts = build(0, 0, 0, 0)
+data_at = BASE + CODE + len(c) + len(puts)
+msg_at, nl_at, zero_at = data_at, data_at + len(marker) + 2, data_at + len(marker) + 4
+c, puts = build(msg_at, nl_at, zero_at, BASE + CODE + len(c))
+body = c + puts + marker + b" \x00" + b"\n\x00" + b"\x00" * 8
+size = CODE + len(body)
+elf = b"\x7fELF\x01\x01\x01" + b"\x00" * 9
+elf += struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, BASE + CODE, 52, 0, 0, 52, 32, 2, 40, 0, 0)
+elf += struct.pack("<IIIIIIII", 1, 0, BASE, BASE, size, size, 7, 0x1000)      # PT_LOAD
+elf += struct.pack("<IIIIIIII", 4, NOTE, BASE + NOTE, BASE + NOTE, 20, 20, 4, 4)  # PT_NOTE
+elf += struct.pack("<III", 4, 4, 18) + b"Xen\x00" + struct.pack("<I", BASE + CODE)
+assert len(elf) == CODE
+open(out, "wb").write(elf + body)
+PY
+  mkdir -p "$(dirname "$out")"
+  tar -C "$dir" -czf "$out.tmp" kernel
+  mv "$out.tmp" "$out"
+}
+
+linux() {
+  local out=$1 marker=$2 cache=${3:-$CANOPY_CACHE_DIR/debian-kernel}
+  [ -x /bin/busybox ] || die "busybox-static is not installed (apt-get install busybox-static)"
+  mkdir -p "$cache"
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  [ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64 (run apt-get update)"
+  local deb
+  deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
+  if [ -z "$deb" ]; then
+    step "apt-get download $pkg (into $cache)"
+    (cd "$cache" && apt-get download "$pkg")
+    deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
+    [ -n "$deb" ] || die "apt-get download $pkg left no .deb in $cache"
+  fi
+  local dir
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  if [ ! -f "$cache/$pkg.vmlinuz" ]; then
+    step "extracting the kernel from $(basename "$deb")"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards './boot/vmlinuz-*'
+    mv "$dir"/boot/vmlinuz-* "$cache/$pkg.vmlinuz.tmp"
+    mv "$cache/$pkg.vmlinuz.tmp" "$cache/$pkg.vmlinuz"
+  fi
+  local root="$dir/root"
+  mkdir -p "$root"/{bin,proc,sys,dev,www}
+  cp /bin/busybox "$root/bin/busybox"
+  cat >"$root/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+echo "$marker \$(cat /proc/cmdline)"
+case "\$end" in
+  httpd) echo '<h1>canopy micro-VM</h1>' >/www/index.html; httpd -p 80 -h /www; while :; do sleep 3600; done ;;
+esac
+poweroff -f
+INIT
+  chmod +x "$root/init"
+  python3 - "$root" "$dir/initramfs.cpio" <<'PY'
+import os, stat, sys
+root, out = sys.argv[1], sys.argv[2]
+ino = [0]
+def entry(name, mode, data=b""):
+    ino[0] += 1
+    h = "070701" + "".join(f"{v:08X}" for v in (ino[0], mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0))
+    b = h.encode() + name.encode() + b"\0"
+    b += b"\0" * (-len(b) % 4) + data
+    return b + b"\0" * (-len(b) % 4)
+buf = b""
+for d, dirs, files in os.walk(root):
+    for n in sorted(dirs) + sorted(files):
+        p = os.path.join(d, n); rel = os.path.relpath(p, root); st = os.lstat(p)
+        data = b"" if stat.S_ISDIR(st.st_mode) else open(p, "rb").read()
+        buf += entry(rel, st.st_mode, data)
+buf += entry("TRAILER!!!", 0)
+open(out, "wb").write(buf)
+PY
+  cp "$cache/$pkg.vmlinuz" "$dir/kernel"
+  mkdir -p "$(dirname "$out")"
+  tar -C "$dir" -czf "$out.tmp" kernel initramfs.cpio
+  mv "$out.tmp" "$out"
+}
+
+case "${1:-}" in
+  tiny) shift; tiny "$@" ;;
+  linux) shift; linux "$@" ;;
+  *) die "usage: $0 tiny OUT.tar.gz MARKER halt|reset|exit:N | linux OUT.tar.gz MARKER [CACHE_DIR]" ;;
+esac
