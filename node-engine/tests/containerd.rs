@@ -108,9 +108,7 @@ async fn imports_archives_one_shot_completes_and_exit_codes_count() {
     m.one_shot = true;
     cluster.deploy(&m).await;
     cluster.status(JOB, 1, "COMPLETED", SECS_60).await;
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.1/logs"))
-        .await;
+    let log = engine.logs(JOB, 1).await;
     assert!(log.contains("one-shot-done"), "{log}");
     assert!(
         ns.containers().is_empty(),

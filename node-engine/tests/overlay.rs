@@ -185,9 +185,7 @@ async fn a_container_reaches_another_through_its_service_address() {
     client.one_shot = true;
     cluster.deploy(&client).await;
     cluster.status(CLIENT, 0, "COMPLETED", SECS_60).await;
-    let (_, log) = engine
-        .get(&format!("/instances/{CLIENT}.instance.0/logs"))
-        .await;
+    let log = engine.logs(CLIENT, 0).await;
     assert!(log.contains("Hello from Canopy"), "client log: {log}");
 
     // Deleting the instances removes their networks.

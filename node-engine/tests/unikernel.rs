@@ -208,9 +208,7 @@ async fn vms_boot_log_complete_fail_and_leave_nothing() {
     let r = cluster.last_resources.clone().unwrap();
     let s = r.services.iter().find(|s| s.instance == 0).unwrap();
     assert_eq!(s.virtualization, "unikernel");
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.0/logs"))
-        .await;
+    let log = engine.logs(JOB, 0).await;
     assert!(log.contains("TINY-HALT hello vm"), "{log}");
     // Delete: the guest ignores the power button, so QMP quit ends it; nothing stays.
     cluster.undeploy(JOB, 0).await;
@@ -242,9 +240,7 @@ async fn vms_boot_log_complete_fail_and_leave_nothing() {
     cluster.deploy(&m).await;
     let dead = cluster.status(JOB, 2, "DEAD", SECS_60).await;
     assert_eq!(dead.status_detail, "exited with code 7");
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.2/logs"))
-        .await;
+    let log = engine.logs(JOB, 2).await;
     assert!(log.contains("TINY-EXIT3"), "{log}");
     // Without one_shot an exit 0 is DEAD too.
     cluster.deploy(&uni(3, &kernel("reset"), &[])).await;
@@ -365,9 +361,7 @@ async fn a_linux_micro_vm_boots_to_its_init() {
     m.one_shot = true;
     cluster.deploy(&m).await;
     cluster.status(JOB, 0, "COMPLETED", SECS_60).await;
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.0/logs"))
-        .await;
+    let log = engine.logs(JOB, 0).await;
     assert!(log.contains("HELLO-MICROVM console=ttyS0 quiet"), "{log}");
     assert!(log.contains("no_timer_check end=poweroff"), "{log}");
 

@@ -113,9 +113,7 @@ async fn modules_run_log_complete_and_stop() {
     cluster.deploy(&m).await;
     cluster.status(JOB, 0, "RUNNING", SECS_30).await;
     cluster.status(JOB, 0, "COMPLETED", SECS_30).await;
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.0/logs"))
-        .await;
+    let log = engine.logs(JOB, 0).await;
     assert!(log.contains("hello from wasm"), "{log}");
     assert!(log.contains("first-arg"), "{log}");
     assert!(
@@ -225,9 +223,7 @@ async fn a_sleeping_module_keeps_running_and_stops() {
     cluster.deploy(&deploy(JOB, 0, "wasm", &ticker, &[])).await;
     cluster.status(JOB, 0, "RUNNING", SECS_30).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (_, log) = engine
-        .get(&format!("/instances/{JOB}.instance.0/logs"))
-        .await;
+    let log = engine.logs(JOB, 0).await;
     assert!(
         log.matches("tick from the canopy wasm demo").count() >= 2,
         "{log}"

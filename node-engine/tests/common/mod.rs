@@ -660,6 +660,13 @@ impl Engine {
         let r = reqwest::get(format!("{}{path}", self.api)).await.unwrap();
         (r.status(), r.text().await.unwrap())
     }
+
+    /// Instance `n` of `job`'s whole log, through the local API.
+    pub async fn logs(&self, job: &str, n: u32) -> String {
+        self.get(&format!("/instances/{job}.instance.{n}/logs"))
+            .await
+            .1
+    }
 }
 
 pub const SECS_30: Duration = Duration::from_secs(30);
