@@ -45,7 +45,12 @@ async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
         );
     }
     match s.cluster.register_worker(&reg).await {
-        Ok(control::Registered { id, password }) => Json(RegistrationAnswer {
+        Ok(control::Registered {
+            id,
+            password,
+            subnet,
+        }) => Json(RegistrationAnswer {
+            subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
             id: id.to_string(),
             mqtt_broker_port: s.mqtt_port.to_string(),
             mqtt_host: s.mqtt_host.clone(),
@@ -55,6 +60,14 @@ async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
         .into_response(),
         Err(control::Error::Invalid { field, message }) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, Some(&field), message)
+        }
+        Err(e @ control::Error::AddressPlan(_)) => {
+            tracing::warn!(error = %e, host = %reg.host, "worker not registered");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("overlay_address"),
+                e.to_string(),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "node registration failed");

@@ -43,6 +43,9 @@ pub struct Worker {
     /// Hex SHA-256 of the worker's MQTT password (its user name is its id).
     pub mqtt_password_sha256: String,
     pub registered_at: f64,
+    /// On the overlay: the worker subnet the root gave it and its LAN address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<canopy_core::overlay::Peer>,
 }
 
 /// A service the root placed instances of here.
@@ -76,6 +79,9 @@ pub struct Instance {
     pub cpu_percent: f64,
     #[serde(default)]
     pub memory_mb: u64,
+    /// Its address on the overlay, from its worker's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_ip: Option<Ipv4Addr>,
     /// The tail of its log, from the worker's resource reports.
     #[serde(default)]
     pub logs: String,
@@ -102,6 +108,7 @@ impl Instance {
             running_since: 0.0,
             cpu_percent: 0.0,
             memory_mb: 0,
+            ns_ip: None,
             logs: String::new(),
             updated_at: now,
         }
@@ -122,6 +129,7 @@ impl Instance {
             node_id: self.node.clone(),
             cpu_percent: self.cpu_percent,
             memory_mb: self.memory_mb,
+            ns_ip: self.ns_ip,
         }
     }
 }

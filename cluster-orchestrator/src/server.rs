@@ -7,7 +7,7 @@ use crate::broker::{DynsecAuth, DynsecWaiters, EmbeddedBroker};
 use crate::config::{BrokerUrl, Config};
 use crate::control::{self, Cluster, NodeAuth, Publish, Settings};
 use crate::mqtt::{self, Endpoint};
-use crate::uplink::Uplink;
+use crate::uplink::{RootAddressPlan, Uplink};
 use canopy_store::secrets;
 use rumqttc::{AsyncClient, EventLoop};
 use std::future::Future;
@@ -168,7 +168,11 @@ impl Server {
                 .map_err(ServeError::Broker)?;
         }
         let ticker = tokio::spawn(self.cluster.clone().run_ticker(stopped()));
+        let overlay = tokio::spawn(self.cluster.clone().run_overlay(stopped()));
+        let address_plan = RootAddressPlan::new(&self.config.root_addr);
+        self.cluster.set_address_plan(address_plan.clone());
         let uplink = Uplink {
+            address_plan,
             root_addr: self.config.root_addr.clone(),
             join_token: self.config.join_token.clone(),
             name: self.config.name.clone(),
@@ -193,7 +197,7 @@ impl Server {
         let served = axum::serve(api, routes)
             .with_graceful_shutdown(stopped())
             .await;
-        let _ = tokio::join!(mqtt_task, ticker, uplink_task);
+        let _ = tokio::join!(mqtt_task, ticker, uplink_task, overlay);
         served.map_err(|source| ServeError::Io {
             what: "--api-addr",
             source,

@@ -1,13 +1,18 @@
 //! The root link client: registers with the root under the cluster's stored identity, holds one
 //! session, and reconnects with back-off after any failure. Up: resource reports every
 //! interval (liveness), instance reports until acknowledged, command acks. Down: commands,
-//! applied by the control plane (idempotent), and status acks.
+//! applied by the control plane (idempotent), status acks and the overlay view.
+//!
+//! [`RootAddressPlan`] gives workers their overlay subnets: a unary call to the root under the
+//! session's credentials.
 
-use crate::control::Cluster;
-use canopy_core::ClusterId;
+use crate::control::{AddressPlan, Cluster};
 use canopy_core::link::{ClusterLocation, Command, CommandAck, Registration};
+use canopy_core::overlay::GlobalView;
+use canopy_core::{ClusterId, NodeId};
 use canopy_proto::pb::cluster_link_client::ClusterLinkClient;
 use canopy_proto::pb::{self, cluster_message, root_message};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,6 +28,73 @@ pub struct Uplink {
     pub name: String,
     pub location: Option<ClusterLocation>,
     pub report_every: Duration,
+    /// Told the session's credentials at every registration.
+    pub address_plan: Arc<RootAddressPlan>,
+}
+
+/// Worker subnets from the root's address plan, asked for under the current registration.
+#[derive(Debug)]
+pub struct RootAddressPlan {
+    root_addr: String,
+    /// The cluster id and session token of the current registration.
+    credentials: std::sync::Mutex<Option<(ClusterId, String)>>,
+}
+
+impl RootAddressPlan {
+    pub fn new(root_addr: &str) -> Arc<RootAddressPlan> {
+        Arc::new(RootAddressPlan {
+            root_addr: root_addr.to_owned(),
+            credentials: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn set(&self, id: ClusterId, token: String) {
+        *self
+            .credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((id, token));
+    }
+
+    async fn call(&self, node: &NodeId, allocate: bool) -> Result<String, String> {
+        let Some((cluster, token)) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        else {
+            return Err("the cluster is not registered at the root yet".into());
+        };
+        let mut client = ClusterLinkClient::connect(format!("http://{}", self.root_addr))
+            .await
+            .map_err(|e| format!("cannot reach the root: {e}"))?;
+        let req = pb::SubnetRequest {
+            cluster_id: cluster.to_string(),
+            session_token: token,
+            node_id: node.to_string(),
+        };
+        let answer = if allocate {
+            client.allocate_subnet(req).await
+        } else {
+            client.release_subnet(req).await
+        };
+        answer
+            .map(|a| a.into_inner().subnet)
+            .map_err(|s| format!("the root refused: {}", s.message()))
+    }
+}
+
+#[async_trait::async_trait]
+impl AddressPlan for RootAddressPlan {
+    async fn allocate(&self, node: &NodeId) -> Result<Ipv4Addr, String> {
+        let subnet = self.call(node, true).await?;
+        subnet
+            .parse()
+            .map_err(|_| format!("the root gave {subnet:?}, not a subnet address"))
+    }
+
+    async fn release(&self, node: &NodeId) -> Result<(), String> {
+        self.call(node, false).await.map(|_| ())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +163,8 @@ impl Uplink {
             .await
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
 
+        self.address_plan
+            .set(id.clone(), answer.session_token.clone());
         let (tx, rx) = mpsc::channel::<pb::ClusterMessage>(256);
         let send = |body| pb::ClusterMessage { body: Some(body) };
         tx.send(send(cluster_message::Body::Hello(pb::Hello {
@@ -157,6 +231,10 @@ impl Uplink {
                                 .map_err(|_| closed())?;
                         }
                         Some(root_message::Body::StatusAck(a)) => cluster.reports_acked(a.seq).await,
+                        Some(root_message::Body::Overlay(v)) => match GlobalView::try_from(v) {
+                            Ok(v) => cluster.set_global_overlay(v).await,
+                            Err(e) => tracing::warn!(error = %e, "invalid overlay view from the root ignored"),
+                        },
                         Some(root_message::Body::Welcome(_)) | None => {
                             tracing::warn!("unexpected message from the root ignored");
                         }

@@ -31,6 +31,10 @@ pub struct ServiceSpec {
     /// User-pinned round-robin service address.
     pub rr_ip: Option<Ipv4Addr>,
     pub rr_ip_v6: Option<Ipv6Addr>,
+    /// User-pinned closest-instance service address (`addresses.closest_ip`): reaches the
+    /// RUNNING instance nearest the caller.
+    #[serde(default)]
+    pub closest_ip: Option<Ipv4Addr>,
 }
 
 impl ServiceSpec {
@@ -50,6 +54,7 @@ impl ServiceSpec {
             constraints: Vec::new(),
             rr_ip: None,
             rr_ip_v6: None,
+            closest_ip: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod job;
 pub mod link;
 pub mod naming;
+pub mod overlay;
 pub mod resources;
 pub mod status;
 

@@ -77,6 +77,9 @@ pub struct NodeSummary {
     pub memory_percent: f64,
     /// Instances placed on it.
     pub instances: u32,
+    /// On the overlay: its subnet and LAN address.
+    #[serde(default)]
+    pub overlay: Option<crate::overlay::Peer>,
 }
 
 /// What a running instance uses, and the tail of its output, from its worker's last report.
@@ -102,6 +105,9 @@ pub struct InstanceReport {
     pub node_id: Option<NodeId>,
     pub cpu_percent: f64,
     pub memory_mb: u64,
+    /// Its address on the overlay, when it is on it.
+    #[serde(default)]
+    pub ns_ip: Option<Ipv4Addr>,
 }
 
 /// An order from the root to a cluster. Commands are idempotent: applying one twice has the

@@ -73,10 +73,21 @@ pub struct Config {
     /// `canopy up`); by default instances keep running across an engine restart.
     #[arg(long, env = "CANOPY_REMOVE_ON_EXIT")]
     pub remove_on_exit: bool,
-    /// The worker's net manager (its unix socket): containers then get their own network
-    /// namespace on the overlay. Without it, containers use the host's network.
-    #[arg(long, env = "CANOPY_NET_SOCKET")]
-    pub net_manager_socket: Option<PathBuf>,
+    /// The worker's net manager (its unix socket): each container gets its own network
+    /// namespace on the overlay, reaches services by their service IPs and names.
+    #[arg(
+        long,
+        env = "CANOPY_NET_SOCKET",
+        default_value = "/run/canopy/net-manager.sock"
+    )]
+    pub net_manager_socket: PathBuf,
+    /// Keep containers on the host's network (no net manager, no overlay).
+    #[arg(long, env = "CANOPY_NO_OVERLAY")]
+    pub no_overlay: bool,
+    /// The LAN address the overlay tunnel runs over (other workers send to it); default: the
+    /// address this worker reaches the cluster from.
+    #[arg(long, env = "CANOPY_OVERLAY_ADDRESS")]
+    pub overlay_address: Option<std::net::Ipv4Addr>,
     /// How often the engine looks for workloads in its namespace that no instance names (a
     /// bug); each is logged as an error, removed and counted in /metrics.
     #[arg(long, env = "CANOPY_UNTRACKED_CHECK_SECS", default_value_t = 30.0)]
@@ -101,6 +112,11 @@ impl Config {
 
     pub fn untracked_check_interval(&self) -> Duration {
         Duration::from_secs_f64(self.untracked_check_secs.clamp(0.1, 86_400.0))
+    }
+
+    /// The net manager's socket, unless `--no-overlay`.
+    pub fn overlay_socket(&self) -> Option<&std::path::Path> {
+        (!self.no_overlay).then_some(self.net_manager_socket.as_path())
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -129,7 +145,9 @@ impl Config {
             stop_grace_secs: 2.0,
             remove_on_exit: false,
             untracked_check_secs: 30.0,
-            net_manager_socket: None,
+            net_manager_socket: PathBuf::from("/run/canopy/net-manager.sock"),
+            no_overlay: true,
+            overlay_address: None,
             bench_virtual_workers: 0,
             log: "info".into(),
         }

@@ -1,8 +1,15 @@
-//! The node engine's side of the net manager's local API (HTTP over its unix socket): before
-//! a container starts, its instance gets a network namespace on the worker's overlay (an
-//! address from the worker subnet, a veth to the bridge) and the container joins it; after
-//! the instance is deleted, that network is removed. Without a net manager
-//! (`--net-manager-socket` not given) containers use the host's network.
+//! The node engine's side of the net manager's local API (HTTP over its unix socket):
+//!
+//! - after registration, the worker's subnet (from the cluster) and LAN address go to the net
+//!   manager (`PUT /node`), which builds the bridge and the tunnel;
+//! - before a container starts, its instance gets a network namespace on the overlay (an
+//!   address from the worker subnet, a veth to the bridge, a `resolv.conf` naming the net
+//!   manager's resolver) and the container joins it; after the instance is deleted, that
+//!   network is removed;
+//! - the overlay view the cluster publishes on `nodes/<id>/net/view` is relayed as it is
+//!   (`PUT /view`); the net manager holds no cluster credentials of its own.
+//!
+//! With `--no-overlay` containers use the host's network.
 //!
 //! WebAssembly instances are not on the overlay: WASI preview 1 has no sockets.
 
@@ -25,16 +32,24 @@ pub struct Attached {
     pub address: Ipv4Addr,
     /// The network namespace the container joins.
     pub netns: PathBuf,
+    /// The resolver instances ask (the bridge's address).
+    #[serde(default)]
+    pub dns: Option<Ipv4Addr>,
+    /// The `resolv.conf` written for the instance (naming `dns`).
+    #[serde(skip)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
 pub struct NetManager {
     http: reqwest::Client,
     socket: PathBuf,
+    /// Instances' `resolv.conf` files.
+    resolv_dir: PathBuf,
 }
 
 impl NetManager {
-    pub fn new(socket: &Path) -> Result<NetManager, OverlayError> {
+    pub fn new(socket: &Path, resolv_dir: &Path) -> Result<NetManager, OverlayError> {
         let http = reqwest::Client::builder()
             .unix_socket(socket)
             .timeout(Duration::from_secs(30))
@@ -46,6 +61,7 @@ impl NetManager {
         Ok(NetManager {
             http,
             socket: socket.to_owned(),
+            resolv_dir: resolv_dir.to_owned(),
         })
     }
 
@@ -85,11 +101,57 @@ impl NetManager {
         if !r.status().is_success() {
             return Err(Self::refused(r).await);
         }
-        r.json().await.map_err(|e| self.unreachable(e))
+        let mut a: Attached = r.json().await.map_err(|e| self.unreachable(e))?;
+        if let Some(dns) = a.dns {
+            let path = self.resolv_dir.join(format!("{name}.conf"));
+            let text =
+                format!("# written by the Canopy node engine for {name}\nnameserver {dns}\n");
+            let written = tokio::fs::create_dir_all(&self.resolv_dir)
+                .await
+                .and(tokio::fs::write(&path, text).await);
+            match written {
+                Ok(()) => a.resolv_conf = Some(path),
+                Err(e) => {
+                    tracing::warn!(instance = name, error = %e, "cannot write the instance's resolv.conf; it uses the host's")
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    /// Tells the net manager this worker's subnet and LAN address (idempotent).
+    pub async fn configure(
+        &self,
+        subnet: Ipv4Addr,
+        underlay: Ipv4Addr,
+    ) -> Result<(), OverlayError> {
+        let body = serde_json::json!({ "subnet": subnet, "underlay": underlay });
+        self.send(self.http.put("http://net-manager/node").json(&body))
+            .await
+    }
+
+    /// Hands the net manager the overlay view the cluster published (its `PUT /view` body).
+    pub async fn apply_view(&self, view: Vec<u8>) -> Result<(), OverlayError> {
+        let req = self
+            .http
+            .put("http://net-manager/view")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(view);
+        self.send(req).await
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(), OverlayError> {
+        let r = req.send().await.map_err(|e| self.unreachable(e))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::refused(r).await)
+        }
     }
 
     /// Removes instance `name`'s network (idempotent).
     pub async fn detach(&self, name: &str) -> Result<(), OverlayError> {
+        let _ = tokio::fs::remove_file(self.resolv_dir.join(format!("{name}.conf"))).await;
         let r = self
             .http
             .delete(format!("http://net-manager/instances/{name}"))

@@ -93,10 +93,11 @@ impl Node {
                 log_dir: config.log_dir(),
                 stop_grace: config.stop_grace(),
                 public_ip: crate::host::primary_ipv4(),
-                overlay: match &config.net_manager_socket {
-                    Some(socket) => {
-                        Some(crate::overlay::NetManager::new(socket).map_err(StartError::Overlay)?)
-                    }
+                overlay: match config.overlay_socket() {
+                    Some(socket) => Some(
+                        crate::overlay::NetManager::new(socket, &config.data_dir.join("resolv"))
+                            .map_err(StartError::Overlay)?,
+                    ),
                     None => None,
                 },
             },
@@ -154,6 +155,7 @@ impl Node {
                 name: crate::host::node_name(self.config.name.as_deref()),
                 report_interval: self.config.report_interval(),
                 data_dir: self.config.data_dir.clone(),
+                overlay_address: self.config.overlay_address,
             },
             state,
         );

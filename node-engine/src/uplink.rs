@@ -7,6 +7,11 @@
 //! Nothing here is needed for instances to run: the engine recovers and runs its instances
 //! whether or not a cluster answers. Registration and the broker are retried with back-off;
 //! refused credentials lead to a new registration.
+//!
+//! On the overlay, the registration names the worker's tunnel address and the answer carries
+//! its subnet, handed to the net manager before the session starts; the overlay views the
+//! cluster publishes are relayed to the net manager, newest first (an older one still on its
+//! way is dropped).
 
 use crate::engine::{Engine, Refused};
 use crate::host::{self, CpuMeter};
@@ -37,6 +42,9 @@ pub struct UplinkConfig {
     pub report_interval: Duration,
     /// The filesystem whose use is reported as disk use.
     pub data_dir: PathBuf,
+    /// `--overlay-address`: the LAN address of the worker's tunnel (default: the address the
+    /// cluster is reached from). Used only with a net manager.
+    pub overlay_address: Option<std::net::Ipv4Addr>,
 }
 
 /// What the uplink tells the rest of the engine.
@@ -56,6 +64,8 @@ pub enum RegisterError {
     Refused { status: u16, body: String },
     #[error("cluster answered nonsense: {0}")]
     BadAnswer(String),
+    #[error("{0}")]
+    NetManager(String),
 }
 
 enum SessionEnd {
@@ -106,6 +116,35 @@ impl Uplink {
             virtualization: self.engine.virtualizations(),
             supported_addons: Vec::new(),
             token: self.config.join_token.clone(),
+            overlay_address: String::new(),
+        }
+    }
+
+    /// The LAN address of this worker's tunnel: `--overlay-address`, else the address the
+    /// kernel sends from towards the cluster.
+    async fn overlay_address(&self) -> Result<std::net::Ipv4Addr, RegisterError> {
+        if let Some(a) = self.config.overlay_address {
+            return Ok(a);
+        }
+        let unreachable =
+            |e: String| RegisterError::Unreachable(format!("{}: {e}", self.config.cluster_addr));
+        let target = tokio::net::lookup_host(&self.config.cluster_addr)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| unreachable("no IPv4 address".into()))?;
+        let probe =
+            std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| unreachable(e.to_string()))?;
+        probe
+            .connect(target)
+            .map_err(|e| unreachable(e.to_string()))?;
+        match probe
+            .local_addr()
+            .map_err(|e| unreachable(e.to_string()))?
+            .ip()
+        {
+            std::net::IpAddr::V4(ip) => Ok(ip),
+            std::net::IpAddr::V6(_) => Err(unreachable("no IPv4 route".into())),
         }
     }
 
@@ -113,6 +152,10 @@ impl Uplink {
     pub async fn register(&self) -> Result<RegistrationAnswer, RegisterError> {
         let mut body = self.registration();
         body.vgpus = host::gpus().await.0;
+        let net = self.engine.net_manager();
+        if net.is_some() {
+            body.overlay_address = self.overlay_address().await?.to_string();
+        }
         let url = format!("http://{}/api/node/register", self.config.cluster_addr);
         let resp = self
             .http
@@ -129,7 +172,25 @@ impl Uplink {
                 body: text,
             });
         }
-        serde_json::from_str(&text).map_err(|e| RegisterError::BadAnswer(e.to_string()))
+        let answer: RegistrationAnswer =
+            serde_json::from_str(&text).map_err(|e| RegisterError::BadAnswer(e.to_string()))?;
+        if let Some(net) = net {
+            let subnet: std::net::Ipv4Addr = answer.subnet.parse().map_err(|_| {
+                RegisterError::BadAnswer(format!(
+                    "subnet: {:?} is not a worker subnet (is the cluster older than this worker?)",
+                    answer.subnet
+                ))
+            })?;
+            let underlay = body
+                .overlay_address
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            net.configure(subnet, underlay)
+                .await
+                .map_err(|e| RegisterError::NetManager(e.to_string()))?;
+            tracing::info!(%subnet, %underlay, "overlay configured");
+        }
+        Ok(answer)
     }
 
     /// Runs until `shutdown`: register, hold the session, start again when it ends.
@@ -228,6 +289,7 @@ impl Uplink {
         let mut failures = 0u32;
         let mut pending_subacks = 0usize;
         let mut backoff = Duration::from_millis(100);
+        let views = self.engine.net_manager().cloned().map(relay_views);
         let end = loop {
             tokio::select! {
                 _ = shutdown.as_mut() => break SessionEnd::Shutdown,
@@ -253,7 +315,11 @@ impl Uplink {
                         backoff = Duration::from_millis(100);
                         tracing::info!(node = %id, "connected to the cluster's broker");
                         pending_subacks = 0;
-                        for t in [topics::deploy(id), topics::delete(id)] {
+                        let mut wanted = vec![topics::deploy(id), topics::delete(id)];
+                        if views.is_some() {
+                            wanted.push(topics::net_view(id));
+                        }
+                        for t in wanted {
                             match client.try_subscribe(t, QoS::AtLeastOnce) {
                                 Ok(()) => pending_subacks += 1,
                                 Err(e) => tracing::error!(error = %e, "MQTT subscribe failed"),
@@ -287,6 +353,11 @@ impl Uplink {
                                 }
                                 Err(Some(r)) => engine.refuse(&r),
                                 Err(None) => {}
+                            }
+                        } else if p.topic == topics::net_view(id) {
+                            engine.metrics.mqtt_message("in", "net_view");
+                            if let Some(v) = &views {
+                                v.send_replace(Some(p.payload.to_vec()));
                             }
                         } else if p.topic == topics::delete(id) {
                             engine.metrics.mqtt_message("in", "delete");
@@ -399,6 +470,30 @@ fn decode_deploy(payload: &[u8]) -> Result<DeployMessage, Option<Refused>> {
 }
 
 /// A `control/delete` payload; one that does not decode is logged and dropped.
+/// Starts the task that hands overlay views to the net manager: the newest first, each one
+/// once (a view equal to the last applied is skipped); it ends when the sender is dropped.
+fn relay_views(net: crate::overlay::NetManager) -> watch::Sender<Option<Vec<u8>>> {
+    let (tx, mut rx) = watch::channel::<Option<Vec<u8>>>(None);
+    tokio::spawn(async move {
+        let mut applied: Option<Vec<u8>> = None;
+        while rx.changed().await.is_ok() {
+            let Some(view) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if applied.as_ref() == Some(&view) {
+                continue;
+            }
+            match net.apply_view(view.clone()).await {
+                Ok(()) => applied = Some(view),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the net manager did not take the overlay view")
+                }
+            }
+        }
+    });
+    tx
+}
+
 fn decode_delete(payload: &[u8]) -> Option<DeleteMessage> {
     canopy_daemon::json_body::<DeleteMessage>(payload)
         .map_err(

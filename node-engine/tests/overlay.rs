@@ -123,7 +123,8 @@ async fn a_container_reaches_another_through_its_service_address() {
     let broker = Broker::start().await;
     let mut cluster = Cluster::start(&broker).await;
     let mut config = Engine::config(&cluster.addr, &dir.path().join("engine"), &ns);
-    config.net_manager_socket = Some(net.socket.clone());
+    config.net_manager_socket = net.socket.clone();
+    config.no_overlay = false;
     let mut engine = Engine::start(config).await;
     engine.wait_connected(SECS_30).await;
 

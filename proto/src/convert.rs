@@ -7,11 +7,13 @@ use canopy_core::link::{
     ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
     InstanceUsage, NodeSummary, Registration, ResourceAggregate,
 };
+use canopy_core::overlay::{GlobalEndpoint, GlobalPeer, GlobalService, GlobalView, Peer};
 use canopy_core::{
     Architecture, ClusterId, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
     ServiceSpec, Virtualization,
 };
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// A wire message that does not make a valid domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +60,22 @@ fn percent(v: f64, field: &str) -> Result<f64> {
             format!("{v} is not within 0..100"),
         ))
     }
+}
+
+/// An IPv4 address in a text field where empty means none.
+fn optional_ip(s: String, field: &str) -> Result<Option<Ipv4Addr>> {
+    optional_text(s)
+        .map(|t| {
+            t.parse()
+                .map_err(|_| ConvertError::new(field, format!("{t:?} is not an IPv4 address")))
+        })
+        .transpose()
+}
+
+/// A required IPv4 address in a text field.
+fn ip(s: &str, field: &str) -> Result<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| ConvertError::new(field, format!("{s:?} is not an IPv4 address")))
 }
 
 fn optional_text(s: String) -> Option<String> {
@@ -215,6 +233,11 @@ impl From<&NodeSummary> for pb::NodeSummary {
             cpu_percent: n.cpu_percent,
             memory_percent: n.memory_percent,
             instances: n.instances,
+            subnet: n.overlay.map(|p| p.subnet.to_string()).unwrap_or_default(),
+            underlay: n
+                .overlay
+                .map(|p| p.underlay.to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -237,6 +260,19 @@ impl TryFrom<pb::NodeSummary> for NodeSummary {
             cpu_percent: percent(n.cpu_percent, "cpu_percent")?,
             memory_percent: percent(n.memory_percent, "memory_percent")?,
             instances: n.instances,
+            overlay: match (
+                optional_ip(n.subnet, "subnet")?,
+                optional_ip(n.underlay, "underlay")?,
+            ) {
+                (Some(subnet), Some(underlay)) => Some(Peer { subnet, underlay }),
+                (None, None) => None,
+                _ => {
+                    return Err(ConvertError::new(
+                        "subnet",
+                        "subnet and underlay come together",
+                    ));
+                }
+            },
         })
     }
 }
@@ -323,6 +359,7 @@ impl From<&InstanceReport> for pb::InstanceReport {
                 .unwrap_or_default(),
             cpu_percent: r.cpu_percent,
             memory_mb: r.memory_mb,
+            ns_ip: r.ns_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -343,6 +380,7 @@ impl TryFrom<pb::InstanceReport> for InstanceReport {
                 .map_err(|e| ConvertError::new("node_id", e))?,
             cpu_percent: percent(r.cpu_percent, "cpu_percent")?,
             memory_mb: r.memory_mb,
+            ns_ip: optional_ip(r.ns_ip, "ns_ip")?,
         })
     }
 }
@@ -526,6 +564,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
             constraints: s.constraints.iter().map(constraint_to_wire).collect(),
             rr_ip: s.rr_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             rr_ip_v6: s.rr_ip_v6.map(|ip| ip.to_string()).unwrap_or_default(),
+            closest_ip: s.closest_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -662,6 +701,102 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
                 .map(|ip| ip.parse())
                 .transpose()
                 .map_err(|e| ConvertError::new("rr_ip_v6", e))?,
+            closest_ip: optional_ip(s.closest_ip, "closest_ip")?,
         })
     }
+}
+
+// ---- overlay ----
+
+impl From<&GlobalView> for pb::OverlayView {
+    fn from(v: &GlobalView) -> Self {
+        pb::OverlayView {
+            peers: v
+                .peers
+                .iter()
+                .map(|p| pb::OverlayPeer {
+                    cluster_id: p.cluster.to_string(),
+                    node_id: p.node.to_string(),
+                    subnet: p.peer.subnet.to_string(),
+                    underlay: p.peer.underlay.to_string(),
+                })
+                .collect(),
+            services: v
+                .services
+                .iter()
+                .map(|s| pb::OverlayService {
+                    service_id: s.id.to_string(),
+                    name: s.name.clone(),
+                    rr_ip: s.rr_ip.to_string(),
+                    closest_ip: s.closest_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    instances: s
+                        .instances
+                        .iter()
+                        .map(|e| pb::OverlayEndpoint {
+                            instance_number: e.instance.0,
+                            instance_ip: e.instance_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                            address: e.address.to_string(),
+                            cluster_id: e.cluster.to_string(),
+                            node_id: e.node.to_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::OverlayView> for GlobalView {
+    type Error = ConvertError;
+    fn try_from(v: pb::OverlayView) -> Result<Self> {
+        let peers = v
+            .peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| overlay_peer(p).map_err(|e| e.inside(&format!("peers[{i}]"))))
+            .collect::<Result<_>>()?;
+        let services = v
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| overlay_service(s).map_err(|e| e.inside(&format!("services[{i}]"))))
+            .collect::<Result<_>>()?;
+        Ok(GlobalView { peers, services })
+    }
+}
+
+fn overlay_peer(p: pb::OverlayPeer) -> Result<GlobalPeer> {
+    Ok(GlobalPeer {
+        cluster: ClusterId::parse(p.cluster_id).map_err(|e| ConvertError::new("cluster_id", e))?,
+        node: NodeId::parse(p.node_id).map_err(|e| ConvertError::new("node_id", e))?,
+        peer: Peer {
+            subnet: ip(&p.subnet, "subnet")?,
+            underlay: ip(&p.underlay, "underlay")?,
+        },
+    })
+}
+
+fn overlay_service(s: pb::OverlayService) -> Result<GlobalService> {
+    Ok(GlobalService {
+        id: ServiceId::parse(s.service_id).map_err(|e| ConvertError::new("service_id", e))?,
+        name: s.name,
+        rr_ip: ip(&s.rr_ip, "rr_ip")?,
+        closest_ip: optional_ip(s.closest_ip, "closest_ip")?,
+        instances: s
+            .instances
+            .into_iter()
+            .enumerate()
+            .map(|(j, e)| overlay_endpoint(e).map_err(|e| e.inside(&format!("instances[{j}]"))))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn overlay_endpoint(e: pb::OverlayEndpoint) -> Result<GlobalEndpoint> {
+    Ok(GlobalEndpoint {
+        instance: InstanceNumber(e.instance_number),
+        instance_ip: optional_ip(e.instance_ip, "instance_ip")?,
+        address: ip(&e.address, "address")?,
+        cluster: ClusterId::parse(e.cluster_id).map_err(|e| ConvertError::new("cluster_id", e))?,
+        node: NodeId::parse(e.node_id).map_err(|e| ConvertError::new("node_id", e))?,
+    })
 }

@@ -40,6 +40,11 @@ pub mod topics {
     pub fn delete(node: &NodeId) -> String {
         format!("nodes/{node}/control/delete")
     }
+    /// Cluster → node: the overlay view its net manager applies
+    /// ([`canopy_core::overlay::WorkerView`], the net manager's `PUT /view` body).
+    pub fn net_view(node: &NodeId) -> String {
+        format!("nodes/{node}/net/view")
+    }
     /// The node's last will, published by the broker when its connection dies:
     /// [`super::WillMessage`].
     pub fn will(node: &NodeId) -> String {
@@ -177,6 +182,10 @@ pub struct NodeRegistration {
     /// The node join token.
     #[serde(default)]
     pub token: String,
+    /// Canopy: the LAN address the worker's overlay tunnel runs over; empty when the worker
+    /// is not on the overlay (`node-engine --no-overlay`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub overlay_address: String,
 }
 
 /// What a node offers, checked.
@@ -185,6 +194,8 @@ pub struct NodeOffer {
     pub architecture: Architecture,
     pub virtualizations: Vec<Virtualization>,
     pub capacity: Resources,
+    /// Its tunnel's LAN address, when it is on the overlay.
+    pub overlay_address: Option<Ipv4Addr>,
 }
 
 impl NodeRegistration {
@@ -223,7 +234,18 @@ impl NodeRegistration {
                 "lists no runtime Canopy can use (container, wasm, unikernel)",
             ));
         }
+        let overlay_address = if self.overlay_address.is_empty() {
+            None
+        } else {
+            Some(self.overlay_address.parse().map_err(|_| {
+                ConvertError::new(
+                    "overlay_address",
+                    format!("{:?} is not an IPv4 address", self.overlay_address),
+                )
+            })?)
+        };
         Ok(NodeOffer {
+            overlay_address,
             architecture,
             virtualizations,
             capacity: Resources {
@@ -246,6 +268,10 @@ pub struct RegistrationAnswer {
     pub mqtt_host: String,
     pub mqtt_username: String,
     pub mqtt_password: String,
+    /// Canopy: the worker's `/26` overlay subnet (network address), when it asked to be on
+    /// the overlay.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subnet: String,
 }
 
 /// `nodes/<id>/information`: the node's current load (the heartbeat).
@@ -298,6 +324,9 @@ pub struct JobStatus {
     pub status_detail: String,
     #[serde(default)]
     pub publicip: String,
+    /// Canopy: the instance's address on the overlay (its namespace's), when it is on it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ns_ip: String,
 }
 
 /// What a [`JobStatus`] says, checked.
@@ -308,6 +337,7 @@ pub struct JobStatusEvent {
     pub status: InstanceStatus,
     /// The worker's explanation (may be empty).
     pub detail: String,
+    pub ns_ip: Option<Ipv4Addr>,
 }
 
 impl JobStatus {
@@ -319,11 +349,19 @@ impl JobStatus {
         let status: InstanceStatus = self.status.parse().map_err(|_| {
             ConvertError::new("status", format!("{:?} is not a status", self.status))
         })?;
+        let ns_ip = if self.ns_ip.is_empty() {
+            None
+        } else {
+            Some(self.ns_ip.parse().map_err(|_| {
+                ConvertError::new("ns_ip", format!("{:?} is not an IPv4 address", self.ns_ip))
+            })?)
+        };
         Ok(JobStatusEvent {
             job,
             instance: InstanceNumber(self.instance),
             status,
             detail: self.status_detail.clone(),
+            ns_ip,
         })
     }
 }

@@ -65,6 +65,7 @@ fn spec() -> ServiceSpec {
         ],
         rr_ip: Some("10.30.30.30".parse().unwrap()),
         rr_ip_v6: None,
+        closest_ip: Some("10.30.30.31".parse().unwrap()),
     }
 }
 
@@ -90,6 +91,7 @@ fn report() -> InstanceReport {
         node_id: Some(NodeId::parse("n1").unwrap()),
         cpu_percent: 12.5,
         memory_mb: 20,
+        ns_ip: Some("10.18.0.66".parse().unwrap()),
     }
 }
 
@@ -145,6 +147,10 @@ fn domain_values_round_trip_through_the_wire() {
             cpu_percent: 12.5,
             memory_percent: 40.0,
             instances: 3,
+            overlay: Some(canopy_core::overlay::Peer {
+                subnet: "10.18.0.64".parse().unwrap(),
+                underlay: "192.0.2.2".parse().unwrap(),
+            }),
         }],
         usage: vec![InstanceUsage {
             service_id: ServiceId::parse("0123456789abcdef01234567").unwrap(),
@@ -182,6 +188,42 @@ fn domain_values_round_trip_through_the_wire() {
         result: Err("no such service".into()),
     };
     assert_eq!(CommandAck::from(pb::CommandAck::from(&ack)), ack);
+}
+
+#[test]
+fn the_overlay_view_round_trips_and_bad_addresses_name_their_field() {
+    use canopy_core::overlay::{GlobalEndpoint, GlobalPeer, GlobalService, GlobalView, Peer};
+    let cluster = canopy_core::ClusterId::parse("c1").unwrap();
+    let node = NodeId::parse("n1").unwrap();
+    let v = GlobalView {
+        peers: vec![GlobalPeer {
+            cluster: cluster.clone(),
+            node: node.clone(),
+            peer: Peer {
+                subnet: "10.18.0.64".parse().unwrap(),
+                underlay: "192.0.2.2".parse().unwrap(),
+            },
+        }],
+        services: vec![GlobalService {
+            id: ServiceId::parse("s1").unwrap(),
+            name: "a.b.c.d".into(),
+            rr_ip: "10.30.55.55".parse().unwrap(),
+            closest_ip: None,
+            instances: vec![GlobalEndpoint {
+                instance: InstanceNumber(3),
+                instance_ip: Some("10.30.0.9".parse().unwrap()),
+                address: "10.18.0.66".parse().unwrap(),
+                cluster,
+                node,
+            }],
+        }],
+    };
+    let wire = pb::OverlayView::from(&v);
+    assert_eq!(GlobalView::try_from(wire.clone()).unwrap(), v);
+    let mut bad = wire;
+    bad.services[0].instances[0].address = "nope".into();
+    let e = GlobalView::try_from(bad).unwrap_err();
+    assert_eq!(e.field, "services[0].instances[0].address");
 }
 
 #[test]
@@ -282,6 +324,20 @@ impl ClusterLink for TestRoot {
             cluster_id: format!("cluster-{}", reg.cluster_name),
             session_token: "session".into(),
         }))
+    }
+
+    async fn allocate_subnet(
+        &self,
+        _: Request<pb::SubnetRequest>,
+    ) -> Result<Response<pb::SubnetGrant>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn release_subnet(
+        &self,
+        _: Request<pb::SubnetRequest>,
+    ) -> Result<Response<pb::SubnetGrant>, Status> {
+        Err(Status::unimplemented("not in this test"))
     }
 
     type SessionStream = RootStream;

@@ -3,8 +3,8 @@
 //! Wire ⇄ domain conversions are in `canopy-proto`; the decisions are in [`crate::control`].
 
 use crate::control::{self, Outbound, Root};
-use canopy_core::ClusterId;
 use canopy_core::link::{ClusterReport, CommandAck, InstanceReport, Registration};
+use canopy_core::{ClusterId, NodeId};
 use canopy_proto::pb::cluster_link_server::{ClusterLink, ClusterLinkServer};
 use canopy_proto::pb::{self, cluster_message, root_message};
 use canopy_store::secrets::constant_time_eq;
@@ -72,6 +72,33 @@ impl ClusterLink for LinkService {
         }))
     }
 
+    async fn allocate_subnet(
+        &self,
+        request: Request<pb::SubnetRequest>,
+    ) -> Result<Response<pb::SubnetGrant>, Status> {
+        let (cluster, node, token) = subnet_request(request.into_inner())?;
+        let subnet = self
+            .root
+            .allocate_subnet(&cluster, &token, &node)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::SubnetGrant {
+            subnet: subnet.to_string(),
+        }))
+    }
+
+    async fn release_subnet(
+        &self,
+        request: Request<pb::SubnetRequest>,
+    ) -> Result<Response<pb::SubnetGrant>, Status> {
+        let (cluster, node, token) = subnet_request(request.into_inner())?;
+        self.root
+            .release_subnet(&cluster, &token, &node)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::SubnetGrant::default()))
+    }
+
     type SessionStream = RootStream;
 
     async fn session(
@@ -116,8 +143,11 @@ impl ClusterLink for LinkService {
                 tokio::select! {
                     _ = stop.changed() => break,
                     cmd = commands.recv() => {
-                        let Some(Outbound::Command(c)) = cmd else { break };
-                        let m = message(root_message::Body::Command(pb::Command::from(&c)));
+                        let m = match cmd {
+                            Some(Outbound::Command(c)) => message(root_message::Body::Command(pb::Command::from(&c))),
+                            Some(Outbound::Overlay(v)) => message(root_message::Body::Overlay(pb::OverlayView::from(&*v))),
+                            None => break,
+                        };
                         if out_tx.send(Ok(m)).await.is_err() { break; }
                     }
                     msg = inbound.message() => {
@@ -149,6 +179,14 @@ impl ClusterLink for LinkService {
         let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+fn subnet_request(r: pb::SubnetRequest) -> Result<(ClusterId, NodeId, String), Status> {
+    let cluster = ClusterId::parse(r.cluster_id)
+        .map_err(|e| Status::invalid_argument(format!("cluster_id: {e}")))?;
+    let node =
+        NodeId::parse(r.node_id).map_err(|e| Status::invalid_argument(format!("node_id: {e}")))?;
+    Ok((cluster, node, r.session_token))
 }
 
 /// One message from a cluster; returns the reply to send, if any. A message that does not

@@ -19,6 +19,22 @@ pub mod collections {
     pub const CLUSTERS: &str = "clusters";
     pub const OUTBOX: &str = "outbox";
     pub const SECRETS: &str = "secrets";
+    pub const SUBNETS: &str = "subnets";
+}
+
+/// A worker subnet the root's address plan gave a cluster's worker (collection `subnets`, keyed
+/// `<cluster>/<node>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetGrant {
+    pub cluster_id: ClusterId,
+    pub node_id: NodeId,
+    pub subnet: Ipv4Addr,
+}
+
+impl SubnetGrant {
+    pub fn key(cluster: &ClusterId, node: &NodeId) -> String {
+        format!("{cluster}/{node}")
+    }
 }
 
 /// Oakestra's roles and organisation members are API shapes too: they live in `canopy-api`.
@@ -103,6 +119,9 @@ pub struct Instance {
     pub cpu_percent: f64,
     #[serde(default)]
     pub memory_mb: u64,
+    /// Its address on the overlay, from the cluster's last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_ip: Option<Ipv4Addr>,
     /// The tail of its output (at most 1024 bytes) from the cluster's last report.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub logs: String,
@@ -125,6 +144,7 @@ impl Instance {
             node_id: None,
             cpu_percent: 0.0,
             memory_mb: 0,
+            ns_ip: None,
             logs: String::new(),
             updated_at: at,
             refused_by: Vec::new(),

@@ -120,6 +120,7 @@ impl Server {
         let stopped = || stopper.stopped();
 
         let ticker = tokio::spawn(self.root.clone().run_ticker(stopped()));
+        let overlay = tokio::spawn(self.root.clone().run_overlay(stopped()));
 
         let state = ApiState {
             root: self.root.clone(),
@@ -164,6 +165,7 @@ impl Server {
 
         let (a, m, g) = tokio::join!(api, metrics, grpc);
         let _ = ticker.await;
+        let _ = overlay.await;
         a.map_err(|source| ServeError::Io {
             what: "REST API",
             source,

@@ -30,6 +30,15 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
                 .map_err(|_| format!("addresses.rr_ip: {s:?} is not an IPv4 address"))
         })
         .transpose()?;
+    let closest_ip = ms
+        .addresses
+        .closest_ip
+        .as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("addresses.closest_ip: {s:?} is not an IPv4 address"))
+        })
+        .transpose()?;
     let rr_ip_v6 = ms
         .addresses
         .rr_ip_v6
@@ -92,5 +101,6 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
         constraints,
         rr_ip,
         rr_ip_v6,
+        closest_ip,
     })
 }

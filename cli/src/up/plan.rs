@@ -221,6 +221,7 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
             format!("--containerd-namespace={ns}"),
             format!("--runtimes={}", args.runtimes),
             "--remove-on-exit".to_owned(),
+            "--no-overlay".to_owned(),
             format!("--log={}", args.log),
         ];
         command.extend(args.node_args.iter().cloned());
@@ -376,6 +377,7 @@ mod tests {
                 "--containerd-namespace=canopy-test-worker2",
                 "--runtimes=container,wasm",
                 "--remove-on-exit",
+                "--no-overlay",
                 "--log=info",
             ]
         );

@@ -130,6 +130,9 @@ impl Cluster {
         self.worker_message(node, |ch| {
             match owned_by(ch, node, Some(&ev.job), ev.instance) {
                 Ownership::Ours(k) => {
+                    if let (Some(ip), Some(i)) = (ev.ns_ip, ch.instances.get_mut(&k)) {
+                        i.ns_ip = Some(ip);
+                    }
                     let event = Event::Reported(ev.status);
                     if let Err(e) = self.apply(ch, &k, event, Some(ev.detail)) {
                         tracing::error!(error = %e, "cannot record a job status");
@@ -223,12 +226,14 @@ impl Cluster {
                 i.restarts = i.restarts.saturating_add(1);
                 i.running_since = 0.0;
                 i.node = None;
+                i.ns_ip = None;
                 self.metrics.reschedule();
             }
             Next::PlaceNow => {
                 i.retry_at = 0.0;
                 i.running_since = 0.0;
                 i.node = None;
+                i.ns_ip = None;
                 self.metrics.reschedule();
             }
             Next::Wait | Next::PlaceWhenPossible => {}

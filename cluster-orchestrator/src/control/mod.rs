@@ -12,6 +12,8 @@
 //! - `placement.rs`: placing waiting instances with [`crate::scheduler`];
 //! - `instances.rs`: the instance lifecycle ([`crate::lifecycle`]), worker reports on
 //!   instances, the root's deploy/undeploy commands;
+//! - `overlay.rs`: worker subnets from the root's address plan; the overlay view published to
+//!   every worker when it changes;
 //! - `reports.rs`: the report outbox to the root, the
 //!   [`ClusterReport`](canopy_core::link::ClusterReport) aggregation;
 //! - `tests.rs`: the façade end to end on an embedded store (paused time, a failing store).
@@ -33,6 +35,7 @@
 //! tests can pause and advance it.
 
 mod instances;
+mod overlay;
 mod placement;
 mod reports;
 mod state;
@@ -41,6 +44,7 @@ mod tests;
 mod workers;
 
 pub use instances::UsageReport;
+pub use overlay::AddressPlan;
 pub use workers::{Registered, WorkerView};
 
 use crate::metrics::Metrics;
@@ -67,6 +71,8 @@ pub enum Error {
     Invalid { field: String, message: String },
     #[error("the MQTT broker refused the worker's credentials: {0}")]
     Broker(String),
+    #[error("no worker subnet for the overlay: {0}")]
+    AddressPlan(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -122,6 +128,10 @@ pub struct Cluster {
     /// When the cluster opened, on both clocks: Unix time is read off tokio's clock from here.
     opened: Now,
     pub metrics: Metrics,
+    address_plan: std::sync::OnceLock<Arc<dyn AddressPlan>>,
+    global_overlay: std::sync::Mutex<Arc<canopy_core::overlay::GlobalView>>,
+    overlay_dirty: Notify,
+    overlay_sent: std::sync::Mutex<overlay::Sent>,
 }
 
 impl Cluster {
@@ -147,6 +157,10 @@ impl Cluster {
             registrations: Mutex::new(()),
             opened,
             metrics: Metrics::default(),
+            address_plan: std::sync::OnceLock::new(),
+            global_overlay: std::sync::Mutex::new(Arc::default()),
+            overlay_dirty: Notify::new(),
+            overlay_sent: std::sync::Mutex::new(overlay::Sent::default()),
         });
         Ok((cluster, rx))
     }
@@ -173,6 +187,7 @@ impl Cluster {
         let (tx, writes) = ch.finish();
         let effects = tx.commit(self.store.as_ref()).await?;
         st.apply(writes);
+        self.overlay_changed();
         let mut reported = false;
         for e in effects {
             match e {

@@ -152,7 +152,8 @@ fn aggregate(view: &Change, candidates: &[WorkerCandidate]) -> ClusterReport {
     }
     let nodes = candidates
         .iter()
-        .map(|c| NodeSummary {
+        .zip(view.workers.values())
+        .map(|(c, w)| NodeSummary {
             id: c.id.clone(),
             name: c.name.clone(),
             active: c.active,
@@ -161,6 +162,7 @@ fn aggregate(view: &Change, candidates: &[WorkerCandidate]) -> ClusterReport {
             cpu_percent: c.cpu_percent.clamp(0.0, 100.0),
             memory_percent: c.memory_percent.clamp(0.0, 100.0),
             instances: placed.get(&c.id).copied().unwrap_or(0),
+            overlay: w.doc.overlay,
         })
         .collect();
     ClusterReport {

@@ -207,6 +207,7 @@ fn status(s: InstanceStatus) -> canopy_proto::worker::JobStatusEvent {
         instance: InstanceNumber(0),
         status: s,
         detail: String::new(),
+        ns_ip: None,
     }
 }
 

@@ -18,11 +18,13 @@ pub struct WorkerView {
     pub info: NodeInformation,
 }
 
-/// A registration's outcome: the worker's id (also its MQTT user name) and MQTT password.
+/// A registration's outcome: the worker's id (also its MQTT user name) and MQTT password,
+/// and its overlay subnet when it asked to be on the overlay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
     pub id: NodeId,
     pub password: String,
+    pub subnet: Option<std::net::Ipv4Addr>,
 }
 
 impl Cluster {
@@ -35,9 +37,34 @@ impl Cluster {
         })?;
         let password = canopy_store::secrets::random_token(16);
         let _one = self.registrations.lock().await;
-        let id = {
+        let (id, subnet) = {
             let st = self.state.lock().await;
-            st.names.get(&reg.host).cloned().unwrap_or_else(new_node_id)
+            let id = st.names.get(&reg.host).cloned().unwrap_or_else(new_node_id);
+            let subnet = st
+                .workers
+                .get(&id)
+                .and_then(|w| w.doc.overlay)
+                .map(|p| p.subnet);
+            (id, subnet)
+        };
+        // A worker on the overlay keeps the subnet it has; a new one asks the root's address
+        // plan (not under the state lock either).
+        let overlay = match offer.overlay_address {
+            None => None,
+            Some(underlay) => {
+                let subnet = match subnet {
+                    Some(s) => s,
+                    None => {
+                        let plan = self.address_plan().ok_or_else(|| {
+                            Error::AddressPlan(
+                                "the cluster has no link to the root's address plan".into(),
+                            )
+                        })?;
+                        plan.allocate(&id).await.map_err(Error::AddressPlan)?
+                    }
+                };
+                Some(canopy_core::overlay::Peer { subnet, underlay })
+            }
         };
         // Not under the state lock: the broker's answer arrives through the MQTT loop, which
         // takes that lock for every worker message (holding it here made registrations time
@@ -59,6 +86,7 @@ impl Cluster {
                 supported_addons: reg.supported_addons.clone(),
                 mqtt_password_sha256: sha256_hex(&password),
                 registered_at: ch.now.unix,
+                overlay,
             };
             ch.tx.put(col::WORKERS, id.as_str(), &doc)?;
             ch.names.insert(doc.name.clone(), id.clone());
@@ -83,8 +111,13 @@ impl Cluster {
             Ok(())
         })
         .await?;
-        tracing::info!(node = %id, host = %reg.host, "worker registered");
-        Ok(Registered { id, password })
+        self.overlay_forget(&id);
+        tracing::info!(node = %id, host = %reg.host, subnet = ?overlay.map(|p| p.subnet), "worker registered");
+        Ok(Registered {
+            id,
+            password,
+            subnet: overlay.map(|p| p.subnet),
+        })
     }
 
     /// Stored MQTT password hashes of every worker (for an embedded broker's auth).

@@ -92,6 +92,8 @@ struct Slot {
     /// The supervisor's phase; the channel closes when the supervisor is finished.
     phase: watch::Receiver<Phase>,
     generation: u64,
+    /// Its address on the overlay, once attached (reported with its status).
+    ns_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Slot {
@@ -209,11 +211,20 @@ impl Engine {
             spec,
             log_path: self.config.log_dir.join(format!("{name}.log")),
             netns: None,
+            resolv_conf: None,
         })
     }
 
-    fn status_message(&self, job: &str, n: u32, status: InstanceStatus, detail: &str) -> JobStatus {
+    fn status_message(
+        &self,
+        job: &str,
+        n: u32,
+        status: InstanceStatus,
+        detail: &str,
+        ns_ip: Option<std::net::Ipv4Addr>,
+    ) -> JobStatus {
         JobStatus {
+            ns_ip: ns_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             sname: job.to_owned(),
             instance: n,
             status: status.as_str().to_owned(),
@@ -225,7 +236,21 @@ impl Engine {
     fn report(&self, job: &str, n: u32, status: InstanceStatus, detail: &str) {
         let _ = self
             .updates
-            .send(self.status_message(job, n, status, detail));
+            .send(self.status_message(job, n, status, detail, None));
+    }
+
+    /// Records where instance `name` is on the overlay (if the slot is still this
+    /// generation's).
+    async fn attached(&self, name: &str, generation: u64, address: std::net::Ipv4Addr) {
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .await
+            .get_mut(name)
+            .filter(|s| s.generation == generation)
+        {
+            slot.ns_ip = Some(address);
+        }
     }
 
     /// Answers a deploy the engine cannot take (a malformed message or one [`Engine::deploy`]
@@ -306,6 +331,7 @@ impl Engine {
                 stop,
                 phase,
                 generation,
+                ns_ip: None,
             },
         );
     }
@@ -341,24 +367,34 @@ impl Engine {
             };
             slot.status = status;
             slot.detail = detail.to_owned();
-            Record {
-                deploy: slot.deploy.clone(),
-                status,
-                detail: detail.to_owned(),
-            }
+            (
+                Record {
+                    deploy: slot.deploy.clone(),
+                    status,
+                    detail: detail.to_owned(),
+                },
+                slot.ns_ip,
+            )
         };
+        let (record, ns_ip) = record;
         tracing::info!(instance = name, status = %status, detail, "instance status");
-        self.report(
+        let _ = self.updates.send(self.status_message(
             &record.deploy.job_name,
             record.deploy.instance_number,
             status,
             detail,
-        );
+            ns_ip.filter(|_| status == InstanceStatus::Running),
+        ));
         if ended(status)
             && let Err(e) = self.records.put(name, &record).await
         {
             tracing::error!(instance = name, error = %e, "cannot record a status");
         }
+    }
+
+    /// The worker's net manager, unless `--no-overlay`.
+    pub fn net_manager(&self) -> Option<&crate::overlay::NetManager> {
+        self.config.overlay.as_ref()
     }
 
     /// The net manager, when `w` goes on the overlay (containers do; wasm has no sockets).
@@ -453,6 +489,7 @@ impl Engine {
                     s.deploy.instance_number,
                     s.status,
                     &s.detail,
+                    s.ns_ip.filter(|_| s.status == InstanceStatus::Running),
                 )
             })
             .collect()

@@ -149,6 +149,8 @@ impl Engine {
                     Some(net) => match net.attach(&name, &w.spec.ports).await {
                         Ok(a) => {
                             w.netns = Some(a.netns);
+                            w.resolv_conf = a.resolv_conf;
+                            self.attached(&name, generation, a.address).await;
                             Ok(())
                         }
                         Err(e) => Err(RuntimeError::bad("overlay", e.to_string())),
@@ -173,6 +175,15 @@ impl Engine {
                 }
             }
             Resume::Attached => {
+                // The same name answers the same network: learn its address again.
+                if let Some(net) = self.overlay_for(&w) {
+                    match net.attach(&name, &w.spec.ports).await {
+                        Ok(a) => self.attached(&name, generation, a.address).await,
+                        Err(e) => {
+                            tracing::warn!(instance = %name, error = %e, "cannot learn the instance's overlay address")
+                        }
+                    }
+                }
                 self.set(
                     &name,
                     generation,

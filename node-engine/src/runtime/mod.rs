@@ -71,6 +71,9 @@ pub struct Workload {
     /// The network namespace to join (the instance's place on the overlay); `None`: the
     /// host's network.
     pub netns: Option<PathBuf>,
+    /// The `/etc/resolv.conf` it sees (on the overlay: the net manager's resolver); `None`:
+    /// the host's.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Workload {

@@ -332,11 +332,18 @@ fn add_services_to(
             Some(ip) => {
                 change
                     .reserve(st, ip)
-                    .map_err(|e| address_error(&path, e))?;
+                    .map_err(|e| address_error(&path, "rr_ip", e))?;
                 ip
             }
-            None => change.allocate(st).map_err(|e| address_error(&path, e))?,
+            None => change
+                .allocate(st)
+                .map_err(|e| address_error(&path, "rr_ip", e))?,
         };
+        if let Some(ip) = spec.closest_ip {
+            change
+                .reserve(st, ip)
+                .map_err(|e| address_error(&path, "closest_ip", e))?;
+        }
         let sla = serde_json::to_value(ms).map_err(|e| StoreError::Backend(e.to_string()))?;
         let id: ServiceId = new_id()?;
         let s = Service {
@@ -355,8 +362,8 @@ fn add_services_to(
     Ok(())
 }
 
-fn address_error(path: &str, e: AddressError) -> Error {
-    let field = format!("{path}.addresses.rr_ip");
+fn address_error(path: &str, which: &str, e: AddressError) -> Error {
+    let field = format!("{path}.addresses.{which}");
     match e {
         AddressError::Taken(_) | AddressError::Exhausted(_) => Error::Conflict {
             field,

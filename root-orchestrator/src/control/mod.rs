@@ -10,6 +10,7 @@
 //! | `accounts.rs` | users, organisations, passwords, login |
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
+//! | `overlay.rs` | worker subnets of the address plan; the overlay view sent to every cluster when it changes |
 //! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
 //! | `tests/` | `plan.rs`: the placement step case by case; `mod.rs`: the whole `Root` on a paused clock |
 //!
@@ -42,6 +43,7 @@
 
 mod accounts;
 mod apps;
+mod overlay;
 mod placement;
 mod sessions;
 mod state;
@@ -170,6 +172,8 @@ impl Default for Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
     Command(Command),
+    /// The whole overlay, when it changed (each replaces the one before).
+    Overlay(Arc<canopy_core::overlay::GlobalView>),
 }
 
 /// What a committed change sends: a command for a cluster.
@@ -188,6 +192,9 @@ pub struct Root {
     session_generation: std::sync::atomic::AtomicU64,
     settings: Settings,
     pub metrics: Metrics,
+    /// The overlay view last sent to the clusters.
+    overlay_sent: std::sync::Mutex<Arc<canopy_core::overlay::GlobalView>>,
+    overlay_dirty: tokio::sync::Notify,
 }
 
 impl Root {
@@ -201,7 +208,10 @@ impl Root {
             session_generation: std::sync::atomic::AtomicU64::new(0),
             settings,
             metrics: Metrics::default(),
+            overlay_sent: std::sync::Mutex::new(Arc::default()),
+            overlay_dirty: tokio::sync::Notify::new(),
         });
+        root.overlay_changed();
         root.refresh_gauges().await;
         Ok(root)
     }
@@ -216,6 +226,7 @@ impl Root {
         let (tx, apply) = change.split();
         let sends = tx.commit(&*self.store).await?;
         st.apply(apply);
+        self.overlay_changed();
         if !sends.is_empty() {
             let sessions = self.sessions_lock();
             for (cluster, command) in sends {

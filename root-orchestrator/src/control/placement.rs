@@ -285,10 +285,14 @@ fn deploy(
     inst.cluster_id = Some(cluster.clone());
     inst.node_id = None;
     inst.set_status(InstanceStatus::ClusterScheduled, "", now.unix);
+    // The cluster learns the service's address (pinned or allocated) with the order, so its
+    // workers can reach the instance through it even while the root is away.
+    let mut spec = s.spec.clone();
+    spec.rr_ip = Some(s.rr_ip);
     let action = CommandAction::Deploy {
         service_id: key.service.clone(),
         instance: inst.number,
-        spec: Box::new(s.spec.clone()),
+        spec: Box::new(spec),
         instance_ip: Some(inst.ip),
     };
     change.send(cluster.clone(), action)

@@ -136,6 +136,10 @@ impl Root {
         for p in st.outbox.values().filter(|p| &p.cluster_id == cluster) {
             let _ = tx.send(Outbound::Command(p.command.clone()));
         }
+        let overlay = self.last_overlay();
+        if !overlay.peers.is_empty() {
+            let _ = tx.send(Outbound::Overlay(overlay));
+        }
         let generation = self
             .session_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -168,7 +172,15 @@ impl Root {
             return;
         };
         e.report = Some(report);
+        let overlay_moved = e
+            .nodes
+            .iter()
+            .map(|n| (&n.id, n.overlay))
+            .ne(nodes.iter().map(|n| (&n.id, n.overlay)));
         e.nodes = nodes;
+        if overlay_moved {
+            self.overlay_changed();
+        }
         e.last_seen = now.at;
         e.last_report_unix = now.unix;
         // Live figures and log tails: kept in memory, written with the next status change.
@@ -246,6 +258,7 @@ impl Root {
                     i.refused_by.push(cluster.clone());
                 }
                 i.node_id = r.node_id.clone();
+                i.ns_ip = r.ns_ip;
                 i.cpu_percent = r.cpu_percent;
                 i.memory_mb = r.memory_mb;
                 // The cluster has no worker for it: move it to a cluster that has not refused

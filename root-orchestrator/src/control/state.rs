@@ -3,7 +3,7 @@
 
 use super::{Delivery, Now, Result};
 use crate::model::{
-    Application, Cluster, Instance, Organization, PendingCommand, Service, User,
+    Application, Cluster, Instance, Organization, PendingCommand, Service, SubnetGrant, User,
     collections as col, outbox_key,
 };
 use canopy_core::addressing::{AddressError, Ipv4Pool};
@@ -86,6 +86,9 @@ pub(super) struct State {
     pub outbox: BTreeMap<u64, PendingCommand>,
     pub next_command: u64,
     pub pool: Ipv4Pool,
+    /// Worker subnets given out, by `<cluster>/<node>` ([`SubnetGrant::key`]).
+    pub subnets: BTreeMap<String, SubnetGrant>,
+    pub subnet_pool: Ipv4Pool,
 }
 
 /// An instance as stored: the instance and the service it belongs to.
@@ -117,7 +120,19 @@ impl State {
             outbox: BTreeMap::new(),
             next_command: 0,
             pool: Ipv4Pool::service_addresses(),
+            subnets: BTreeMap::new(),
+            subnet_pool: Ipv4Pool::worker_subnets(),
         };
+        for (key, g) in Collection::<SubnetGrant>::new(store.clone(), col::SUBNETS)
+            .list()
+            .await?
+        {
+            if st.subnet_pool.reserve(g.subnet).is_err() {
+                tracing::warn!(key, subnet = %g.subnet, "stored worker subnet outside the plan or given twice; ignored");
+                continue;
+            }
+            st.subnets.insert(key, g);
+        }
         for (_, u) in Collection::<User>::new(store.clone(), col::USERS)
             .list()
             .await?
@@ -154,6 +169,9 @@ impl State {
             };
             // A pinned or allocated service address that no longer fits the pool is kept anyway.
             let _ = st.pool.reserve(s.rr_ip);
+            if let Some(ip) = s.spec.closest_ip {
+                let _ = st.pool.reserve(ip);
+            }
             st.services.insert(id, s);
         }
         for (key, i) in Collection::<StoredInstance>::new(store.clone(), col::INSTANCES)
@@ -232,6 +250,15 @@ impl State {
                 },
                 Op::Outbox(id, Some(p)) => _ = self.outbox.insert(id, p),
                 Op::Outbox(id, None) => _ = self.outbox.remove(&id),
+                Op::Subnet(key, Some(g)) => {
+                    let _ = self.subnet_pool.reserve(g.subnet);
+                    self.subnets.insert(key, g);
+                }
+                Op::Subnet(key, None) => {
+                    if let Some(g) = self.subnets.remove(&key) {
+                        self.subnet_pool.release(g.subnet);
+                    }
+                }
             }
         }
         self.next_command = apply.next_command;
@@ -255,6 +282,7 @@ enum Op {
     /// A cluster document; `Instant` starts the grace period of a new cluster.
     Cluster(Cluster, Instant),
     Outbox(u64, Option<PendingCommand>),
+    Subnet(String, Option<SubnetGrant>),
 }
 
 /// The memory half of a [`Change`], applied by [`State::apply`] after the commit.
@@ -338,6 +366,7 @@ impl Change {
     pub fn delete_service(&mut self, id: &ServiceId, s: &Service) {
         self.tx.delete(col::SERVICES, id.as_str());
         self.apply.released.push(s.rr_ip);
+        self.apply.released.extend(s.spec.closest_ip);
         for i in s.instances.values() {
             let key = InstanceKey::new(id.clone(), i.number);
             self.tx.delete(col::INSTANCES, &key.store_key());
@@ -404,6 +433,20 @@ impl Change {
     pub fn acknowledged(&mut self, id: u64) {
         self.tx.delete(col::OUTBOX, &outbox_key(id));
         self.apply.ops.push(Op::Outbox(id, None));
+    }
+
+    /// Records worker subnet `g` (its address taken from the plan when applied).
+    pub fn put_subnet(&mut self, g: SubnetGrant) -> Result<()> {
+        let key = SubnetGrant::key(&g.cluster_id, &g.node_id);
+        self.tx.put(col::SUBNETS, &key, &g)?;
+        self.apply.ops.push(Op::Subnet(key, Some(g)));
+        Ok(())
+    }
+
+    /// Returns a worker subnet to the plan.
+    pub fn delete_subnet(&mut self, key: &str) {
+        self.tx.delete(col::SUBNETS, key);
+        self.apply.ops.push(Op::Subnet(key.to_owned(), None));
     }
 
     /// The address pool as this change sees it (a copy of `st`'s, taken when first needed).

@@ -464,6 +464,7 @@ impl TestCluster {
             node_id: Some(canopy_core::NodeId::parse("worker-1").unwrap()),
             cpu_percent: 1.5,
             memory_mb: 12,
+            ns_ip: None,
         };
         let m = pb::ClusterMessage {
             body: Some(cluster_message::Body::Instance(pb::InstanceReport::from(

@@ -128,7 +128,7 @@ pub fn build(w: &Workload, image: &ImageConfig, cgroups_path: &str) -> Result<Ve
         },
         "root": { "path": "rootfs", "readonly": false },
         "hostname": w.hostname(),
-        "mounts": mounts(),
+        "mounts": mounts(w.resolv_conf.as_deref()),
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,
@@ -142,7 +142,7 @@ pub fn build(w: &Workload, image: &ImageConfig, cgroups_path: &str) -> Result<Ve
     serde_json::to_vec(&spec).map_err(RuntimeError::backend)
 }
 
-fn mounts() -> Value {
+fn mounts(resolv_conf: Option<&std::path::Path>) -> Value {
     let mut m = json!([
         { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
         { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
@@ -152,12 +152,17 @@ fn mounts() -> Value {
         { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
         { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
     ]);
-    // The host's name resolution (on the overlay too, until the net manager answers names).
-    for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if std::path::Path::new(f).exists()
+    // The host's name resolution, or on the overlay the net manager's resolver (service
+    // names, the rest forwarded to the host's).
+    let resolv = resolv_conf.unwrap_or(std::path::Path::new("/etc/resolv.conf"));
+    for (dest, src) in [
+        ("/etc/resolv.conf", resolv),
+        ("/etc/hosts", std::path::Path::new("/etc/hosts")),
+    ] {
+        if src.exists()
             && let Some(a) = m.as_array_mut()
         {
-            a.push(json!({ "destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"] }));
+            a.push(json!({ "destination": dest, "type": "bind", "source": src, "options": ["rbind", "ro"] }));
         }
     }
     m
@@ -212,6 +217,7 @@ mod tests {
             spec,
             log_path: "/tmp/x.log".into(),
             netns: None,
+            resolv_conf: None,
         }
     }
 
