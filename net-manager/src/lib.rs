@@ -17,10 +17,13 @@
 //! - [`manager`]: the daemon's state and operations (attach, detach, the table), its store,
 //!   leftovers removed at start; [`api`]: its HTTP API on a unix socket; [`metrics`];
 //!   [`config`]: its flags.
+//! - [`dns`]: the overlay's name resolver: job names of services → service IPs, other names
+//!   forwarded to the host's resolvers.
 
 pub mod api;
 pub mod apply;
 pub mod config;
+pub mod dns;
 pub mod link;
 pub mod manager;
 pub mod metrics;
