@@ -17,7 +17,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$REPO/scripts/lib.sh"
 
-APPLETS=(sh ash echo sleep cat ls env true false mkdir rm hostname httpd wget nc id ps kill
+APPLETS=(sh ash echo sleep cat ls env true false mkdir rm hostname httpd wget nc id ps kill timeout nslookup
   printf test seq head tail grep)
 
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }

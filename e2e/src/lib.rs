@@ -20,6 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod lab;
+
 pub const ADMIN_PASSWORD: &str = "e2e-admin-pw";
 
 /// `target/<profile>/`, where cargo puts every workspace binary.

@@ -88,6 +88,10 @@ pub struct Config {
     /// address this worker reaches the cluster from.
     #[arg(long, env = "CANOPY_OVERLAY_ADDRESS")]
     pub overlay_address: Option<std::net::Ipv4Addr>,
+    /// Offer the cluster at most this much memory (MB), keeping the rest for the host;
+    /// default: all that is available.
+    #[arg(long, env = "CANOPY_OFFER_MEMORY_MB")]
+    pub offer_memory_mb: Option<u64>,
     /// How often the engine looks for workloads in its namespace that no instance names (a
     /// bug); each is logged as an error, removed and counted in /metrics.
     #[arg(long, env = "CANOPY_UNTRACKED_CHECK_SECS", default_value_t = 30.0)]
@@ -148,6 +152,7 @@ impl Config {
             net_manager_socket: PathBuf::from("/run/canopy/net-manager.sock"),
             no_overlay: true,
             overlay_address: None,
+            offer_memory_mb: None,
             bench_virtual_workers: 0,
             log: "info".into(),
         }

@@ -156,6 +156,7 @@ impl Node {
                 report_interval: self.config.report_interval(),
                 data_dir: self.config.data_dir.clone(),
                 overlay_address: self.config.overlay_address,
+                offer_memory_mb: self.config.offer_memory_mb,
             },
             state,
         );

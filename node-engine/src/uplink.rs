@@ -45,6 +45,8 @@ pub struct UplinkConfig {
     /// `--overlay-address`: the LAN address of the worker's tunnel (default: the address the
     /// cluster is reached from). Used only with a net manager.
     pub overlay_address: Option<std::net::Ipv4Addr>,
+    /// `--offer-memory-mb`: at most this much memory is offered to the cluster.
+    pub offer_memory_mb: Option<u64>,
 }
 
 /// What the uplink tells the rest of the engine.
@@ -101,6 +103,13 @@ impl Uplink {
         }
     }
 
+    /// The memory offered to the cluster: what is available, at most `--offer-memory-mb`.
+    fn offered_memory_mb(&self, available_mb: u64) -> u64 {
+        self.config
+            .offer_memory_mb
+            .map_or(available_mb, |cap| cap.min(available_mb))
+    }
+
     fn registration(&self) -> NodeRegistration {
         let (total, available) = host::memory();
         NodeRegistration {
@@ -109,7 +118,7 @@ impl Uplink {
             port: String::new(),
             architecture: crate::runtime::containerd::oci::host_arch().to_owned(),
             vcpus: host::vcpus(),
-            memory: available >> 20,
+            memory: self.offered_memory_mb(available >> 20),
             cpu_percent: 0.0,
             memory_percent: used_percent(total, available),
             vgpus: 0,
@@ -429,7 +438,7 @@ impl Uplink {
             cpu_percent: cpu.sample(),
             vcpus: host::vcpus(),
             memory_percent: used_percent(total, available),
-            memory: available >> 20,
+            memory: self.offered_memory_mb(available >> 20),
             vgpus,
             gpu_usage,
         };
