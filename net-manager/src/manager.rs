@@ -179,6 +179,7 @@ impl Manager {
             &settings.table,
             &inner.translations,
             &inner.published(),
+            None,
         )?;
         let m = Manager {
             settings,
@@ -302,7 +303,7 @@ impl Manager {
     pub async fn set_translations(&self, t: Translations) -> Result<()> {
         let started = Instant::now();
         let mut inner = self.inner.lock().await;
-        crate::apply::translations(None, &self.settings.table, &t, &inner.published())?;
+        crate::apply::translations(None, &self.settings.table, &t, &inner.published(), None)?;
         self.tables.put(TABLE_KEY, &t).await?;
         inner.translations = t;
         self.metrics.table_updated(
@@ -320,6 +321,7 @@ impl Manager {
             &self.settings.table,
             &inner.translations,
             &inner.published(),
+            None,
         )?;
         Ok(())
     }
