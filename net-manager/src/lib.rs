@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod plan;
+pub mod probe;
 pub mod view;
 
 /// The component's name as it appears in logs and `--version`.
