@@ -99,20 +99,27 @@ pub struct Candidate {
     pub addresses: Vec<Ipv4Addr>,
 }
 
+/// Round-trip times are compared in steps of this much: times within one step are a tie,
+/// so two workers about as near do not swap places with every sample.
+pub const RTT_STEP: Duration = Duration::from_millis(1);
+
 /// The best worker for a closest address: this one, else one of this cluster, else the one
-/// with the lowest measured round-trip time to its underlay (`rtts`, by underlay; unknown
-/// ones last), ties broken by underlay address, then subnet. `None` when there is none.
+/// with the lowest measured round-trip time to its underlay (`rtts`, by underlay, in
+/// [`RTT_STEP`]s; unknown ones last), ties broken by underlay address, then subnet. `None`
+/// when there is none.
 pub fn rank<'a>(
     candidates: &'a [Candidate],
     rtts: &BTreeMap<Ipv4Addr, Duration>,
 ) -> Option<&'a Candidate> {
     candidates.iter().min_by_key(|c| {
-        let rtt = rtts.get(&c.underlay).copied();
+        let steps = rtts
+            .get(&c.underlay)
+            .map(|d| d.as_nanos() / RTT_STEP.as_nanos());
         (
             !c.mine,
             !c.same_cluster,
-            rtt.is_none(),
-            rtt.unwrap_or(Duration::MAX),
+            steps.is_none(),
+            steps.unwrap_or(u128::MAX),
             c.underlay,
             c.subnet,
         )
@@ -464,6 +471,12 @@ mod tests {
                 "10.18.0.0",
             ),
             (
+                "within one step: a tie",
+                vec![&b, &a],
+                vec![("192.0.2.1", 0), ("192.0.2.2", 0)],
+                "10.18.0.0",
+            ),
+            (
                 "one underlay for two workers: the lowest subnet",
                 vec![&d, &a],
                 vec![("192.0.2.1", 5)],
@@ -476,6 +489,15 @@ mod tests {
             assert_eq!(rank(&cands, &rtts).unwrap().subnet, ip(best), "{what}");
         }
         assert!(rank(&[], &BTreeMap::new()).is_none());
+        // 0.3 ms and 0.9 ms are one step; 0.9 ms and 1.2 ms are not.
+        let us = Duration::from_micros;
+        let (ab, rtts) = (
+            [b.clone(), a.clone()],
+            BTreeMap::from([(ip("192.0.2.1"), us(900)), (ip("192.0.2.2"), us(300))]),
+        );
+        assert_eq!(rank(&ab, &rtts).unwrap().subnet, ip("10.18.0.0"));
+        let rtts = BTreeMap::from([(ip("192.0.2.1"), us(1200)), (ip("192.0.2.2"), us(900))]);
+        assert_eq!(rank(&ab, &rtts).unwrap().subnet, ip("10.18.0.64"));
     }
 
     #[test]
