@@ -2,9 +2,12 @@
 //!
 //! Every worker answers UDP echo on its underlay address (`--probe-port`, 50104) and probes
 //! every peer's underlay every `--probe-interval-secs`, the first time as soon as the peer
-//! set changes. A peer's round-trip time is smoothed (EWMA, ⅛ of each new sample, as TCP's
-//! SRTT); a probe not answered within [`timeout`] is lost, and after [`LOSSES_UNKNOWN`]
-//! losses in a row the peer's time is unknown again (it ranks last).
+//! set changes. A peer's round-trip time is the lowest of its last [`WINDOW`] samples: the
+//! path's own delay, without the spikes a busy worker adds when it answers late (an average
+//! ranks a loaded worker as far away; the first sample waits for ARP), while a lasting
+//! change shows within [`WINDOW`] probes. A probe not answered within [`timeout`] is lost,
+//! and after [`LOSSES_UNKNOWN`] losses in a row the peer's time is unknown again (it ranks
+//! last).
 //!
 //! A probe is 14 bytes: `CNPR`, version 1, kind (0 request, 1 reply), a 64-bit nonce. A reply
 //! counts only from the peer the request went to, with a nonce still pending; anything else
@@ -24,6 +27,8 @@ const VERSION: u8 = 1;
 pub const PACKET_LEN: usize = 14;
 /// Losses in a row after which a peer's round-trip time is unknown.
 pub const LOSSES_UNKNOWN: u32 = 3;
+/// The samples a peer's round-trip time is the lowest of.
+pub const WINDOW: usize = 5;
 
 /// One probe datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +70,10 @@ pub fn timeout(interval: Duration) -> Duration {
     interval.min(Duration::from_secs(2))
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PeerRtt {
-    smoothed: Option<Duration>,
+    /// The last samples, oldest first (none: unknown).
+    samples: std::collections::VecDeque<Duration>,
     losses: u32,
 }
 
@@ -131,17 +137,17 @@ impl Estimator {
             return true;
         }
         state.losses = 0;
-        state.smoothed = Some(match state.smoothed {
-            None => rtt,
-            Some(s) => (s * 7 + rtt) / 8,
-        });
+        state.samples.push_back(rtt);
+        if state.samples.len() > WINDOW {
+            state.samples.pop_front();
+        }
         true
     }
 
     fn lost(state: &mut PeerRtt) {
         state.losses += 1;
         if state.losses >= LOSSES_UNKNOWN {
-            state.smoothed = None;
+            state.samples.clear();
         }
     }
 
@@ -167,7 +173,7 @@ impl Estimator {
     pub fn rtts(&self) -> BTreeMap<Ipv4Addr, Duration> {
         self.peers
             .iter()
-            .filter_map(|(p, s)| s.smoothed.map(|d| (*p, d)))
+            .filter_map(|(p, s)| s.samples.iter().min().map(|d| (*p, *d)))
             .collect()
     }
 }
@@ -343,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_are_smoothed_and_forgotten_after_three_losses() {
+    fn round_trips_are_the_lowest_of_the_last_samples_and_forgotten_after_three_losses() {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
         let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
@@ -360,7 +366,20 @@ mod tests {
         assert!(!e.answered(b, n, t0 + ms(101)));
         assert!(!e.answered(a, n ^ 1, t0 + ms(101)));
         assert!(e.answered(a, n, t0 + ms(116)));
-        assert_eq!(e.rtts()[&a], ms(9), "7/8 of 8 ms and 1/8 of 16 ms");
+        assert_eq!(
+            e.rtts()[&a],
+            ms(8),
+            "a late answer (a busy peer) does not count"
+        );
+        // A lasting change (20 ms now) shows once the window of 5 has moved past the old
+        // samples (8 ms, 16 ms).
+        assert_eq!(WINDOW, 5);
+        for (k, expect) in [8, 8, 8, 16, 20].into_iter().enumerate() {
+            let at = t0 + ms(200 + 100 * k as u64);
+            let n = e.probe(a, at);
+            assert!(e.answered(a, n, at + ms(20)));
+            assert_eq!(e.rtts()[&a], ms(expect), "after {} more", k + 1);
+        }
 
         // Two losses keep the estimate, the third forgets it.
         for k in 1..=3 {
