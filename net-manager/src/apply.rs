@@ -13,14 +13,16 @@ pub enum NftError {
     Refused(String),
 }
 
-/// Makes table `ip <table>` hold `t` (one transaction, see [`crate::nft::render`]).
+/// Makes table `ip <table>` hold `t` (one transaction, see [`crate::nft::render`], also for
+/// `only_from`).
 pub fn translations(
     ns: Option<&Path>,
     table: &str,
     t: &crate::nft::Translations,
     published: &[crate::nft::Published],
+    only_from: Option<&str>,
 ) -> Result<(), NftError> {
-    nft(ns, &crate::nft::render(table, t, published))
+    nft(ns, &crate::nft::render(table, t, published, only_from))
 }
 
 /// Runs `nft -f -` with `script`, in the network namespace at `ns` when given (through

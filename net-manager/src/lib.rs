@@ -1,9 +1,13 @@
 //! Net manager: bridge, veth, inter-node tunnel, service-IP translation with nftables.
 //!
-//! Work in progress (the overlay issue): the data path exists and is tested in namespaces (one
-//! worker, and two workers over VXLAN), and so does the daemon with its local API; the node
-//! engine does not use it yet, and table updates from the cluster and names do not exist yet,
-//! so node engines use the host's network.
+//! The cluster sends each worker its node configuration (subnet and underlay address) and
+//! the overlay view (every worker, every service with its RUNNING instances); the node engine
+//! relays both to this daemon's local API (`PUT /node`, `PUT /view`) and attaches instances
+//! (`POST /instances`). From the view the daemon derives the translation table, the peers of
+//! its VXLAN tunnel and the service names; the closest addresses follow round-trip times it
+//! measures to the other workers. With `--same-host`, several workers share one network
+//! namespace (`canopy up`): no tunnel, the kernel routes between their bridges. Names are
+//! kept (on a watch channel) for a resolver that does not exist yet.
 //!
 //! Layout:
 //! - [`link`]: links, addresses and routes through rtnetlink in any network namespace: the
@@ -11,10 +15,13 @@
 //! - [`nft`]: the translation table (virtual address → instances' addresses) rendered as one
 //!   nftables table, replaced atomically.
 //! - [`apply`]: running `nft` in a namespace.
-//! - [`plan`]: the worker's address plan (tunnel, bridge, instances in a /26) and the names
-//!   of what the net manager makes.
+//! - [`plan`]: the worker's address plan (tunnel, bridge, instances in a /26), the tunnel's
+//!   MAC, and the names of what the net manager makes.
+//! - [`view`]: the overlay view checked against this worker and turned into translations,
+//!   names and peers; the closest ranking (pure).
+//! - [`probe`]: UDP echo between workers' underlay addresses, a round-trip time per peer.
 //! - [`netns`]: instance namespaces pinned on files, ready before the workload starts.
-//! - [`manager`]: the daemon's state and operations (attach, detach, the table), its store,
+//! - [`manager`]: the daemon's state and operations (node, attach, detach, view), its store,
 //!   leftovers removed at start; [`api`]: its HTTP API on a unix socket; [`metrics`];
 //!   [`config`]: its flags.
 //! - [`dns`]: the overlay's name resolver: job names of services → service IPs, other names
@@ -30,6 +37,8 @@ pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod plan;
+pub mod probe;
+pub mod view;
 
 /// The component's name as it appears in logs and `--version`.
 pub const COMPONENT: &str = "net-manager";

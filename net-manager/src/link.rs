@@ -122,7 +122,8 @@ pub async fn exists(h: &Handle, name: &str) -> bool {
 }
 
 /// The bridge `name` with `addr/prefix`, `mtu`, up. Idempotent: an existing bridge is kept
-/// (and brought up); its address is added if missing.
+/// (and brought up); its address is added if missing, and any other IPv4 address it has is
+/// removed (a worker given another subnet).
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
@@ -137,12 +138,38 @@ pub async fn ensure_bridge(
             .await?;
     }
     let idx = index(h, name).await?;
-    ensure_address(h, idx, addr, prefix).await?;
+    ensure_only_address(h, idx, addr, prefix).await?;
     h.link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
         .await?;
     Ok(idx)
+}
+
+/// Link `idx` has `addr/prefix` and no other IPv4 address.
+async fn ensure_only_address(h: &Handle, idx: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut have = h.address().get().set_link_index_filter(idx).execute();
+    let mut stale = Vec::new();
+    let mut present = false;
+    while let Some(a) = have.try_next().await? {
+        let v4 = a.attributes.iter().find_map(|at| match at {
+            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        match v4 {
+            Some(ip) if ip == addr && a.header.prefix_len == prefix => present = true,
+            Some(_) => stale.push(a),
+            None => {}
+        }
+    }
+    for a in stale {
+        h.address().del(a).execute().await?;
+    }
+    if !present {
+        h.address().add(idx, addr.into(), prefix).execute().await?;
+    }
+    Ok(())
 }
 
 async fn ensure_address(h: &Handle, idx: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
@@ -266,7 +293,8 @@ pub async fn detach(worker_ns: Option<&Path>, host_if: &str) -> Result<()> {
 /// This worker's end of the tunnel between workers: a VXLAN device (VNI, UDP port) over the
 /// LAN address `local`, with the worker subnet's network address as its own, so routes to
 /// other workers' subnets can name their far ends (flannel's layout: no flooding, every far
-/// end is a static neighbour and forwarding entry).
+/// end is a static neighbour and forwarding entry). Its MAC is set, not random
+/// ([`crate::plan::tunnel_mac`]), so the far ends know it from the subnet alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
     pub name: String,
@@ -276,6 +304,7 @@ pub struct Tunnel {
     pub local: Ipv4Addr,
     /// The tunnel device's own address (the worker subnet's network address).
     pub address: Ipv4Addr,
+    pub mac: [u8; 6],
     pub mtu: u32,
 }
 
@@ -292,8 +321,21 @@ pub struct Peer {
     pub underlay: Ipv4Addr,
 }
 
-/// Creates (or keeps) the tunnel device, up; returns its MAC, which other workers need.
+/// Creates (or keeps) the tunnel device, up, with its address and MAC; returns the MAC. An
+/// existing device with another VNI, port or local address is made anew (its forwarding
+/// entries and routes go with it); one with another address or MAC is changed in place.
 pub async fn ensure_tunnel(h: &Handle, t: &Tunnel) -> Result<[u8; 6]> {
+    match vxlan_of(h, &t.name).await? {
+        Some(have) if have == (t.vni, t.port, t.local) => {}
+        Some(_) => delete(h, &t.name).await?,
+        None if exists(h, &t.name).await => {
+            return Err(LinkError::Io(std::io::Error::other(format!(
+                "link {} exists and is not a VXLAN device",
+                t.name
+            ))));
+        }
+        None => {}
+    }
     if !exists(h, &t.name).await {
         h.link()
             .add(
@@ -302,18 +344,89 @@ pub async fn ensure_tunnel(h: &Handle, t: &Tunnel) -> Result<[u8; 6]> {
                     .local(t.local)
                     .learning(false)
                     .mtu(t.mtu)
+                    .address(t.mac.to_vec())
                     .build(),
             )
             .execute()
             .await?;
     }
     let idx = index(h, &t.name).await?;
-    ensure_address(h, idx, t.address, 32).await?;
+    if mac(h, &t.name).await? != t.mac {
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .address(t.mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await?;
+    }
+    ensure_only_address(h, idx, t.address, 32).await?;
     h.link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
         .await?;
     mac(h, &t.name).await
+}
+
+/// The VNI, UDP port and local address of VXLAN device `name`; `None` if there is no such
+/// link or it is not a VXLAN device.
+async fn vxlan_of(h: &Handle, name: &str) -> Result<Option<(u32, u16, Ipv4Addr)>> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    let Ok(Some(link)) = links.try_next().await else {
+        return Ok(None);
+    };
+    let infos = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(i) => Some(i),
+        _ => None,
+    });
+    let Some(data) = infos.into_iter().flatten().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let (mut vni, mut port, mut local) = (0, 0, Ipv4Addr::UNSPECIFIED);
+    for d in data {
+        match d {
+            InfoVxlan::Id(v) => vni = *v,
+            InfoVxlan::Port(p) => port = *p,
+            InfoVxlan::Local(l) => local = *l,
+            _ => {}
+        }
+    }
+    Ok(Some((vni, port, local)))
+}
+
+/// The destinations (subnet, prefix) of the routes through link `name`, in the main table:
+/// the peers a tunnel has now. No link: none.
+pub async fn routes_via(h: &Handle, name: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
+    let Ok(idx) = index(h, name).await else {
+        return Ok(Vec::new());
+    };
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(r) = routes.try_next().await? {
+        let via = r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == idx));
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        let main =
+            r.header.table == RouteHeader::RT_TABLE_MAIN && r.header.kind == RouteType::Unicast;
+        if let (true, true, Some(dst)) = (main, via, dst) {
+            out.push((dst, r.header.destination_prefix_length));
+        }
+    }
+    Ok(out)
 }
 
 /// The hardware address of link `name`.
@@ -372,7 +485,8 @@ fn peer_route(idx: u32, peer: &Peer) -> rtnetlink::packet_route::route::RouteMes
         .build()
 }
 
-/// Forgets `peer`: its route, neighbour and forwarding entry. Entries already gone are fine.
+/// Forgets `peer`: its route, neighbour and forwarding entry (found by its subnet, tunnel
+/// address and MAC; its underlay is not needed). Entries already gone are fine.
 pub async fn remove_peer(h: &Handle, tunnel: &str, peer: &Peer) -> Result<()> {
     let idx = index(h, tunnel).await?;
     let _ = h.route().del(peer_route(idx, peer)).execute().await;
@@ -383,9 +497,11 @@ pub async fn remove_peer(h: &Handle, tunnel: &str, peer: &Peer) -> Result<()> {
             continue;
         }
         use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        // Its neighbour entry (by address or MAC) and its forwarding entry (by MAC): a MAC
+        // is one worker's alone, an underlay address need not be.
         let ours = n.attributes.iter().any(|a| match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                *ip == peer.tunnel_address || *ip == peer.underlay
+                *ip == peer.tunnel_address
             }
             NeighbourAttribute::LinkLayerAddress(m) => m.as_slice() == peer.tunnel_mac,
             _ => false,

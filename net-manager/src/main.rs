@@ -2,10 +2,10 @@
 
 use clap::Parser;
 use net_manager::config::Config;
-use net_manager::manager::{Manager, Settings};
-use net_manager::plan::WorkerNet;
+use net_manager::manager::{Manager, NodeConfig, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,30 +15,52 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let net = WorkerNet::new(config.subnet).map_err(|e| anyhow::anyhow!("--subnet: {e}"))?;
+    let node = match (config.subnet, config.underlay) {
+        (Some(subnet), Some(underlay)) => Some(NodeConfig { subnet, underlay }),
+        _ => None,
+    };
     std::fs::create_dir_all(&config.data_dir)?;
     let store = canopy_store::StoreConfig::choose(None, "", &config.data_dir)
         .open()
         .await?;
     let settings = Settings {
-        net,
         bridge: config.bridge.clone(),
+        tunnel: config.tunnel.clone(),
+        vni: config.vni,
+        vxlan_port: config.vxlan_port,
+        same_host: config.same_host,
         table: config.nft_table.clone(),
         netns_dir: config.netns_dir.clone(),
         mtu: net_manager::OVERLAY_MTU,
     };
-    let manager = Arc::new(Manager::start(settings, store).await?);
+    let manager = Arc::new(Manager::start(settings, store, node).await?);
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&config.socket);
     let listener = tokio::net::UnixListener::bind(&config.socket)?;
-    tracing::info!(socket = %config.socket.display(), subnet = %config.subnet, "net manager ready");
+    let stop = canopy_daemon::Stopper::new(canopy_daemon::shutdown_signal());
+    let measuring = (!config.same_host).then(|| {
+        let probe = net_manager::probe::Settings {
+            port: config.probe_port,
+            interval: Duration::from_secs(config.probe_interval_secs),
+        };
+        tokio::spawn(manager.clone().measure(probe, stop.stopped()))
+    });
+    tracing::info!(
+        socket = %config.socket.display(),
+        node = ?manager.node().await,
+        same_host = config.same_host,
+        "net manager ready"
+    );
     axum::serve(listener, net_manager::api::router(manager.clone()))
-        .with_graceful_shutdown(canopy_daemon::shutdown_signal())
+        .with_graceful_shutdown(stop.stopped())
         .await?;
+    if let Some(m) = measuring {
+        let _ = m.await;
+    }
     if config.remove_on_exit {
-        tracing::info!("removing every instance's network before exit");
+        tracing::info!("removing every instance's network, the tunnel and the bridge before exit");
         manager.remove_all().await;
     }
     let _ = std::fs::remove_file(&config.socket);

@@ -81,7 +81,18 @@ fn chain_name(vip: Ipv4Addr) -> String {
 /// A published port is reachable on every address of the worker, `127.0.0.1` included: a
 /// connection from the worker's own loopback leaves with the bridge's address as its source
 /// (the instance could not answer `127.0.0.1`); this needs `route_localnet` on the bridge.
-pub fn render(table: &str, t: &Translations, published: &[Published]) -> String {
+///
+/// With `only_from` (a bridge: several workers in one network namespace, each with its own
+/// table), `prerouting` looks virtual addresses up only for packets that came in from that
+/// bridge, so one worker's table never translates another worker's instances' traffic.
+/// The link name must be one [`crate::plan::check_link_name`] accepts (it is not quoted
+/// beyond `"…"`).
+pub fn render(
+    table: &str,
+    t: &Translations,
+    published: &[Published],
+    only_from: Option<&str>,
+) -> String {
     let mut s = String::new();
     // Creating first makes the delete valid on the first run.
     let _ = writeln!(s, "table ip {table}");
@@ -118,7 +129,11 @@ pub fn render(table: &str, t: &Translations, published: &[Published]) -> String 
             let _ = writeln!(s, "\t\t{}", p.rule());
         }
         if !vmap.is_empty() {
-            let _ = writeln!(s, "\t\tip daddr vmap {{ {} }}", vmap.join(", "));
+            let from = match only_from {
+                Some(bridge) if hook == "prerouting" => format!("iifname \"{bridge}\" "),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "\t\t{from}ip daddr vmap {{ {} }}", vmap.join(", "));
         }
         let _ = writeln!(s, "\t}}");
     }
@@ -158,7 +173,7 @@ mod tests {
         );
         t.targets.insert(ip("10.30.9.9"), vec![]);
         assert_eq!(t.len(), 4);
-        let s = render("canopy_w1", &t, &[]);
+        let s = render("canopy_w1", &t, &[], None);
         assert!(s.starts_with("table ip canopy_w1\ndelete table ip canopy_w1\n"));
         assert!(s.contains("\tchain to_10_30_0_7 {\n\t\tdnat to 10.18.0.2\n\t}"));
         assert!(s.contains(
@@ -178,7 +193,7 @@ mod tests {
 
     #[test]
     fn an_empty_table_still_has_its_hooks() {
-        let s = render("canopy_w1", &Translations::default(), &[]);
+        let s = render("canopy_w1", &Translations::default(), &[], None);
         assert!(s.contains("type nat hook prerouting priority -100"));
         assert!(s.contains("type nat hook output priority -100"));
         assert!(!s.contains("vmap"));
@@ -194,7 +209,7 @@ mod tests {
             mapping: PortMapping::parse_list("5353/udp").unwrap()[0],
             target: ip("10.18.0.3"),
         };
-        let s = render("canopy_w1", &Translations::default(), &[p, u]);
+        let s = render("canopy_w1", &Translations::default(), &[p, u], None);
         for rule in [
             "fib daddr type local tcp dport 8080 dnat to 10.18.0.2:80",
             "fib daddr type local udp dport 5353 dnat to 10.18.0.3:5353",
@@ -202,7 +217,28 @@ mod tests {
             assert_eq!(s.matches(rule).count(), 2, "both hooks: {s}");
         }
         assert!(s.contains("ip saddr 127.0.0.0/8 ct status dnat masquerade"));
-        assert!(!render("canopy_w1", &Translations::default(), &[]).contains("postrouting"));
+        assert!(!render("canopy_w1", &Translations::default(), &[], None).contains("postrouting"));
+    }
+
+    #[test]
+    fn workers_sharing_a_namespace_translate_only_their_own_bridges_traffic() {
+        let mut t = Translations::default();
+        t.targets.insert(ip("10.30.0.7"), vec![ip("10.18.0.2")]);
+        let p = Published {
+            mapping: PortMapping::parse_list("8080:80/tcp").unwrap()[0],
+            target: ip("10.18.0.2"),
+        };
+        let s = render("canopy_w1", &t, &[p], Some("canopy0"));
+        let pre = &s[s.find("chain prerouting").unwrap()..s.find("chain output").unwrap()];
+        let out = &s[s.find("chain output").unwrap()..];
+        assert!(
+            pre.contains("iifname \"canopy0\" ip daddr vmap { 10.30.0.7 : jump to_10_30_0_7 }"),
+            "{s}"
+        );
+        // Published ports and the worker's own traffic are as without it.
+        assert!(pre.contains("fib daddr type local tcp dport 8080"), "{s}");
+        assert!(!out.contains("iifname"), "{s}");
+        assert!(out.contains("ip daddr vmap"), "{s}");
     }
 
     #[test]

@@ -46,6 +46,45 @@ impl WorkerNet {
     pub fn instance_pool(&self) -> Ipv4Pool {
         Ipv4Pool::new(self.nth(2), self.nth(62), 1)
     }
+
+    /// Whether `ip` is inside the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & !63 == u32::from(self.subnet)
+    }
+}
+
+/// The MAC of a worker's tunnel device, derived from its subnet, so that another worker
+/// needs only the subnet and the underlay address to reach it: `02:c4` (locally
+/// administered, unicast) and the subnet's four octets.
+pub fn tunnel_mac(subnet: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = subnet.octets();
+    [0x02, 0xc4, a, b, c, d]
+}
+
+/// The kernel's longest interface name (`IFNAMSIZ` less the terminating NUL).
+pub const LINK_NAME_MAX: usize = 15;
+
+/// A name the net manager gives a link (`--bridge`, `--tunnel`): what the kernel accepts
+/// (1–15 bytes, not `.` or `..`, no `/`, `:` or white space), narrowed to letters, digits,
+/// `.`, `-` and `_` so that it needs no quoting in an nftables rule either.
+pub fn check_link_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > LINK_NAME_MAX {
+        return Err(format!(
+            "{name:?} is not a link name: 1 to {LINK_NAME_MAX} characters"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a link name"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!(
+            "{name:?} is not a link name: letters, digits, '.', '-', '_' only"
+        ));
+    }
+    Ok(())
 }
 
 /// An instance name the net manager accepts (`<job>.instance.<n>`, as the node engine names
@@ -96,6 +135,35 @@ mod tests {
         }
         assert!(pool.allocate().is_err(), "61 instances fill a /26");
         assert!(WorkerNet::new("10.18.0.65".parse().unwrap()).is_err());
+        assert!(w.contains("10.18.0.64".parse().unwrap()));
+        assert!(w.contains("10.18.0.127".parse().unwrap()));
+        assert!(!w.contains("10.18.0.128".parse().unwrap()));
+        assert!(!w.contains("10.18.0.63".parse().unwrap()));
+    }
+
+    #[test]
+    fn tunnel_macs_are_local_unicast_and_one_per_subnet() {
+        let m = tunnel_mac("10.18.0.64".parse().unwrap());
+        assert_eq!(m, [0x02, 0xc4, 10, 18, 0, 64]);
+        assert_eq!(m[0] & 1, 0, "unicast");
+        assert_eq!(m[0] & 2, 2, "locally administered");
+        assert_ne!(m, tunnel_mac("10.18.0.128".parse().unwrap()));
+    }
+
+    #[test]
+    fn link_names() {
+        for good in [
+            "canopy.vx",
+            "canopy0",
+            "a",
+            "cnmt12345-vx_1",
+            &"x".repeat(15),
+        ] {
+            assert!(check_link_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\"b", &"x".repeat(16)] {
+            assert!(check_link_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn service_ips_reach_instances_on_one_worker() {
     t.targets
         .insert(rr, vec![instances[1].address, instances[2].address]);
     t.targets.insert(s1_ip, vec![instances[1].address]);
-    net_manager::apply::translations(Some(&worker), &table, &t, &[]).expect("the table");
+    net_manager::apply::translations(Some(&worker), &table, &t, &[], None).expect("the table");
 
     // Round robin: both servers answer the service address.
     assert!(fetch_soon(&client, rr).starts_with("page-"));
@@ -89,7 +89,7 @@ async fn service_ips_reach_instances_on_one_worker() {
     );
     // The service now has only the second server.
     t.targets.insert(rr, vec![instances[2].address]);
-    net_manager::apply::translations(Some(&worker), &table, &t, &[]).expect("the new table");
+    net_manager::apply::translations(Some(&worker), &table, &t, &[], None).expect("the new table");
     for _ in 0..5 {
         assert_eq!(fetch(&client, rr).as_deref(), Some("page-two"));
     }
@@ -101,7 +101,7 @@ async fn service_ips_reach_instances_on_one_worker() {
     drop(held);
     // Nothing behind an address: it is not translated, and nothing answers.
     t.targets.insert(rr, vec![]);
-    net_manager::apply::translations(Some(&worker), &table, &t, &[]).expect("the new table");
+    net_manager::apply::translations(Some(&worker), &table, &t, &[], None).expect("the new table");
     assert!(common::unreachable(&client, rr));
 
     // Detaching removes the veth; removing the table leaves none behind.

@@ -55,6 +55,7 @@ async fn worker(lab: &mut Lab, n: u8, lan_bridge: &str, lan_ns: &std::path::Path
         port: PORT,
         local: lan,
         address: subnet,
+        mac: net_manager::plan::tunnel_mac(subnet),
         mtu: net_manager::OVERLAY_MTU,
     };
     let gateway = Ipv4Addr::from(u32::from(subnet) + 1);
@@ -65,6 +66,7 @@ async fn worker(lab: &mut Lab, n: u8, lan_bridge: &str, lan_ns: &std::path::Path
     })
     .await
     .expect("the worker's bridge and tunnel");
+    assert_eq!(mac, net_manager::plan::tunnel_mac(subnet), "the MAC is set");
     Worker {
         ns,
         lan,
@@ -143,7 +145,7 @@ async fn a_service_address_reaches_instances_on_two_workers() {
     t.targets.insert(ip("10.30.0.66"), vec![remote.address]);
     t.targets.insert(ip("10.30.0.3"), vec![local.address]);
     for w in [&w1, &w2] {
-        net_manager::apply::translations(Some(&w.ns), &format!("{p}_t"), &t, &[]).unwrap();
+        net_manager::apply::translations(Some(&w.ns), &format!("{p}_t"), &t, &[], None).unwrap();
     }
     let pages: BTreeSet<String> = (0..12)
         .filter_map(|_| fetch(&client.instance_ns, rr))
@@ -165,8 +167,17 @@ async fn a_service_address_reaches_instances_on_two_workers() {
         .collect();
     assert_eq!(from_remote, BTreeSet::from(["page-local".to_owned()]));
 
+    let tunnel = format!("{p}x1");
+    let routes = |tunnel: String| {
+        link::in_netns(Some(&w1.ns), move |h| async move {
+            link::routes_via(&h, &tunnel).await
+        })
+    };
+    assert_eq!(routes(tunnel.clone()).await.unwrap(), vec![(w2.subnet, 26)]);
+
     // Forgetting the peer cuts its instances off, and only them.
     peer(&w1, &w2, false).await;
+    assert_eq!(routes(tunnel).await.unwrap(), vec![]);
     assert!(common::unreachable(&client.instance_ns, ip("10.30.0.66")));
     assert_eq!(
         fetch(&client.instance_ns, local.address).as_deref(),

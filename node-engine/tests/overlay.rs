@@ -4,8 +4,8 @@
 //! own example on one worker: a client whose command fetches `http://10.30.55.55/` and a
 //! server behind that address; the client's log holds the server's page. Traffic goes only
 //! to addresses inside these namespaces. The server's published port answers on the
-//! worker's 127.0.0.1. (The translation table is put by the test; the cluster does not send
-//! tables yet.)
+//! worker's 127.0.0.1. (The overlay view is put by the test; the cluster does not send
+//! views yet.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -74,6 +74,9 @@ impl NetManager {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--data-dir={}", dir.join("nm").display()))
             .arg("--subnet=10.18.0.0")
+            // One worker: no tunnel to others, so none is made.
+            .arg("--underlay=192.0.2.1")
+            .arg("--same-host")
             .arg(format!("--bridge={}br", ns.0))
             .arg(format!("--nft-table={}_t", ns.0))
             .arg(format!("--netns-dir={}", dir.join("netns").display()))
@@ -161,15 +164,20 @@ async fn a_container_reaches_another_through_its_service_address() {
         .and_then(|a| a["address"].as_str())
         .expect("the server is on the overlay")
         .to_owned();
-    let table = serde_json::json!({"targets": {"10.30.55.55": [server_ip]}});
+    let view = serde_json::json!({
+        "peers": [],
+        "services": [{"name": SERVER, "rr_ip": "10.30.55.55", "instances": [
+            {"address": server_ip, "underlay": "192.0.2.1", "same_cluster": true}
+        ]}]
+    });
     net.curl(&[
         "-X",
         "PUT",
         "-H",
         "content-type: application/json",
         "-d",
-        &table.to_string(),
-        "http://nm/translations",
+        &view.to_string(),
+        "http://nm/view",
     ]);
 
     let mut client = deploy(

@@ -262,3 +262,192 @@ impl Drop for Held {
         }
     }
 }
+
+/// The real `net-manager` binary, run inside a namespace of the test, driven through its
+/// socket with curl. Its links and table are named with the test's prefix and `tag`: bridge
+/// `<prefix>b<tag>`, tunnel `<prefix>x<tag>`, table `<prefix>_t<tag>`. Stopped by pid.
+pub struct NetManager {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl NetManager {
+    pub fn bridge(tag: &str) -> String {
+        format!("{}b{tag}", prefix())
+    }
+
+    pub fn tunnel(tag: &str) -> String {
+        format!("{}x{tag}", prefix())
+    }
+
+    pub fn table(tag: &str) -> String {
+        format!("{}_t{tag}", prefix())
+    }
+
+    /// Starts it in `ns` with its state under `dir` (socket, data, namespaces, log) and
+    /// `extra` flags (which may name another `--tunnel`), and waits until it answers.
+    pub fn start(ns: &Path, dir: &Path, tag: &str, extra: &[String]) -> NetManager {
+        let socket = dir.join("nm.sock");
+        let log = dir.join("nm.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.display()))
+            .arg(env!("CARGO_BIN_EXE_net-manager"))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--bridge={}", Self::bridge(tag)))
+            .arg(format!("--nft-table={}", Self::table(tag)))
+            .arg(format!("--netns-dir={}", dir.join("netns").display()));
+        if !extra.iter().any(|a| a.starts_with("--tunnel")) {
+            cmd.arg(format!("--tunnel={}", Self::tunnel(tag)));
+        }
+        let child = cmd
+            .args(extra)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut d = NetManager { child, socket, log };
+        let start = std::time::Instant::now();
+        while d.call("GET", "/health", None).0 != 200 {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("the net manager stopped ({status}):\n{}", d.log_text());
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the net manager did not answer:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One API call with curl over the socket: status and JSON answer (`Null` if none).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+            .arg("--unix-socket")
+            .arg(&self.socket);
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "-d"])
+                .arg(b.to_string());
+        }
+        let out = cmd.arg(format!("http://nm{path}")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `PUT /node`, which must succeed.
+    pub fn configure(&self, subnet: &str, underlay: &str) {
+        let body = serde_json::json!({"subnet": subnet, "underlay": underlay});
+        let (status, v) = self.call("PUT", "/node", Some(&body));
+        assert_eq!(status, 204, "PUT /node {body}: {v}");
+    }
+
+    /// `PUT /view`, which must succeed.
+    pub fn view(&self, view: &serde_json::Value) {
+        let (status, v) = self.call("PUT", "/view", Some(view));
+        assert_eq!(status, 204, "PUT /view {view}: {v}");
+    }
+
+    /// `POST /instances` for `name`, which must succeed: its address and namespace.
+    pub fn attach(&self, name: &str) -> (String, PathBuf) {
+        let (status, v) = self.call(
+            "POST",
+            "/instances",
+            Some(&serde_json::json!({"name": name})),
+        );
+        assert_eq!(status, 200, "attach {name}: {v}");
+        (
+            v["address"].as_str().unwrap().to_owned(),
+            PathBuf::from(v["netns"].as_str().unwrap()),
+        )
+    }
+
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(&self.socket)
+            .arg("http://nm/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kill -9, by pid.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, by pid, and the exit awaited.
+    pub fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NetManager {
+    fn drop(&mut self) {
+        // A test that failed part way: stop it (a no-op once it was waited for).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cmd args…` inside namespace `ns`.
+pub fn in_ns(ns: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns.display())).args(args);
+    c
+}
+
+/// The output of `cmd args…` inside namespace `ns`.
+pub fn run_in(ns: &Path, args: &[&str]) -> String {
+    let out = in_ns(ns, args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Nothing the net manager tagged `tag` makes is left in `ns`: no bridge, tunnel or veth of
+/// its, no nftables table. (`extra` links: other names it was given.)
+pub fn nothing_left_in(ns: &Path, tag: &str, extra: &[&str]) -> Result<(), String> {
+    let links = links_in(ns);
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .collect();
+    let ours = [NetManager::bridge(tag), NetManager::tunnel(tag)];
+    if let Some(n) = names.iter().find(|n| {
+        ours.iter().any(|o| o == *n) || extra.contains(n) || net_manager::plan::is_host_if(n)
+    }) {
+        return Err(format!("{n} is left:\n{links}"));
+    }
+    let tables = run_in(ns, &["nft", "list", "tables"]);
+    if tables.contains(&NetManager::table(tag)) {
+        return Err(format!("the table is left:\n{tables}"));
+    }
+    Ok(())
+}
