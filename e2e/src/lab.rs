@@ -1,12 +1,13 @@
 //! A multi-host lab for the overlay: every worker is a network namespace with its own net
 //! manager and node engine, joined to the others by a LAN (a bridge in a namespace of its
-//! own); the root and the clusters run on this host and reach the LAN through one veth the
-//! lab makes (the host's end has `192.0.2.254/24`, the workers `192.0.2.N`). Names of
-//! namespaces, links, nftables tables and containerd namespaces carry the lab's prefix; the
-//! lab removes them all on drop, and [`Lab::leftovers`] says whether anything is left.
+//! own, `172.31.77.0/24`: the workers are `.N`); the root and the clusters run in the LAN's
+//! namespace on `.254`. The test reaches the root's API through a forwarder on this host's
+//! loopback whose far ends are sockets made inside the LAN's namespace, so the host gets no
+//! route or address of the lab. Names of namespaces, links, nftables tables and containerd
+//! namespaces carry the lab's prefix; the lab removes them all on drop, and
+//! [`Lab::leftovers`] says whether anything is left.
 //!
-//! Traffic stays inside: the workers' and instances' addresses exist only in the lab's
-//! namespaces and on the lab's own veth.
+//! Traffic stays inside: every lab address exists only in the lab's namespaces.
 
 use crate::{ADMIN_PASSWORD, bin_dir, ctr, free_port, signal};
 use reqwest::StatusCode;
@@ -16,8 +17,50 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The host's address on the lab LAN (where root and clusters listen).
-pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The control plane's address on the lab LAN (where root and clusters listen).
+pub const HOST: Ipv4Addr = Ipv4Addr::new(172, 31, 77, 254);
+
+/// A TCP connection to `addr` made inside the network namespace at `netns` (the socket stays
+/// there; only this process's thread that made it entered the namespace).
+fn connect_in(netns: &Path, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::other)?;
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+}
+
+/// Serves `127.0.0.1:<port>` on this host, each connection joined to `target` inside
+/// `netns`; returns the port.
+async fn forward(netns: PathBuf, target: std::net::SocketAddr) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let netns = netns.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(far)) =
+                    tokio::task::spawn_blocking(move || connect_in(&netns, target)).await
+                else {
+                    return;
+                };
+                if far.set_nonblocking(true).is_err() {
+                    return;
+                }
+                if let Ok(mut far) = tokio::net::TcpStream::from_std(far) {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut far).await;
+                }
+            });
+        }
+    });
+    port
+}
 
 /// The prefix of everything one lab makes: short (link names have 15 characters).
 pub fn prefix() -> String {
@@ -52,7 +95,9 @@ pub struct LabCluster {
     pub dir: PathBuf,
 }
 
-/// One worker: its namespace, LAN address, and the daemons in it.
+/// One worker: its namespace, LAN address, and the daemons in it (started with `nsenter
+/// --net`, not `ip netns exec`: the instance namespaces the net manager pins must be visible
+/// in this host's mount namespace, where containerd opens them).
 pub struct LabWorker {
     pub name: String,
     pub netns: String,
@@ -108,20 +153,24 @@ impl Lab {
             .prefix("canopy-lab-")
             .tempdir()
             .expect("a temp dir");
-        // The LAN: a bridge in its own namespace, and the host's veth onto it.
+        // The LAN: a bridge in its own namespace, holding the control plane's address.
         let lan = format!("{p}-lan");
         let _ = run(Command::new("ip").args(["netns", "del", &lan]));
         must(&["ip", "netns", "add", &lan]);
+        must(&["ip", "-n", &lan, "link", "set", "lo", "up"]);
         must(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]);
-        must(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
-        let (host_if, far) = (format!("{p}h"), format!("{p}hl"));
-        let _ = run(Command::new("ip").args(["link", "del", &host_if]));
         must(&[
-            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &far, "netns", &lan,
+            "ip",
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            &format!("{HOST}/24"),
+            "dev",
+            "br0",
         ]);
-        must(&["ip", "-n", &lan, "link", "set", &far, "master", "br0", "up"]);
-        must(&["ip", "addr", "add", &format!("{HOST}/24"), "dev", &host_if]);
-        must(&["ip", "link", "set", &host_if, "up"]);
+        must(&["ip", "-n", &lan, "link", "set", "br0", "up"]);
+        let lan_path = PathBuf::from(format!("/run/netns/{lan}"));
 
         let bins = bin_dir();
         let logs = dir.path().to_owned();
@@ -131,7 +180,9 @@ impl Lab {
         };
         let (api_port, grpc, metrics) = (free_port(), free_port(), free_port());
         let (o, e) = log("root");
-        let root = Command::new(bins.join("root-orchestrator"))
+        let root = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{lan}"))
+            .arg(bins.join("root-orchestrator"))
             .arg(format!("--api-addr={HOST}:{api_port}"))
             .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
@@ -143,9 +194,10 @@ impl Lab {
             .stderr(e)
             .spawn()
             .expect("the root starts");
+        let local = forward(lan_path, std::net::SocketAddr::from((HOST, api_port))).await;
         let mut lab = Lab {
             prefix: p.clone(),
-            api: format!("http://{HOST}:{api_port}"),
+            api: format!("http://127.0.0.1:{local}"),
             root: Some(root),
             grpc,
             clusters: Vec::new(),
@@ -160,7 +212,9 @@ impl Lab {
             let (api, mqtt) = (free_port(), free_port());
             let cdir = lab.dir.path().join(&name);
             let (o, e) = log(&name);
-            let child = Command::new(bins.join("cluster-orchestrator"))
+            let child = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{lan}"))
+                .arg(bins.join("cluster-orchestrator"))
                 .arg(format!("--root-addr=127.0.0.1:{}", lab.grpc))
                 .arg(format!("--name={name}"))
                 .arg(format!("--api-addr={HOST}:{api}"))
@@ -184,7 +238,7 @@ impl Lab {
             let n = i + 1;
             let name = format!("w{n}");
             let netns = format!("{p}-{name}");
-            let lan_ip = Ipv4Addr::new(192, 0, 2, n as u8);
+            let lan_ip = Ipv4Addr::new(172, 31, 77, n as u8);
             let _ = run(Command::new("ip").args(["netns", "del", &netns]));
             must(&["ip", "netns", "add", &netns]);
             must(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
@@ -195,14 +249,21 @@ impl Lab {
             ]);
             must(&["ip", "-n", &lan, "link", "set", &far, "master", "br0", "up"]);
             must(&[
-                "ip", "-n", &netns, "addr", "add", &format!("{lan_ip}/24"), "dev", &nic,
+                "ip",
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{lan_ip}/24"),
+                "dev",
+                &nic,
             ]);
             must(&["ip", "-n", &netns, "link", "set", &nic, "up"]);
             let wdir = lab.dir.path().join(&name);
             let socket = wdir.join("net.sock");
             let (o, e) = log(&format!("{name}-net"));
-            let net_manager = Command::new("ip")
-                .args(["netns", "exec", &netns])
+            let net_manager = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
                 .arg(bins.join("net-manager"))
                 .arg(format!("--socket={}", socket.display()))
                 .arg(format!("--data-dir={}", wdir.join("net").display()))
@@ -219,8 +280,8 @@ impl Lab {
                 .expect("a net manager starts");
             let containerd_namespace = format!("canopy-{p}-{name}");
             let (o, e) = log(&format!("{name}-engine"));
-            let engine = Command::new("ip")
-                .args(["netns", "exec", &netns])
+            let engine = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
                 .arg(bins.join("node-engine"))
                 .arg(format!("--cluster-addr={}", lab.clusters[cluster].api))
                 .arg(format!("--name={name}"))
@@ -299,7 +360,12 @@ impl Lab {
     }
 
     /// A REST call with the Admin's token.
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
         let mut req = self
             .http
@@ -344,7 +410,10 @@ impl Lab {
     /// Posts an SLA; returns the service ids of its first application.
     pub async fn create(&self, sla: &Value) -> Vec<String> {
         let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;
-        assert!(status.is_success(), "POST /api/application: {status} {apps}");
+        assert!(
+            status.is_success(),
+            "POST /api/application: {status} {apps}"
+        );
         let name = sla["applications"][0]["application_name"].clone();
         let app = apps
             .as_array()
@@ -397,7 +466,10 @@ impl Lab {
 
     /// The worker (by name `wN`) an instance listed by the root runs on.
     pub async fn worker_of(&self, instance: &Value) -> String {
-        let node = instance["worker_id"].as_str().unwrap_or_default().to_owned();
+        let node = instance["worker_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let nodes = self.get("/api/nodes").await;
         nodes
             .as_array()
@@ -490,7 +562,6 @@ impl Lab {
             signal(r.id(), nix::sys::signal::Signal::SIGTERM);
             let _ = r.wait();
         }
-        let _ = run(Command::new("ip").args(["link", "del", &format!("{}h", self.prefix)]));
         let _ = run(Command::new("ip").args(["netns", "del", &format!("{}-lan", self.prefix)]));
     }
 }

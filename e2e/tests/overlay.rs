@@ -43,9 +43,7 @@ fn sla(app: &str, services: Vec<Value>) -> Value {
 
 /// A client that fetches `url` forever, one line per answer (`FAIL` when none came).
 fn client_cmd(url: &str) -> String {
-    format!(
-        "while true; do timeout 3 wget -q -O - {url} || echo FAIL; sleep 0.1; done"
-    )
+    format!("while true; do timeout 3 wget -q -O - {url} || echo FAIL; sleep 0.1; done")
 }
 
 /// The answers in `log` from byte `from` on.
@@ -60,7 +58,13 @@ fn answers(log: &str, from: usize) -> Vec<String> {
 }
 
 /// Waits until the log of `instance` on `worker` holds at least `n` answers after `from`.
-async fn wait_answers(lab: &Lab, worker: &str, instance: &str, from: usize, n: usize) -> Vec<String> {
+async fn wait_answers(
+    lab: &Lab,
+    worker: &str,
+    instance: &str,
+    from: usize,
+    n: usize,
+) -> Vec<String> {
     let start = Instant::now();
     loop {
         let got = answers(&lab.worker(worker).log(instance), from);
@@ -109,8 +113,7 @@ async fn services_reach_each_other_across_workers_and_clusters() {
     )
     .await;
 
-    let server_cmd =
-        "mkdir -p /tmp/w && echo \"page $HOSTNAME\" > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w";
+    let server_cmd = "mkdir -p /tmp/w && echo \"page $HOSTNAME\" > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w";
     let mut server = service("server", &image, server_cmd, 32, "w1;w3");
     server["addresses"] = json!({"rr_ip": RR_IP, "closest_ip": CLOSEST_IP});
     let ids = lab.create(&sla("ovl", vec![server])).await;
@@ -143,9 +146,27 @@ async fn services_reach_each_other_across_workers_and_clusters() {
     let clients = sla(
         "cli",
         vec![
-            service("rr", &image, &client_cmd(&format!("http://{RR_IP}/")), 4, "w2"),
-            service("near", &image, &client_cmd(&format!("http://{CLOSEST_IP}/")), 4, "w1"),
-            service("named", &image, &client_cmd("http://ovl.e2e.server.e2e/"), 4, "w2"),
+            service(
+                "rr",
+                &image,
+                &client_cmd(&format!("http://{RR_IP}/")),
+                4,
+                "w2",
+            ),
+            service(
+                "near",
+                &image,
+                &client_cmd(&format!("http://{CLOSEST_IP}/")),
+                4,
+                "w1",
+            ),
+            service(
+                "named",
+                &image,
+                &client_cmd("http://ovl.e2e.server.e2e/"),
+                4,
+                "w2",
+            ),
         ],
     );
     let cids = lab.create(&clients).await;
@@ -161,11 +182,20 @@ async fn services_reach_each_other_across_workers_and_clusters() {
     let from = wait_pages(&lab, "w2", rr, &all).await;
     let got = wait_answers(&lab, "w2", rr, from, 30).await;
     let seen: BTreeSet<String> = got.iter().take(30).cloned().collect();
-    assert_eq!(seen, all, "30 requests through {RR_IP} reach every server: {got:?}");
+    assert_eq!(
+        seen, all,
+        "30 requests through {RR_IP} reach every server: {got:?}"
+    );
 
     // Closest: the client on w1 always reaches an instance on w1.
     let local = page_on("w1");
-    let from = wait_pages(&lab, "w1", near, &BTreeSet::from([local.iter().next().unwrap().clone()])).await;
+    let from = wait_pages(
+        &lab,
+        "w1",
+        near,
+        &BTreeSet::from([local.iter().next().unwrap().clone()]),
+    )
+    .await;
     let got = wait_answers(&lab, "w1", near, from, 10).await;
     assert!(
         got.iter().all(|a| local.contains(a)),
@@ -178,16 +208,22 @@ async fn services_reach_each_other_across_workers_and_clusters() {
     assert!(got.iter().all(|a| all.contains(a)), "by name: {got:?}");
 
     // One instance deleted: within a second only the others answer, and nothing fails.
-    let (gone_worker, gone_page) = placed
-        .iter()
-        .find(|(w, _)| w == "w1")
-        .cloned()
+    let (gone_worker, gone_page) = placed.iter().find(|(w, _)| w == "w1").cloned().unwrap();
+    let gone_n: u32 = gone_page
+        .trim_start_matches("page instance-")
+        .parse()
         .unwrap();
-    let gone_n: u32 = gone_page.trim_start_matches("page instance-").parse().unwrap();
     let (status, v) = lab
-        .call("DELETE", &format!("/api/service/{server_id}/instance/{gone_n}"), None)
+        .call(
+            "DELETE",
+            &format!("/api/service/{server_id}/instance/{gone_n}"),
+            None,
+        )
         .await;
-    assert!(status.is_success(), "delete instance {gone_n}: {status} {v}");
+    assert!(
+        status.is_success(),
+        "delete instance {gone_n}: {status} {v}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let from = lab.worker("w2").log(rr).len();
     let got = wait_answers(&lab, "w2", rr, from, 20).await;

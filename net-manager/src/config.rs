@@ -52,6 +52,17 @@ pub struct Config {
     #[arg(long, env = "CANOPY_NET_PROBE_INTERVAL_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub probe_interval_secs: u64,
+    /// The UDP port the resolver answers on, on the bridge's address (instances ask it
+    /// through their resolv.conf).
+    #[arg(long, env = "CANOPY_NET_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
+    /// The host's resolvers, which names other than the services' are forwarded to.
+    #[arg(
+        long,
+        env = "CANOPY_NET_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: std::path::PathBuf,
     /// Several workers in this one network namespace (`canopy up`), each with its own net
     /// manager, bridge and table: no tunnel and no probes; the kernel routes between the
     /// bridges, and the table translates only traffic from this worker's bridge.

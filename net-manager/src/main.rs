@@ -47,6 +47,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         };
         tokio::spawn(manager.clone().measure(probe, stop.stopped()))
     });
+    let upstream = net_manager::dns::upstream_from_resolv_conf(
+        &std::fs::read_to_string(&config.resolv_conf).unwrap_or_default(),
+    );
+    let resolving = tokio::spawn(manager.clone().resolve(
+        config.dns_port,
+        upstream,
+        stop.stopped(),
+    ));
     tracing::info!(
         socket = %config.socket.display(),
         node = ?manager.node().await,
@@ -59,6 +67,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(m) = measuring {
         let _ = m.await;
     }
+    let _ = resolving.await;
     if config.remove_on_exit {
         tracing::info!("removing every instance's network, the tunnel and the bridge before exit");
         manager.remove_all().await;

@@ -239,6 +239,8 @@ pub struct Manager {
     underlay: watch::Sender<Option<Ipv4Addr>>,
     /// The peers' underlay addresses, to probe.
     probed: watch::Sender<BTreeSet<Ipv4Addr>>,
+    /// The bridge's address once configured: where the resolver answers.
+    gateway: watch::Sender<Option<Ipv4Addr>>,
     pub metrics: Metrics,
 }
 
@@ -394,6 +396,7 @@ impl Manager {
             names: watch::channel(Arc::default()).0,
             underlay: watch::channel(None).0,
             probed: watch::channel(BTreeSet::new()).0,
+            gateway: watch::channel(None).0,
             metrics: Metrics::default(),
         };
         {
@@ -544,6 +547,16 @@ impl Manager {
         self.underlay.send_if_modified(|cur| {
             let changed = *cur != underlay;
             *cur = underlay;
+            changed
+        });
+        let gateway = inner
+            .node
+            .as_ref()
+            .and_then(|n| WorkerNet::new(n.config.subnet).ok())
+            .map(|w| w.bridge());
+        self.gateway.send_if_modified(|cur| {
+            let changed = *cur != gateway;
+            *cur = gateway;
             changed
         });
         let probed = match (&inner.node, self.settings.same_host) {
@@ -757,6 +770,59 @@ impl Manager {
             }
         };
         tokio::join!(probing, following);
+    }
+
+    /// Answers names on the bridge's address, port `port` ([`crate::dns`]): the service names
+    /// of the view, every other name forwarded to `upstream` (the host's resolvers); follows
+    /// the bridge's address as the node is configured, until `shutdown`.
+    pub async fn resolve(
+        self: Arc<Self>,
+        port: u16,
+        upstream: Vec<std::net::SocketAddr>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut gateway = self.gateway.subscribe();
+        let mut serving: Option<(Ipv4Addr, tokio::task::JoinHandle<()>)> = None;
+        let mut warned = None;
+        tokio::pin!(shutdown);
+        loop {
+            let want = *gateway.borrow_and_update();
+            if serving.as_ref().map(|(a, _)| *a) != want {
+                if let Some((_, task)) = serving.take() {
+                    task.abort();
+                }
+                if let Some(addr) = want {
+                    match tokio::net::UdpSocket::bind((addr, port)).await {
+                        Ok(sock) => {
+                            let up: Vec<_> = upstream
+                                .iter()
+                                .copied()
+                                .filter(|u| u.ip() != std::net::IpAddr::V4(addr))
+                                .collect();
+                            tracing::info!(address = %addr, port, upstream = ?up, "answering names");
+                            let task = tokio::spawn(crate::dns::serve(sock, self.names(), up));
+                            serving = Some((addr, task));
+                            warned = None;
+                        }
+                        Err(e) => {
+                            if warned != Some(addr) {
+                                tracing::warn!(address = %addr, port, error = %e, "cannot answer names yet; retrying");
+                                warned = Some(addr);
+                            }
+                        }
+                    }
+                }
+            }
+            let retry = want.is_some() && serving.is_none();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = gateway.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(1)), if retry => {}
+            }
+        }
+        if let Some((_, task)) = serving {
+            task.abort();
+        }
     }
 
     /// Puts instance `name` on the overlay: its own namespace, a veth to the bridge, an

@@ -4,8 +4,9 @@
 //! own example on one worker: a client whose command fetches `http://10.30.55.55/` and a
 //! server behind that address; the client's log holds the server's page. Traffic goes only
 //! to addresses inside these namespaces. The server's published port answers on the
-//! worker's 127.0.0.1. (The overlay view is put by the test; the cluster does not send
-//! views yet.)
+//! worker's 127.0.0.1. The engine configures the net manager with the subnet the (test)
+//! cluster answered at registration, and relays the overlay view the cluster publishes on
+//! `nodes/<id>/net/view`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -73,9 +74,7 @@ impl NetManager {
             .arg(bin)
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--data-dir={}", dir.join("nm").display()))
-            .arg("--subnet=10.18.0.0")
-            // One worker: no tunnel to others, so none is made.
-            .arg("--underlay=192.0.2.1")
+            // One worker: no tunnel to others, so none is made. The engine configures it.
             .arg("--same-host")
             .arg(format!("--bridge={}br", ns.0))
             .arg(format!("--nft-table={}_t", ns.0))
@@ -128,6 +127,7 @@ async fn a_container_reaches_another_through_its_service_address() {
     let mut config = Engine::config(&cluster.addr, &dir.path().join("engine"), &ns);
     config.net_manager_socket = net.socket.clone();
     config.no_overlay = false;
+    config.overlay_address = Some("192.0.2.1".parse().unwrap());
     let mut engine = Engine::start(config).await;
     engine.wait_connected(SECS_30).await;
 
@@ -170,15 +170,25 @@ async fn a_container_reaches_another_through_its_service_address() {
             {"address": server_ip, "underlay": "192.0.2.1", "same_cluster": true}
         ]}]
     });
-    net.curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        &view.to_string(),
-        "http://nm/view",
-    ]);
+    cluster
+        .publish_raw(
+            canopy_proto::worker::topics::net_view(&node_id()),
+            view.to_string().into_bytes(),
+        )
+        .await;
+    let start = Instant::now();
+    while !net.curl(&["http://nm/view"]).contains("10.30.55.55") {
+        assert!(
+            start.elapsed() < SECS_30,
+            "the view never reached the net manager"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node: serde_json::Value = serde_json::from_str(&net.curl(&["http://nm/node"])).unwrap();
+    assert_eq!(
+        node["subnet"], "10.18.0.0",
+        "configured from the registration answer"
+    );
 
     let mut client = deploy(
         CLIENT,

@@ -271,11 +271,13 @@ impl Cluster {
                         return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "token"})));
                     }
                     reg_tx.send_modify(|n| *n += 1);
-                    (
-                        axum::http::StatusCode::OK,
-                        axum::Json(json!({"id": NODE_ID, "MQTT_BROKER_PORT": mqtt_port.to_string(),
-                            "mqtt_host": "127.0.0.1", "mqtt_username": NODE_ID, "mqtt_password": "pw"})),
-                    )
+                    let mut answer = json!({"id": NODE_ID, "MQTT_BROKER_PORT": mqtt_port.to_string(),
+                        "mqtt_host": "127.0.0.1", "mqtt_username": NODE_ID, "mqtt_password": "pw"});
+                    // A worker on the overlay gets the first worker subnet.
+                    if body.get("overlay_address").is_some() {
+                        answer["subnet"] = json!("10.18.0.0");
+                    }
+                    (axum::http::StatusCode::OK, axum::Json(answer))
                 }
             }),
         );
