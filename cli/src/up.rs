@@ -4,12 +4,16 @@
 //! 1. `root-orchestrator` (embedded store) — waits for `/health`, reads `cluster-token`;
 //! 2. `cluster-orchestrator` (embedded store and MQTT broker) — waits for `/health`, reads
 //!    `node-token`;
-//! 3. N × `node-engine` (`--remove-on-exit`, namespace `<prefix>-workerI`, API port of its own);
+//! 3. N × `net-manager` (`--same-host`: every worker has its own bridge and nftables table in
+//!    this machine's network namespace, so their instances reach each other by service IPs
+//!    and names; not with `--no-overlay`);
+//! 4. N × `node-engine` (`--remove-on-exit`, namespace `<prefix>-workerI`, API port of its own);
 //!
 //! then logs in as `Admin`, waits until the root sees the cluster with N active workers, saves
 //! the login for the CLI and prints what to do next. `<data-dir>/up.json` lists every child
 //! (pid, command line, log file). On SIGINT/SIGTERM the engines stop first (removing their
-//! instances), then the cluster, then the root. A child that dies is reported, not restarted.
+//! instances), then the net managers (removing their networks), then the cluster, then the
+//! root. A child that dies is reported, not restarted.
 //!
 //! [`plan`] decides everything from the arguments (ports, directories, command lines, health
 //! URLs, token files) without I/O; [`run`] starts, waits for and stops the children.
@@ -57,6 +61,9 @@ pub struct UpArgs {
     /// --bench-virtual-workers` process) that speak the real protocol but run nothing.
     #[arg(long, default_value_t = 0)]
     pub virtual_workers: u32,
+    /// Keep containers on the host's network: no net managers, no service IPs or names.
+    #[arg(long)]
+    pub no_overlay: bool,
     /// Extra arguments for every node engine (e.g. `--insecure-registry=HOST:PORT`).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,

@@ -35,6 +35,7 @@ pub fn bin_dir() -> PathBuf {
         "canopy",
         "root-orchestrator",
         "cluster-orchestrator",
+        "net-manager",
         "node-engine",
     ] {
         assert!(
@@ -153,7 +154,21 @@ impl Stack {
         Self::up_with(workers, &[]).await
     }
 
+    /// `canopy up --workers N --no-overlay ARGS`: containers on the host's network (the
+    /// suite's stacks run side by side; overlay stacks would share this host's worker
+    /// subnets).
     pub async fn up_with(workers: u32, extra_args: &[&str]) -> Stack {
+        let mut args = vec!["--no-overlay"];
+        args.extend_from_slice(extra_args);
+        Self::start(workers, &args).await
+    }
+
+    /// `canopy up --workers N ARGS` with its overlay (one such stack at a time per machine).
+    pub async fn up_overlay(workers: u32, extra_args: &[&str]) -> Stack {
+        Self::start(workers, extra_args).await
+    }
+
+    async fn start(workers: u32, extra_args: &[&str]) -> Stack {
         let bins = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("canopy-e2e-")

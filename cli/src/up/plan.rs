@@ -80,7 +80,12 @@ impl Ports {
 }
 
 /// The daemons `canopy up` runs.
-pub const DAEMONS: [&str; 3] = ["root-orchestrator", "cluster-orchestrator", "node-engine"];
+pub const DAEMONS: [&str; 4] = [
+    "root-orchestrator",
+    "cluster-orchestrator",
+    "net-manager",
+    "node-engine",
+];
 
 /// Where the daemon binaries are: a directory, or none to find them on PATH.
 pub struct BinDir(pub Option<PathBuf>);
@@ -132,6 +137,8 @@ pub struct Plan {
     pub admin_password: PathBuf,
     pub root: ChildPlan,
     pub cluster: ChildPlan,
+    /// `net-worker1`..`net-workerN`: each worker's net manager (none with `--no-overlay`).
+    pub nets: Vec<ChildPlan>,
     /// `worker1`..`workerN`, then `virtual` (one process for every virtual worker) if asked.
     pub engines: Vec<ChildPlan>,
     /// Active workers the cluster must report before `canopy up` is ready.
@@ -207,10 +214,40 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
         SocketAddr::new(local, ports.cluster_api)
     );
     let mut engines = Vec::new();
+    let mut nets = Vec::new();
+    // Links and tables of this `canopy up`, told apart from another's by its API port.
+    let tag = format!("{:04x}", ports.api);
     for i in 1..=args.workers {
         let name = format!("worker{i}");
         let ns = format!("{}-{name}", args.containerd_namespace);
         let port = ports.first_node + (i as u16 - 1);
+        let overlay = if args.no_overlay {
+            "--no-overlay".to_owned()
+        } else {
+            let wdir = dir.join(&name);
+            let socket = wdir.join("net.sock");
+            let net_name = format!("net-{name}");
+            nets.push(ChildPlan {
+                step: format!("starting net manager {net_name} (bridge cnp{tag}b{i})"),
+                command: vec![
+                    bins.path("net-manager"),
+                    format!("--socket={}", socket.display()),
+                    format!("--data-dir={}", wdir.join("net").display()),
+                    format!("--bridge=cnp{tag}b{i}"),
+                    format!("--nft-table=canopy_{tag}_w{i}"),
+                    format!("--netns-dir={}", wdir.join("netns").display()),
+                    "--same-host".to_owned(),
+                    "--remove-on-exit".to_owned(),
+                    format!("--log={}", args.log),
+                ],
+                log: log(&net_name),
+                health: format!("unix:{}", socket.display()),
+                namespace: None,
+                token: None,
+                name: net_name,
+            });
+            format!("--net-manager-socket={}", socket.display())
+        };
         let mut command = vec![
             bins.path("node-engine"),
             cluster_addr.clone(),
@@ -221,7 +258,7 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
             format!("--containerd-namespace={ns}"),
             format!("--runtimes={}", args.runtimes),
             "--remove-on-exit".to_owned(),
-            "--no-overlay".to_owned(),
+            overlay,
             format!("--log={}", args.log),
         ];
         command.extend(args.node_args.iter().cloned());
@@ -271,6 +308,7 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
         admin_password: root_dir.join("admin-password"),
         root,
         cluster,
+        nets,
         engines,
         workers: args.workers + args.virtual_workers,
     }
@@ -377,9 +415,34 @@ mod tests {
                 "--containerd-namespace=canopy-test-worker2",
                 "--runtimes=container,wasm",
                 "--remove-on-exit",
-                "--no-overlay",
+                "--net-manager-socket=/d/worker2/net.sock",
                 "--log=info",
             ]
+        );
+        // Its net manager: a bridge and table of its own in this machine's namespace.
+        let n2 = &p.nets[1];
+        assert_eq!(n2.name, "net-worker2");
+        assert_eq!(n2.health, "unix:/d/worker2/net.sock");
+        assert_eq!(
+            n2.command,
+            [
+                "/bin/net-manager",
+                "--socket=/d/worker2/net.sock",
+                "--data-dir=/d/worker2/net",
+                "--bridge=cnp2710b2",
+                "--nft-table=canopy_2710_w2",
+                "--netns-dir=/d/worker2/netns",
+                "--same-host",
+                "--remove-on-exit",
+                "--log=info",
+            ]
+        );
+        let plain = plan_of(&["--workers=2", "--no-overlay"]);
+        assert!(plain.nets.is_empty());
+        assert!(
+            plain.engines[1]
+                .command
+                .contains(&"--no-overlay".to_owned())
         );
         let token = w2.token.as_ref().expect("a token");
         assert_eq!(token.var, "CANOPY_NODE_TOKEN");

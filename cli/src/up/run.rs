@@ -70,7 +70,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
             kids.push(spawn(tier).await?);
             wait_healthy(kids.last_mut()).await?;
         }
-        // 3. the workers, all at once
+        // 3. the net managers, then the workers, all at once
+        for net in &plan.nets {
+            kids.push(spawn(net).await?);
+        }
+        for k in kids.iter_mut().skip(2) {
+            wait_healthy(Some(k)).await?;
+        }
         for engine in &plan.engines {
             kids.push(spawn(engine).await?);
         }
@@ -119,7 +125,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  canopy apply SLA.json --wait      (examples/quickstart.json is the demo)");
     println!("  canopy get services      canopy get instances      canopy get nodes");
     println!("  canopy logs SERVICE --follow      canopy scale SERVICE 3");
-    println!("Containers use the host's network: a published port is reachable on 127.0.0.1.");
+    if args.no_overlay {
+        println!("Containers use the host's network: a published port is reachable on 127.0.0.1.");
+    } else {
+        println!(
+            "Containers are on the overlay: services reach each other by service IP and by name"
+        );
+        println!("(app.appns.svc.svcns); a published port is reachable on 127.0.0.1.");
+    }
     println!("Press Ctrl-C to stop everything (instances are removed).");
 
     // 5. run until asked to stop
@@ -236,9 +249,7 @@ async fn wait_healthy(kid: Option<&mut Running>) -> Result<()> {
                 log_tail(&kid.info.log, 15)
             );
         }
-        if let Ok(r) = http.get(&kid.info.health).send().await
-            && r.status().is_success()
-        {
+        if healthy(&http, &kid.info.health).await {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -251,6 +262,22 @@ async fn wait_healthy(kid: Option<&mut Running>) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether `health` answers: an HTTP URL, or `unix:PATH` (a daemon's API on a unix socket).
+async fn healthy(http: &reqwest::Client, health: &str) -> bool {
+    let answer = match health.strip_prefix("unix:") {
+        Some(path) => match reqwest::Client::builder()
+            .unix_socket(path)
+            .timeout(Duration::from_secs(2))
+            .build()
+        {
+            Ok(c) => c.get("http://localhost/health").send().await,
+            Err(_) => return false,
+        },
+        None => http.get(health).send().await,
+    };
+    answer.is_ok_and(|r| r.status().is_success())
 }
 
 /// Waits until the root lists an active cluster with `workers` active nodes.
@@ -305,12 +332,16 @@ fn reap(kids: &mut [Running]) {
     }
 }
 
-/// Stops the workers, then the cluster, then the root: SIGTERM, then SIGKILL after a grace.
+/// Stops the workers, then their net managers, then the cluster, then the root: SIGTERM,
+/// then SIGKILL after a grace.
 async fn stop_all(kids: &mut [Running]) {
+    let is_net = |k: &Running| k.info.name.starts_with("net-");
     let workers: Vec<usize> = (0..kids.len())
-        .filter(|&i| !matches!(kids[i].info.name.as_str(), "cluster" | "root"))
+        .filter(|&i| !matches!(kids[i].info.name.as_str(), "cluster" | "root") && !is_net(&kids[i]))
         .collect();
     stop_group(kids, &workers, Duration::from_secs(30)).await;
+    let nets: Vec<usize> = (0..kids.len()).filter(|&i| is_net(&kids[i])).collect();
+    stop_group(kids, &nets, Duration::from_secs(15)).await;
     for name in ["cluster", "root"] {
         let idx: Vec<usize> = (0..kids.len())
             .filter(|&i| kids[i].info.name == name)
