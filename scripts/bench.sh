@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Canopy's benchmarks (never part of the test suite's pass/fail). As root, on Debian:
 #
-#   bash scripts/bench.sh [latency] [placement] [failover] [idle]     (default: all four)
+#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay]   (default: all)
 #
 # Builds in release mode, starts containerd if none answers, runs
-# `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`),
+# `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`)
+# and, for `overlay`, `cargo bench -p canopy-e2e --bench overlay` (workers in network
+# namespaces of their own, iperf3 and ping through service IPs),
 # and writes docs/benchmarks.json (figures and the machine) and the "Whole system" table of
 # docs/benchmarks.md. Sections not run keep their previous figures.
 #
@@ -21,7 +23,7 @@ trap 'stop_started; rm -rf "$RUN_DIR"' EXIT
 
 step "Prerequisites"
 apt_install ca-certificates build-essential pkg-config protobuf-compiler python3 \
-  containerd runc busybox-static file curl
+  containerd runc busybox-static file curl iproute2 nftables iperf3
 ensure_rust
 ensure_containerd "$RUN_DIR/containerd.log"
 
@@ -29,9 +31,22 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CANOPY_CACHE_DIR/target}
 step "Build (release)"
 cargo build --release --locked --workspace --bins
 
-step "Benchmarks: ${*:-latency placement failover idle}"
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay)
+STACK=()
+OVERLAY=no
+for s in "${SECTIONS[@]}"; do
+  if [ "$s" = overlay ]; then OVERLAY=yes; else STACK+=("$s"); fi
+done
+step "Benchmarks: ${SECTIONS[*]}"
 OUT="$RUN_DIR/bench.out"
-cargo bench --locked -p canopy-e2e --bench stack -- "$@" | tee "$OUT"
+: >"$OUT"
+if [ ${#STACK[@]} -gt 0 ]; then
+  cargo bench --locked -p canopy-e2e --bench stack -- "${STACK[@]}" | tee -a "$OUT"
+fi
+if [ "$OVERLAY" = yes ]; then
+  cargo bench --locked -p canopy-e2e --bench overlay | tee -a "$OUT"
+fi
 
 step "Writing docs/benchmarks.json and docs/benchmarks.md"
 python3 - "$OUT" <<'PY'
@@ -45,7 +60,8 @@ for line in out.splitlines():
         for section, v in json.loads(line[len("BENCH_JSON "):]).items():
             data.setdefault("sections", {})[section] = v
             for k, x in v.items():
-                if k.endswith("_ms") or k in ("placements_per_second", "idle_rss_mb", "idle_cpu_percent"):
+                if k.endswith("_ms") or k in ("placements_per_second", "idle_rss_mb", "idle_cpu_percent",
+                                              "overlay_throughput_ratio", "overlay_rtt_overhead_us"):
                     data[k] = x
 
 mem_kb = int(re.search(r"MemTotal:\s+(\d+)", open("/proc/meminfo").read()).group(1))
@@ -83,6 +99,12 @@ rows = [
     f"| submit → `RUNNING`, wasm module, p50 / p90 / p99 ms | {p('wasm_submit_to_running_ms')} | (same) |",
     f"| placements per second: {s.get('placement', {}).get('instances', '—')} instances onto {s.get('placement', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second'), 0)} | `bash scripts/bench.sh placement` |",
     f"| worker killed → instance `RUNNING` on another, p50 ms over {s.get('failover', {}).get('runs', '—')} | {f((data.get('failover_to_running_ms') or {}).get('p50'), 0)} | `bash scripts/bench.sh failover` |",
+]
+o = s.get("overlay", {})
+rows += [
+    f"| overlay TCP throughput through an rr_ip across two workers ÷ the same workers direct (iperf3; {f(o.get('overlay_throughput_mbit_s'), 0)} / {f(o.get('direct_throughput_mbit_s'), 0)} Mbit/s) | {f(data.get('overlay_throughput_ratio'), 3)} | `bash scripts/bench.sh overlay` |",
+    f"| overlay round trip through an rr_ip minus direct, p50 / p90 µs | {f((data.get('overlay_rtt_overhead_us') or {}).get('p50'), 0)} / {f((data.get('overlay_rtt_overhead_us') or {}).get('p90'), 0)} | (same) |",
+    f"| instance `RUNNING` → reachable through its rr_ip from another worker, p50 / p90 / p99 ms over {o.get('update_runs', '—')} | {p('overlay_update_ms')} | (same) |",
 ]
 rss = data.get("idle_rss_mb") or {}
 cpu_ = data.get("idle_cpu_percent") or {}
