@@ -31,6 +31,7 @@ pub mod api;
 pub mod apply;
 pub mod config;
 pub mod dns;
+pub mod firewall;
 pub mod link;
 pub mod manager;
 pub mod metrics;
