@@ -171,7 +171,7 @@ impl WorkerView {
             s.instances.sort();
             s.instances.dedup();
         }
-        services.sort_by(|a, b| a.rr_ip.cmp(&b.rr_ip));
+        services.sort_by_key(|s| s.rr_ip);
         WorkerView { peers, services }
     }
 }
