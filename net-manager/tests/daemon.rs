@@ -272,8 +272,35 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
         .unwrap()
         .success()
     );
+    // A veth an earlier version attached without hairpin mode gets it at the restart.
+    let web0_if = host_if("app.t.web.t.instance.0");
+    let hairpin = || {
+        let port = run_in(&worker, &["ip", "-d", "link", "show", &web0_if]);
+        port.contains("hairpin on")
+    };
+    assert!(hairpin());
+    assert!(
+        in_ns(
+            &worker,
+            &[
+                "ip",
+                "link",
+                "set",
+                &web0_if,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "off"
+            ]
+        )
+        .status()
+        .unwrap()
+        .success()
+    );
+    assert!(!hairpin());
     d.kill();
     let d = start(&[]);
+    assert!(hairpin(), "hairpin mode stayed off across the restart");
     assert!(
         held.say("after"),
         "the connection did not survive the restart: heard {:?}",

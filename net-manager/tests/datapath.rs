@@ -62,6 +62,19 @@ async fn service_ips_reach_instances_on_one_worker() {
     }
     assert!(links_in(&instances[0].instance_ns).contains("eth0"));
     assert!(links_in(&instances[0].instance_ns).contains("mtu 1450"));
+    let ports: Vec<String> = instances.iter().map(|a| a.host_if.clone()).collect();
+    let hairpins = link::in_netns(Some(&worker), move |h| async move {
+        let mut on = Vec::new();
+        for p in &ports {
+            on.push(link::hairpin(&h, p).await?);
+        }
+        // The bridge itself is no port.
+        on.push(link::hairpin(&h, &format!("{}br", prefix())).await?);
+        Ok(on)
+    })
+    .await
+    .expect("hairpin modes");
+    assert_eq!(hairpins, [true, true, true, false], "attach turns it on");
     lab.web_server(&instances[1].instance_ns, "page-one");
     lab.web_server(&instances[2].instance_ns, "page-two");
     let client = instances[0].instance_ns.clone();
