@@ -464,7 +464,8 @@ impl Manager {
     }
 
     /// Makes the bridge (and, but in same-host mode, the tunnel) of node `n`: created or kept,
-    /// with their addresses; another subnet's address is replaced.
+    /// with their addresses; another subnet's address is replaced. Their traffic is accepted
+    /// in iptables' `FORWARD` ([`firewall::ensure`]; nothing is done without iptables).
     async fn ensure_node(&self, n: &Node) -> Result<()> {
         let (bridge, gateway, mtu) = (
             self.settings.bridge.clone(),
