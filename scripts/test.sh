@@ -17,10 +17,10 @@ trap 'stop_started; [ -z "${RUN_DIR:-}" ] || rm -rf "$RUN_DIR"' EXIT
 
 step "Prerequisites"
 # Build: protoc for tonic, a C compiler for crates that build C. Runtime pieces later issues'
-# tests use: containerd and runc, busybox-static for test images, iproute2 and nftables for
-# namespaces, an OCI registry, an MQTT broker, dockerd and docker-compose for the compose test. Python's venv for the MongoDB wire server.
+# tests use: containerd and runc, busybox-static for test images, iproute2, nftables and
+# iptables for namespaces (the net manager's tests set FORWARD policy drop), an OCI registry, an MQTT broker, dockerd and docker-compose for the compose test. Python's venv for the MongoDB wire server.
 apt_install ca-certificates build-essential pkg-config protobuf-compiler python3 python3-venv \
-  containerd runc busybox-static iproute2 nftables docker-registry mosquitto curl \
+  containerd runc busybox-static iproute2 nftables iptables docker-registry mosquitto curl \
   docker.io docker-compose
 ensure_rust
 ensure_qemu

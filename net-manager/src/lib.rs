@@ -7,14 +7,19 @@
 //! its VXLAN tunnel and the service names; the closest addresses follow round-trip times it
 //! measures to the other workers. With `--same-host`, several workers share one network
 //! namespace (`canopy up`): no tunnel, the kernel routes between their bridges. Names are
-//! kept (on a watch channel) for a resolver that does not exist yet.
+//! kept on a watch channel for the resolver ([`dns`]).
 //!
 //! Layout:
 //! - [`link`]: links, addresses and routes through rtnetlink in any network namespace: the
-//!   worker's bridge, an instance's veth pair, the VXLAN tunnel and its peers.
+//!   worker's bridge, an instance's veth pair (its bridge port in hairpin mode), the VXLAN
+//!   tunnel and its peers.
 //! - [`nft`]: the translation table (virtual address → instances' addresses) rendered as one
-//!   nftables table, replaced atomically.
+//!   nftables table, replaced atomically; a connection translated to its own source (an
+//!   instance reaching itself) is masqueraded.
 //! - [`apply`]: running `nft` in a namespace.
+//! - [`firewall`]: the bridge's and tunnel's traffic accepted at the top of iptables'
+//!   `filter FORWARD` chain (run in a namespace like `nft`), so a policy of drop there
+//!   (Docker's) does not cut the overlay off.
 //! - [`plan`]: the worker's address plan (tunnel, bridge, instances in a /26), the tunnel's
 //!   MAC, and the names of what the net manager makes.
 //! - [`view`]: the overlay view checked against this worker and turned into translations,
@@ -31,6 +36,7 @@ pub mod api;
 pub mod apply;
 pub mod config;
 pub mod dns;
+pub mod firewall;
 pub mod link;
 pub mod manager;
 pub mod metrics;

@@ -6,13 +6,13 @@
 //!
 //! The pieces a worker needs: its bridge ([`ensure_bridge`]) and, per instance, a veth pair
 //! whose one end is on the bridge and whose other end is `eth0` inside the instance's
-//! namespace ([`attach`], [`detach`]). An instance's address is a /32 with the bridge as its
+//! namespace ([`attach`], [`detach`]), in hairpin mode ([`set_hairpin`]). An instance's address is a /32 with the bridge as its
 //! on-link default gateway: every packet it sends, to a neighbour on the same bridge too,
 //! passes the worker's routing and conntrack, so service-IP translation and its reverse apply
 //! to all of them and servers see their clients' own addresses.
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -234,6 +234,7 @@ pub async fn attach(a: &Attachment) -> Result<()> {
             .set(LinkUnspec::new_with_index(idx).controller(br).up().build())
             .execute()
             .await?;
+        set_hairpin(&h, &host_if).await?;
         let peer_idx = index(&h, &peer2).await?;
         h.link()
             .set(
@@ -278,6 +279,47 @@ pub async fn attach(a: &Attachment) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// Turns hairpin mode on for bridge port `port` (`bridge link set dev PORT hairpin on`): the
+/// bridge may send a frame back out of the port it came in on. An instance reaching itself
+/// through a service IP needs it when `br_netfilter` bridges the translated packet (see
+/// [`crate::nft`]). Idempotent.
+pub async fn set_hairpin(h: &Handle, port: &str) -> Result<()> {
+    let idx = index(h, port).await?;
+    // A port's settings need RTM_NEWLINK (`set_port`); RTM_SETLINK ignores them.
+    h.link()
+        .set_port(LinkBridgePort::new(idx).hairpin(true).build())
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Whether bridge port `port` has hairpin mode on (`false` for a link that is no port).
+pub async fn hairpin(h: &Handle, port: &str) -> Result<bool> {
+    use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo};
+    let mut links = h.link().get().match_name(port.to_owned()).execute();
+    let link = links
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| LinkError::NoLink(port.to_owned()))?;
+    let on = link
+        .attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => Some(infos),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(p)) => Some(p),
+            _ => None,
+        })
+        .flatten()
+        .any(|p| matches!(p, InfoBridgePort::HairpinMode(true)));
+    Ok(on)
 }
 
 /// Disconnects an instance: removes its veth (both ends). Idempotent.

@@ -8,11 +8,17 @@
 //! failure part way undoes what it did. At start, the stored node configuration and view are
 //! applied again (idempotently), and what an earlier run left and no record names is removed:
 //! veths with the net manager's prefix, namespace files, a bridge or tunnel it made under
-//! another name, routes through the tunnel to workers no longer in the view.
+//! another name (and its rules in iptables' `FORWARD`), routes through the tunnel to workers
+//! no longer in the view.
+//!
+//! The node's links come with their rules in iptables' `FORWARD` ([`crate::firewall`]), so a
+//! policy of drop there (Docker's) does not cut the overlay off; instances' bridge ports are
+//! in hairpin mode, so an instance reaches itself through a service IP.
 //!
 //! The closest choices follow the measured round-trip times ([`Manager::measure`], with
 //! [`crate::probe`]): when a ranking changes, the table is applied again.
 
+use crate::firewall;
 use crate::link::{self, Attachment, Peer, Tunnel};
 use crate::metrics::Metrics;
 use crate::netns;
@@ -57,6 +63,8 @@ pub enum Error {
     Netns(#[from] netns::NetnsError),
     #[error("nftables: {0}")]
     Nft(#[from] crate::apply::NftError),
+    #[error("{0}")]
+    Firewall(#[from] firewall::FirewallError),
     #[error("state: {0}")]
     Store(#[from] canopy_store::StoreError),
 }
@@ -347,6 +355,12 @@ impl Manager {
         owned.tunnels.extend(wanted.tunnels.iter().cloned());
         owned_records.put(OWNED_KEY, &owned).await?;
         let keep: Vec<String> = attached.values().map(|a| a.host_if.clone()).collect();
+        let gone: Vec<String> = unwanted
+            .bridges
+            .iter()
+            .chain(&unwanted.tunnels)
+            .cloned()
+            .collect();
         let removed = link::in_netns(None, move |h| async move {
             link::sysctl("net.ipv4.ip_forward", "1")?;
             let mut removed = Vec::new();
@@ -357,9 +371,15 @@ impl Manager {
                 }
             }
             for name in link::names(&h).await? {
-                if plan::is_host_if(&name) && !keep.contains(&name) {
+                if !plan::is_host_if(&name) {
+                    continue;
+                }
+                if !keep.contains(&name) {
                     link::delete(&h, &name).await?;
                     removed.push(name);
+                } else if let Err(e) = link::set_hairpin(&h, &name).await {
+                    // A veth an earlier version attached without it.
+                    tracing::warn!(link = %name, error = %e, "cannot turn hairpin mode on");
                 }
             }
             Ok(removed)
@@ -367,6 +387,19 @@ impl Manager {
         .await?;
         if !removed.is_empty() {
             tracing::info!(?removed, "removed links an earlier run left");
+        }
+        if !gone.is_empty() {
+            // Their rules outlive the links: remove them whether the links were there or not.
+            match unaccept(gone.clone()).await {
+                Ok(outcome) => log_firewall(
+                    &outcome,
+                    &gone,
+                    "removed the rules of links no longer named",
+                ),
+                Err(e) => {
+                    tracing::warn!(links = ?gone, error = %e, "cannot remove the iptables rules of links no longer named")
+                }
+            }
         }
         if let Ok(entries) = std::fs::read_dir(&settings.netns_dir) {
             for e in entries.flatten() {
@@ -431,7 +464,8 @@ impl Manager {
     }
 
     /// Makes the bridge (and, but in same-host mode, the tunnel) of node `n`: created or kept,
-    /// with their addresses; another subnet's address is replaced.
+    /// with their addresses; another subnet's address is replaced. Their traffic is accepted
+    /// in iptables' `FORWARD` ([`firewall::ensure`]; nothing is done without iptables).
     async fn ensure_node(&self, n: &Node) -> Result<()> {
         let (bridge, gateway, mtu) = (
             self.settings.bridge.clone(),
@@ -459,7 +493,20 @@ impl Manager {
             Ok(())
         })
         .await?;
+        let links = self.links();
+        let outcome = accept(links.clone()).await?;
+        log_firewall(&outcome, &links, "accepting the overlay's traffic");
         Ok(())
+    }
+
+    /// The links whose traffic this net manager forwards: the bridge, and the tunnel (but in
+    /// same-host mode).
+    fn links(&self) -> Vec<String> {
+        let mut links = vec![self.settings.bridge.clone()];
+        if !self.settings.same_host {
+            links.push(self.settings.tunnel.clone());
+        }
+        links
     }
 
     /// The peers the tunnel should have for `plan` (none in same-host mode).
@@ -945,17 +992,25 @@ impl Manager {
     }
 
     /// Deletes the bridge and the tunnel (with the tunnel go its peers' routes, neighbour
-    /// and forwarding entries).
+    /// and forwarding entries), and their rules in iptables' `FORWARD` (tried also when the
+    /// links cannot be deleted).
     async fn remove_links(&self) -> Result<()> {
         let (bridge, tunnel) = (self.settings.bridge.clone(), self.settings.tunnel.clone());
         let same_host = self.settings.same_host;
-        link::in_netns(None, move |h| async move {
+        let deleted = link::in_netns(None, move |h| async move {
             if !same_host {
                 link::delete(&h, &tunnel).await?;
             }
             link::delete(&h, &bridge).await
         })
-        .await?;
+        .await;
+        let links = self.links();
+        let unaccepted = unaccept(links.clone()).await;
+        if let Ok(outcome) = &unaccepted {
+            log_firewall(outcome, &links, "removed the overlay's rules");
+        }
+        deleted?;
+        unaccepted?;
         Ok(())
     }
 
@@ -991,6 +1046,42 @@ impl Manager {
         inner.translations = Translations::default();
         inner.peers.clear();
         self.publish_state(&inner);
+    }
+}
+
+/// [`firewall::ensure`] (`accept`) or [`firewall::remove`] for `links`, in this process's
+/// namespace, off the async workers.
+async fn firewall_links(links: Vec<String>, accept: bool) -> Result<firewall::Outcome> {
+    let outcome = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = links.iter().map(String::as_str).collect();
+        if accept {
+            firewall::ensure(None, &names)
+        } else {
+            firewall::remove(None, &names)
+        }
+    })
+    .await
+    .map_err(|e| firewall::FirewallError::Run(std::io::Error::other(e)))??;
+    Ok(outcome)
+}
+
+async fn accept(links: Vec<String>) -> Result<firewall::Outcome> {
+    firewall_links(links, true).await
+}
+
+async fn unaccept(links: Vec<String>) -> Result<firewall::Outcome> {
+    firewall_links(links, false).await
+}
+
+fn log_firewall(outcome: &firewall::Outcome, links: &[String], done: &str) {
+    match outcome {
+        firewall::Outcome::Skipped(why) => {
+            tracing::info!(?links, "iptables FORWARD left alone: {why}")
+        }
+        firewall::Outcome::Changed(0) => {}
+        firewall::Outcome::Changed(n) => {
+            tracing::info!(?links, rules = n, "iptables FORWARD: {done}")
+        }
     }
 }
 

@@ -11,9 +11,23 @@
 //!
 //! Lookups are one verdict map from address to a per-address chain, so the cost of a new
 //! connection does not grow with the number of services.
+//!
+//! Hairpin: an instance may reach itself through a virtual address (the only instance behind
+//! a service, or the one round robin picks) or through a port it publishes. After the DNAT
+//! the packet's destination is its own source, and it would come back to the instance with
+//! its own address as the source, which the instance drops (a martian). So `postrouting`
+//! masquerades a DNATed connection whose source is the address it was translated to (a set
+//! of `address . address` pairs, one per target: nft cannot compare `ip saddr` with `ip daddr`
+//! directly): the instance sees the bridge's address as the client, and its replies, undone
+//! by conntrack, still come from the virtual address. With `br_netfilter` the translated
+//! packet is bridged back out of the port it came in on, so that port needs hairpin mode
+//! ([`crate::link::attach`] turns it on).
+//!
+//! No filter chain: the table accepts everything it sees. Another table's (or iptables')
+//! `forward` policy of drop is dealt with in [`crate::firewall`].
 
 use canopy_core::job::{PortMapping, Protocol};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
@@ -82,6 +96,10 @@ fn chain_name(vip: Ipv4Addr) -> String {
 /// connection from the worker's own loopback leaves with the bridge's address as its source
 /// (the instance could not answer `127.0.0.1`); this needs `route_localnet` on the bridge.
 ///
+/// Every target (of a virtual address or a published port) is in the hairpin rule of
+/// `postrouting`: a connection DNATed to its own source is masqueraded (see the module's
+/// docs).
+///
 /// With `only_from` (a bridge: several workers in one network namespace, each with its own
 /// table), `prerouting` looks virtual addresses up only for packets that came in from that
 /// bridge, so one worker's table never translates another worker's instances' traffic.
@@ -137,13 +155,30 @@ pub fn render(
         }
         let _ = writeln!(s, "\t}}");
     }
-    if !published.is_empty() {
+    // Every address a connection may be translated to: where it may meet its own source.
+    let hairpins: BTreeSet<Ipv4Addr> = t
+        .reachable()
+        .flat_map(|(_, targets)| targets.iter().copied())
+        .chain(published.iter().map(|p| p.target))
+        .collect();
+    if !published.is_empty() || !hairpins.is_empty() {
         let _ = writeln!(s, "\tchain postrouting {{");
+        // 100 is "srcnat".
         let _ = writeln!(
             s,
             "\t\ttype nat hook postrouting priority 100; policy accept;"
         );
-        let _ = writeln!(s, "\t\tip saddr 127.0.0.0/8 ct status dnat masquerade");
+        if !published.is_empty() {
+            let _ = writeln!(s, "\t\tip saddr 127.0.0.0/8 ct status dnat masquerade");
+        }
+        if !hairpins.is_empty() {
+            let pairs: Vec<String> = hairpins.iter().map(|a| format!("{a} . {a}")).collect();
+            let _ = writeln!(
+                s,
+                "\t\tct status dnat ip saddr . ip daddr {{ {} }} masquerade",
+                pairs.join(", ")
+            );
+        }
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
@@ -217,7 +252,32 @@ mod tests {
             assert_eq!(s.matches(rule).count(), 2, "both hooks: {s}");
         }
         assert!(s.contains("ip saddr 127.0.0.0/8 ct status dnat masquerade"));
+        // An instance may reach its own published port.
+        assert!(s.contains(
+            "ct status dnat ip saddr . ip daddr { 10.18.0.2 . 10.18.0.2, 10.18.0.3 . 10.18.0.3 } masquerade"
+        ));
         assert!(!render("canopy_w1", &Translations::default(), &[], None).contains("postrouting"));
+    }
+
+    #[test]
+    fn a_connection_translated_to_its_own_source_is_masqueraded() {
+        let mut t = Translations::default();
+        t.targets
+            .insert(ip("10.30.55.55"), vec![ip("10.18.0.3"), ip("10.18.0.66")]);
+        t.targets.insert(ip("10.30.0.12"), vec![ip("10.18.0.3")]);
+        t.targets.insert(ip("10.30.9.9"), vec![]);
+        let s = render("canopy_w1", &t, &[], None);
+        let post = &s[s.find("chain postrouting").unwrap()..];
+        assert!(post.contains("type nat hook postrouting priority 100; policy accept;"));
+        // One pair per target, each once.
+        assert!(
+            post.contains(
+                "\t\tct status dnat ip saddr . ip daddr { 10.18.0.3 . 10.18.0.3, 10.18.0.66 . 10.18.0.66 } masquerade\n"
+            ),
+            "{s}"
+        );
+        // No published port: loopback is not masqueraded.
+        assert!(!post.contains("127.0.0.0/8"), "{s}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! namespaces, addresses and veths; a view makes service addresses reach them; bad input is
 //! refused naming the field; a kill -9 and restart rebuilds nothing and keeps an established
 //! connection; a delete removes the instance's network; a tunnel no longer named is removed
-//! at start; `--remove-on-exit` leaves nothing behind.
+//! at start; `--remove-on-exit` leaves nothing behind. The worker's iptables `FORWARD` policy
+//! is drop (as Docker sets it): the net manager's own rules there let the overlay through.
+//! An instance reaches itself through a service IP (hairpin) and through a port it publishes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -60,6 +62,7 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
     let mut lab = Lab::new();
     let worker = lab.netns("dw");
     lan(&worker, "192.0.2.1/24");
+    common::forward_policy_drop(&worker);
     let tmp = tempfile::tempdir().unwrap();
     let start = |extra: &[&str]| {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
@@ -133,6 +136,11 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
         "{details}"
     );
     assert!(details.contains("dstport 50103"), "{details}");
+    // The bridge's and the tunnel's traffic accepted in FORWARD, once (configured twice).
+    let bridge = NetManager::bridge("");
+    for link in [&bridge, &tunnel] {
+        common::accepted_in_forward(&worker, link).unwrap();
+    }
 
     let (status, client) = d.call(
         "POST",
@@ -264,8 +272,35 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
         .unwrap()
         .success()
     );
+    // A veth an earlier version attached without hairpin mode gets it at the restart.
+    let web0_if = host_if("app.t.web.t.instance.0");
+    let hairpin = || {
+        let port = run_in(&worker, &["ip", "-d", "link", "show", &web0_if]);
+        port.contains("hairpin on")
+    };
+    assert!(hairpin());
+    assert!(
+        in_ns(
+            &worker,
+            &[
+                "ip",
+                "link",
+                "set",
+                &web0_if,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "off"
+            ]
+        )
+        .status()
+        .unwrap()
+        .success()
+    );
+    assert!(!hairpin());
     d.kill();
     let d = start(&[]);
+    assert!(hairpin(), "hairpin mode stayed off across the restart");
     assert!(
         held.say("after"),
         "the connection did not survive the restart: heard {:?}",
@@ -290,6 +325,9 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     assert_eq!(d.call("GET", "/view", None).1, applied);
     assert_eq!(fetch(&client, ip("10.30.0.9")).as_deref(), Some("page-one"));
+    for link in [&bridge, &tunnel] {
+        common::accepted_in_forward(&worker, link).unwrap();
+    }
 
     // A detach removes the instance's network, and only its.
     for _ in 0..2 {
@@ -316,6 +354,10 @@ async fn the_daemon_attaches_translates_survives_restarts_and_cleans_up() {
         "{}",
         links_in(&worker)
     );
+    // Its rules go with it; the new one's come.
+    assert_eq!(common::tagged_rules(&worker, &tunnel), Vec::<String>::new());
+    common::accepted_in_forward(&worker, &other).unwrap();
+    common::accepted_in_forward(&worker, &bridge).unwrap();
     assert_eq!(fetch(&client, ip("10.30.0.9")).as_deref(), Some("page-one"));
     d.terminate();
 
@@ -417,6 +459,9 @@ async fn published_ports_answer_on_the_workers_addresses_and_are_not_shared() {
     let bridge = std::net::Ipv4Addr::new(10, 18, 0, 65);
     let page = common::fetch_port(&client, bridge, 8080);
     assert_eq!(page.as_deref(), Some("published-page"));
+    // The instance itself, on its own published port (hairpin).
+    let page = common::fetch_port(&web_ns, bridge, 8080);
+    assert_eq!(page.as_deref(), Some("published-page"));
 
     // The same port and protocol for another instance is refused, naming who has it; the
     // same number over UDP is another port.
@@ -450,4 +495,70 @@ async fn published_ports_answer_on_the_workers_addresses_and_are_not_shared() {
     assert!(common::fetch_port(&client, bridge, 8080).is_none());
     d.terminate();
     drop(lab);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_reaches_itself_through_a_service_ip() {
+    let mut lab = Lab::new();
+    let worker = lab.netns("hw");
+    lan(&worker, "192.0.2.1/24");
+    common::forward_policy_drop(&worker);
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--subnet=10.18.0.0",
+        "--underlay=192.0.2.1",
+        "--remove-on-exit",
+    ]
+    .map(str::to_owned);
+    let d = NetManager::start(&worker, tmp.path(), "", &flags);
+    let (w0_ip, w0) = d.attach("app.t.web.t.instance.0");
+    let (w1_ip, w1) = d.attach("app.t.web.t.instance.1");
+    lab.web_server(&w0, "page-0");
+    lab.web_server(&w1, "page-1");
+    // Its bridge port is in hairpin mode.
+    let port = run_in(
+        &worker,
+        &[
+            "ip",
+            "-d",
+            "link",
+            "show",
+            &host_if("app.t.web.t.instance.0"),
+        ],
+    );
+    assert!(port.contains("hairpin on"), "{port}");
+
+    // The only instance behind the service: it gets its own page, through the service
+    // address and its instance address.
+    d.view(&one_service("10.30.55.55", &[(&w0_ip, Some("10.30.0.9"))]));
+    assert_eq!(fetch_soon(&w0, ip("10.30.55.55")), "page-0");
+    assert_eq!(fetch(&w0, ip("10.30.0.9")).as_deref(), Some("page-0"));
+    assert_eq!(fetch(&w1, ip("10.30.55.55")).as_deref(), Some("page-0"));
+
+    // Two behind it: round robin from one of them reaches both, itself included.
+    d.view(&one_service(
+        "10.30.55.55",
+        &[(&w0_ip, Some("10.30.0.9")), (&w1_ip, None)],
+    ));
+    let pages: BTreeSet<String> = (0..20)
+        .filter_map(|_| fetch(&w0, ip("10.30.55.55")))
+        .collect();
+    assert_eq!(
+        pages,
+        BTreeSet::from(["page-0".to_owned(), "page-1".to_owned()])
+    );
+    // Only the connection to itself is masqueraded: the other instance sees it as itself.
+    let table = run_in(
+        &worker,
+        &["nft", "list", "table", "ip", &NetManager::table("")],
+    );
+    assert!(
+        table.contains("ct status dnat ip saddr . ip daddr { 10.18.0.2 . 10.18.0.2, 10.18.0.3 . 10.18.0.3 } masquerade"),
+        "{table}"
+    );
+    d.terminate();
+    common::nothing_left_in(&worker, "", &[]).unwrap();
+    let names = lab.names();
+    drop(lab);
+    assert!(!common::namespaces_left(&names), "namespaces left behind");
 }

@@ -3,7 +3,10 @@
 //! manager's own plumbing (`link::attach`). Service-IP translation is the nftables table
 //! `nft::render` makes. Traffic goes only to addresses inside these namespaces.
 //!
-//! - a round-robin address reaches both servers; an instance address exactly one;
+//! - the worker's iptables `FORWARD` policy is drop; `firewall::ensure` lets its bridge's
+//!   traffic through (once), `firewall::remove` takes the rules away;
+//! - a round-robin address reaches both servers, from a server too (itself included: the
+//!   hairpin); an instance address exactly one;
 //! - updating the table takes effect for new connections and leaves established ones alone;
 //! - detaching removes the veth; everything the test made is gone afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +14,7 @@
 mod common;
 
 use common::{Lab, fetch, fetch_soon, ip, links_in, prefix};
+use net_manager::firewall;
 use net_manager::link::{self, Attachment};
 use net_manager::nft::{self, Translations};
 use std::collections::BTreeSet;
@@ -35,6 +39,12 @@ async fn service_ips_reach_instances_on_one_worker() {
         .await
         .expect("the bridge");
     }
+    common::forward_policy_drop(&worker);
+    let accepted = firewall::ensure(Some(&worker), &[&bridge]).expect("iptables");
+    assert_eq!(accepted, firewall::Outcome::Changed(2));
+    let again = firewall::ensure(Some(&worker), &[&bridge]).expect("iptables");
+    assert_eq!(again, firewall::Outcome::Changed(0), "idempotent");
+    common::accepted_in_forward(&worker, &bridge).unwrap();
     let mut instances = Vec::new();
     for (i, role) in ["client", "s1", "s2"].iter().enumerate() {
         let ns = lab.netns(role);
@@ -52,6 +62,19 @@ async fn service_ips_reach_instances_on_one_worker() {
     }
     assert!(links_in(&instances[0].instance_ns).contains("eth0"));
     assert!(links_in(&instances[0].instance_ns).contains("mtu 1450"));
+    let ports: Vec<String> = instances.iter().map(|a| a.host_if.clone()).collect();
+    let hairpins = link::in_netns(Some(&worker), move |h| async move {
+        let mut on = Vec::new();
+        for p in &ports {
+            on.push(link::hairpin(&h, p).await?);
+        }
+        // The bridge itself is no port.
+        on.push(link::hairpin(&h, &format!("{}br", prefix())).await?);
+        Ok(on)
+    })
+    .await
+    .expect("hairpin modes");
+    assert_eq!(hairpins, [true, true, true, false], "attach turns it on");
     lab.web_server(&instances[1].instance_ns, "page-one");
     lab.web_server(&instances[2].instance_ns, "page-two");
     let client = instances[0].instance_ns.clone();
@@ -77,8 +100,19 @@ async fn service_ips_reach_instances_on_one_worker() {
         assert_eq!(fetch(&client, s1_ip).as_deref(), Some("page-one"));
     }
     // A server reaches the other through the service address too (same bridge, both ways
-    // through the worker's conntrack).
+    // through the worker's conntrack), and itself (masqueraded, back out of its own port).
     assert!(fetch(&instances[2].instance_ns, s1_ip).is_some_and(|p| p == "page-one"));
+    assert_eq!(
+        fetch(&instances[1].instance_ns, s1_ip).as_deref(),
+        Some("page-one")
+    );
+    let from_server: BTreeSet<String> = (0..10)
+        .filter_map(|_| fetch(&instances[1].instance_ns, rr))
+        .collect();
+    assert_eq!(
+        from_server,
+        BTreeSet::from(["page-one".to_owned(), "page-two".to_owned()])
+    );
 
     // An update changes new connections only: one held open through an address whose
     // targets do not change keeps going.
@@ -120,6 +154,9 @@ async fn service_ips_reach_instances_on_one_worker() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&tables.stdout).contains(&table));
+    let removed = firewall::remove(Some(&worker), &[&bridge]).expect("iptables");
+    assert_eq!(removed, firewall::Outcome::Changed(2));
+    assert!(common::tagged_rules(&worker, &bridge).is_empty());
 
     let names = lab.names();
     drop(lab);

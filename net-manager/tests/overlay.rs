@@ -1,7 +1,9 @@
 //! Two workers joined by a LAN (a bridge in a namespace of its own), each with its bridge and
 //! its end of the VXLAN tunnel, all in namespaces this test creates: a service address
-//! reaches instances on both workers, the reply comes back from the service address, and
-//! forgetting a peer cuts exactly its instances off. Traffic stays inside these namespaces.
+//! reaches instances on both workers (from one of them too, itself included), the reply
+//! comes back from the service address, and forgetting a peer cuts exactly its instances off.
+//! Both workers have iptables' `FORWARD` policy drop and the net manager's rules for their
+//! bridge and tunnel. Traffic stays inside these namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -59,6 +61,7 @@ async fn worker(lab: &mut Lab, n: u8, lan_bridge: &str, lan_ns: &std::path::Path
         mtu: net_manager::OVERLAY_MTU,
     };
     let gateway = Ipv4Addr::from(u32::from(subnet) + 1);
+    let links = [bridge.clone(), tunnel.name.clone()];
     let mac = link::in_netns(Some(&ns), move |h| async move {
         link::sysctl("net.ipv4.ip_forward", "1")?;
         link::ensure_bridge(&h, &bridge, gateway, 26, net_manager::OVERLAY_MTU).await?;
@@ -66,6 +69,10 @@ async fn worker(lab: &mut Lab, n: u8, lan_bridge: &str, lan_ns: &std::path::Path
     })
     .await
     .expect("the worker's bridge and tunnel");
+    common::forward_policy_drop(&ns);
+    let links: Vec<&str> = links.iter().map(String::as_str).collect();
+    let accepted = net_manager::firewall::ensure(Some(&ns), &links).expect("iptables");
+    assert_eq!(accepted, net_manager::firewall::Outcome::Changed(4));
     assert_eq!(mac, net_manager::plan::tunnel_mac(subnet), "the MAC is set");
     Worker {
         ns,
@@ -158,14 +165,20 @@ async fn a_service_address_reaches_instances_on_two_workers() {
         fetch(&client.instance_ns, ip("10.30.0.66")).as_deref(),
         Some("page-remote")
     );
-    // From the far worker's instance back to one here, through its instance address. (Not
-    // through the service address: every other connection would pick the asking instance
-    // itself, which does not work yet: the worker drops a packet whose translated
-    // destination is its own source.)
+    // From the far worker's instance back to one here, through its instance address, and
+    // through the service address, which reaches both: the one here across the tunnel and
+    // the asking instance itself (the hairpin).
     let from_remote: BTreeSet<String> = (0..4)
         .filter_map(|_| fetch(&remote.instance_ns, ip("10.30.0.3")))
         .collect();
     assert_eq!(from_remote, BTreeSet::from(["page-local".to_owned()]));
+    let from_remote: BTreeSet<String> = (0..12)
+        .filter_map(|_| fetch(&remote.instance_ns, rr))
+        .collect();
+    assert_eq!(
+        from_remote,
+        BTreeSet::from(["page-local".to_owned(), "page-remote".to_owned()])
+    );
 
     let tunnel = format!("{p}x1");
     let routes = |tunnel: String| {

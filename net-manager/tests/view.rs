@@ -11,6 +11,9 @@
 //! - `--same-host`: two net managers in one namespace, each translating only its own bridge's
 //!   traffic, reaching each other's instances by the kernel's routes.
 //!
+//! Every worker's namespace has iptables' `FORWARD` policy drop (Docker's): the net managers'
+//! own rules there let the overlay through, and go with `--remove-on-exit`.
+//!
 //! Traffic goes only to addresses inside these namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -89,6 +92,7 @@ fn worker(lab: &mut Lab, n: u8, lan: &(PathBuf, String)) -> Worker {
         addr,
         24,
     );
+    common::forward_policy_drop(&ns);
     let mut w = Worker {
         ns,
         lan: addr,
@@ -188,6 +192,13 @@ async fn two_workers_follow_the_view() {
     assert_eq!(pages(&client, "10.30.0.9", 6), set(&["page-a"]));
     // Across the tunnel by namespace address too.
     assert_eq!(fetch(&client, ip(&b_ip)).as_deref(), Some("page-b"));
+    // An instance behind the round-robin address reaches both, itself included.
+    assert_eq!(pages(&a_srv, "10.30.55.55", 12), set(&["page-a", "page-b"]));
+    for w in [&a, &b] {
+        for link in [NetManager::bridge(&w.tag), NetManager::tunnel(&w.tag)] {
+            common::accepted_in_forward(&w.ns, &link).unwrap();
+        }
+    }
 
     // The peer's round-trip time, once probed (this worker is not its own peer).
     eventually(10, "no round-trip time for the peer", || {
@@ -318,6 +329,7 @@ async fn the_closest_address_follows_the_round_trip_times() {
 async fn same_host_workers_reach_each_other_and_translate_only_their_own_traffic() {
     let mut lab = Lab::new();
     let host = lab.netns("sh");
+    common::forward_policy_drop(&host);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let flags = ["--same-host", "--remove-on-exit"].map(str::to_owned);
     let wa = NetManager::start(&host, dirs[0].path(), "a", &flags);
@@ -357,6 +369,11 @@ async fn same_host_workers_reach_each_other_and_translate_only_their_own_traffic
         table.contains(&format!("iifname \"{}\"", NetManager::bridge("b"))),
         "{table}"
     );
+    // Each bridge's traffic accepted in FORWARD, by its own net manager; no tunnel rules.
+    for tag in ["a", "b"] {
+        common::accepted_in_forward(&host, &NetManager::bridge(tag)).unwrap();
+        assert!(common::tagged_rules(&host, &NetManager::tunnel(tag)).is_empty());
+    }
     // No tunnel, and no peers in the kernel (the routes between the bridges are the kernel's).
     let links = common::links_in(&host);
     assert!(!links.contains(&NetManager::tunnel("a")), "{links}");

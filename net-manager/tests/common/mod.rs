@@ -430,8 +430,51 @@ pub fn run_in(ns: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `iptables -P FORWARD DROP` in namespace `ns` (what Docker does to its host).
+pub fn forward_policy_drop(ns: &Path) {
+    let ok = in_ns(ns, &["iptables", "-w", "-P", "FORWARD", "DROP"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "iptables -P FORWARD DROP in {}", ns.display());
+    assert!(iptables_rules(ns).contains("-P FORWARD DROP"));
+}
+
+/// `iptables -S` in namespace `ns`: every chain's rules.
+pub fn iptables_rules(ns: &Path) -> String {
+    run_in(ns, &["iptables", "-w", "-S"])
+}
+
+/// The rules of `iptables -S` in `ns` tagged with link `link`'s comment.
+pub fn tagged_rules(ns: &Path, link: &str) -> Vec<String> {
+    let tag = format!("\"{}\"", net_manager::firewall::comment(link));
+    iptables_rules(ns)
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Link `link`'s two rules are at the top of `FORWARD` in `ns`, once each.
+pub fn accepted_in_forward(ns: &Path, link: &str) -> Result<(), String> {
+    let rules = tagged_rules(ns, link);
+    let want = [
+        format!("-A FORWARD -i {link} -m comment --comment \"canopy-net:{link}\" -j ACCEPT"),
+        format!("-A FORWARD -o {link} -m comment --comment \"canopy-net:{link}\" -j ACCEPT"),
+    ];
+    if rules.len() == 2 && want.iter().all(|w| rules.contains(w)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{link}: not its two rules in FORWARD:\n{}",
+            iptables_rules(ns)
+        ))
+    }
+}
+
 /// Nothing the net manager tagged `tag` makes is left in `ns`: no bridge, tunnel or veth of
-/// its, no nftables table. (`extra` links: other names it was given.)
+/// its, no nftables table, no iptables rule with their comments. (`extra` links: other names
+/// it was given.)
 pub fn nothing_left_in(ns: &Path, tag: &str, extra: &[&str]) -> Result<(), String> {
     let links = links_in(ns);
     let names: Vec<&str> = links
@@ -448,6 +491,14 @@ pub fn nothing_left_in(ns: &Path, tag: &str, extra: &[&str]) -> Result<(), Strin
     let tables = run_in(ns, &["nft", "list", "tables"]);
     if tables.contains(&NetManager::table(tag)) {
         return Err(format!("the table is left:\n{tables}"));
+    }
+    for link in ours.iter().map(String::as_str).chain(extra.iter().copied()) {
+        if !tagged_rules(ns, link).is_empty() {
+            return Err(format!(
+                "iptables rules of {link} are left:\n{}",
+                iptables_rules(ns)
+            ));
+        }
     }
     Ok(())
 }
