@@ -76,6 +76,42 @@ async fn register(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
     }
 }
 
+/// `DELETE /api/node/<id>` with `Authorization: Bearer <node join token>`: the worker is
+/// removed (its instances move, its overlay subnet is returned).
+async fn remove(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !canopy_store::secrets::constant_time_eq(token, &s.node_token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            Some("authorization"),
+            "give the node join token as a bearer token",
+        );
+    }
+    let Ok(node) = canopy_core::NodeId::parse(id) else {
+        return error(StatusCode::BAD_REQUEST, Some("id"), "not a node id");
+    };
+    match s.cluster.remove_worker(&node).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            Some("id"),
+            format!("no worker {node}"),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "removing a worker failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string())
+        }
+    }
+}
+
 async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
     let id = s.cluster.cluster_id().await;
     Json(json!({
@@ -101,6 +137,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/node/register", post(register))
         .route("/api/node/register/", post(register))
+        .route("/api/node/{id}", axum::routing::delete(remove))
         .route("/api/cluster/status", get(status))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))

@@ -91,13 +91,20 @@ fn iperf(server: &Path, client: &Path, target: &str) -> f64 {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 to {target} gave no figure: {}", String::from_utf8_lossy(&out.stdout)))
+        .unwrap_or_else(|| {
+            panic!(
+                "iperf3 to {target} gave no figure: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
 }
 
 /// Round trips (µs) of 50 pings from namespace `from` to `target`.
 fn pings(from: &Path, target: &str) -> Vec<f64> {
     let out = in_ns(from)
-        .args(["busybox", "ping", "-c", "50", "-i", "0.05", "-W", "2", target])
+        .args([
+            "busybox", "ping", "-c", "50", "-i", "0.05", "-W", "2", target,
+        ])
         .output()
         .expect("busybox ping");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -216,7 +223,8 @@ async fn bench() {
         let instance = format!("{app}.bench.s.bench.instance.0");
         let target: SocketAddr = (ip.parse::<Ipv4Addr>().unwrap(), 80).into();
         let client = client.clone();
-        let reach = std::thread::spawn(move || first_reach(&client, target, Duration::from_secs(60)));
+        let reach =
+            std::thread::spawn(move || first_reach(&client, target, Duration::from_secs(60)));
         lab.scale_up(&ids[0]).await;
         let reached = tokio::task::spawn_blocking(move || reach.join().ok().flatten())
             .await
@@ -227,7 +235,11 @@ async fn bench() {
         let running = running_at(&log, &instance).expect("the engine logged RUNNING");
         updates.push(((reached - running) * 1000.0).max(0.0));
         let (status, v) = lab
-            .call("DELETE", &format!("/api/application/{}", app_id(&lab, &app).await), None)
+            .call(
+                "DELETE",
+                &format!("/api/application/{}", app_id(&lab, &app).await),
+                None,
+            )
             .await;
         assert!(status.is_success(), "delete {app}: {status} {v}");
     }

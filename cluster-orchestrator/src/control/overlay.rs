@@ -140,7 +140,7 @@ impl Cluster {
         }
     }
 
-    async fn publish_overlay(&self) {
+    pub(super) async fn publish_overlay(&self) {
         let workers: Vec<NodeId> = {
             let st = self.state.lock().await;
             st.workers

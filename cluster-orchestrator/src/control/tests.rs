@@ -314,3 +314,71 @@ async fn a_failed_commit_leaves_memory_as_it_was_and_sends_nothing() {
     assert_eq!(f.cluster.instances().await.len(), 1);
     assert_eq!(f.cluster.pending_reports().await.len(), 1);
 }
+
+/// Subnets handed out and returned, as an address plan would.
+#[derive(Default)]
+struct Plan {
+    given: std::sync::Mutex<Vec<String>>,
+    returned: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl AddressPlan for Plan {
+    async fn allocate(&self, node: &NodeId) -> Result<std::net::Ipv4Addr, String> {
+        let mut g = self.given.lock().unwrap();
+        g.push(node.to_string());
+        Ok(std::net::Ipv4Addr::new(10, 18, 0, 64 * (g.len() as u8 - 1)))
+    }
+
+    async fn release(&self, node: &NodeId) -> Result<(), String> {
+        self.returned.lock().unwrap().push(node.to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_worker_on_the_overlay_keeps_its_subnet_and_returns_it_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(canopy_store::EmbeddedStore::open(dir.path()).await.unwrap());
+    let (cluster, mut out) = Cluster::open(store, Settings::default(), Arc::new(AllowAll))
+        .await
+        .unwrap();
+    let mut reg = registration("a", "amd64", 2, 1000, &[]);
+    reg.overlay_address = "192.0.2.7".into();
+    // No address plan yet (the root link not up): refused, naming why.
+    let e = cluster.register_worker(&reg).await.unwrap_err();
+    assert!(matches!(e, Error::AddressPlan(_)), "{e}");
+    let plan = Arc::new(Plan::default());
+    cluster.set_address_plan(plan.clone());
+    let first = cluster.register_worker(&reg).await.unwrap();
+    assert_eq!(first.subnet, Some("10.18.0.0".parse().unwrap()));
+    // Registering again keeps the subnet without asking the plan.
+    let again = cluster.register_worker(&reg).await.unwrap();
+    assert_eq!(
+        (again.id.clone(), again.subnet),
+        (first.id.clone(), first.subnet)
+    );
+    assert_eq!(plan.given.lock().unwrap().len(), 1);
+    // A worker without the overlay gets none.
+    let plain = cluster
+        .register_worker(&registration("b", "amd64", 2, 1000, &[]))
+        .await
+        .unwrap();
+    assert_eq!(plain.subnet, None);
+    // The view published to the worker on the overlay names it as a peer.
+    cluster.publish_overlay().await;
+    let views: Vec<Publish> = std::iter::from_fn(|| out.try_recv().ok())
+        .filter(|p| p.topic.ends_with("/net/view"))
+        .collect();
+    assert_eq!(views.len(), 1, "only the worker on the overlay gets a view");
+    let v: canopy_core::overlay::WorkerView = serde_json::from_slice(&views[0].payload).unwrap();
+    assert_eq!(v.peers[0].underlay.to_string(), "192.0.2.7");
+
+    assert!(cluster.remove_worker(&first.id).await.unwrap());
+    assert_eq!(*plan.returned.lock().unwrap(), vec![first.id.to_string()]);
+    assert!(!cluster.remove_worker(&first.id).await.unwrap(), "gone");
+    // The same host registers anew: a new id and a new subnet from the plan.
+    let fresh = cluster.register_worker(&reg).await.unwrap();
+    assert_ne!(fresh.id, first.id);
+    assert_eq!(plan.given.lock().unwrap().len(), 2);
+}

@@ -175,6 +175,49 @@ impl Cluster {
         logged(result);
     }
 
+    /// Removes worker `node` for good (an operator's uninstall): its instances move to other
+    /// workers, it is forgotten (its host name registers as a new worker), and its overlay
+    /// subnet goes back to the root's address plan. `Ok(false)`: no such worker.
+    pub async fn remove_worker(&self, node: &NodeId) -> Result<bool> {
+        let _one = self.registrations.lock().await;
+        let subnet = {
+            let mut st = self.state.lock().await;
+            let Some(w) = st.workers.get(node) else {
+                return Ok(false);
+            };
+            let (name, since, subnet) = (
+                w.doc.name.clone(),
+                w.silent_for(self.now().at),
+                w.doc.overlay.map(|p| p.subnet),
+            );
+            let now = self.now();
+            self.change(&mut st, now, |ch| {
+                self.lose_worker(ch, node, "it was removed", since);
+                ch.workers.remove(node);
+                if ch.names.get(&name) == Some(node) {
+                    ch.names.remove(&name);
+                }
+                ch.tx.delete(col::WORKERS, node.as_str());
+                self.place_waiting(ch);
+                Ok(())
+            })
+            .await?;
+            subnet
+        };
+        tracing::info!(node = %node, "worker removed");
+        // Not under the state lock (the root may be slow or away): a subnet not returned now
+        // stays given to this node id, which no worker will have again.
+        if let (Some(subnet), Some(plan)) = (subnet, self.address_plan()) {
+            match plan.release(node).await {
+                Ok(()) => tracing::info!(node = %node, %subnet, "worker subnet returned"),
+                Err(e) => {
+                    tracing::warn!(node = %node, %subnet, error = %e, "cannot return the worker subnet")
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Stages the loss of `node`: it goes offline and its instances are failed over.
     pub(super) fn lose_worker(&self, ch: &mut Change, node: &NodeId, why: &str, since: Duration) {
         if let Some(w) = ch.workers.get_mut(node) {

@@ -187,3 +187,60 @@ async fn a_failed_commit_leaves_memory_as_it_was() {
     );
     assert_eq!(root.pending_commands().await.len(), 1);
 }
+
+#[tokio::test]
+async fn worker_subnets_are_kept_per_worker_across_restarts_and_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = root(&dir).await;
+    let reg = Registration {
+        join_token: String::new(),
+        cluster_name: "edge".into(),
+        location: None,
+        cluster_id: None,
+        version: String::new(),
+    };
+    let r = root.register_cluster(&reg).await.unwrap();
+    let (c, token) = (r.id, r.session_token);
+    let n = |s: &str| canopy_core::NodeId::parse(s).unwrap();
+    let a = root.allocate_subnet(&c, &token, &n("wa")).await.unwrap();
+    let b = root.allocate_subnet(&c, &token, &n("wb")).await.unwrap();
+    assert_eq!(a.to_string(), "10.18.0.0");
+    assert_eq!(b.to_string(), "10.18.0.64");
+    assert_eq!(
+        root.allocate_subnet(&c, &token, &n("wa")).await.unwrap(),
+        a,
+        "the same worker, the same subnet"
+    );
+    assert!(matches!(
+        root.allocate_subnet(&c, "wrong", &n("wc")).await,
+        Err(Error::BadCredentials)
+    ));
+    // A restarted root hands out what it stored, and nothing twice.
+    drop(root);
+    let (root, _) = super::tests::root(&dir).await;
+    assert_eq!(root.allocate_subnet(&c, &token, &n("wb")).await.unwrap(), b);
+    root.release_subnet(&c, &token, &n("wa")).await.unwrap();
+    root.release_subnet(&c, &token, &n("wa")).await.unwrap();
+    let c2 = root.allocate_subnet(&c, &token, &n("wc")).await.unwrap();
+    assert_ne!(c2, b);
+    // The view the clusters get names the workers their reports list on the overlay.
+    let mut rep = report(1);
+    rep.nodes = vec![canopy_core::link::NodeSummary {
+        id: n("wb"),
+        name: "wb".into(),
+        active: true,
+        architecture: Architecture::Amd64,
+        virtualizations: vec![Virtualization::Container],
+        cpu_percent: 0.0,
+        memory_percent: 0.0,
+        instances: 0,
+        overlay: Some(canopy_core::overlay::Peer {
+            subnet: b,
+            underlay: "192.0.2.9".parse().unwrap(),
+        }),
+    }];
+    root.cluster_report(&c, rep).await;
+    let view = super::overlay::global_view(&*root.state.lock().await);
+    assert_eq!(view.peers.len(), 1);
+    assert_eq!(view.peers[0].peer.subnet, b);
+}
