@@ -3,10 +3,12 @@
 #
 #   curl -sfL http://CLUSTER:10100/install.sh | sh -s -- --token TOKEN [--name NAME]
 #
-# Installs the cluster's node engine for this machine's architecture (checksum checked),
-# writes its configuration (TOML, the node engine's flags as keys), installs a systemd unit
-# and starts it where systemd runs (else prints the command to start it). Never reads stdin,
-# so it works when piped. --uninstall removes everything it installed.
+# Installs the cluster's node engine and net manager (the overlay) for this machine's
+# architecture (checksums checked), writes the engine's configuration (TOML, its flags as
+# keys), installs systemd units (the engine requires the net manager) and starts them where
+# systemd runs (else prints the commands to start them). --no-overlay installs the engine
+# alone, on the host's network. Never reads stdin, so it works when piped. --uninstall
+# removes everything it installed.
 set -eu
 
 CLUSTER='@CANOPY_CLUSTER_ADDR@'
@@ -17,6 +19,7 @@ ARCH=''
 RUNTIMES=''
 START=1
 UNINSTALL=0
+OVERLAY=1
 
 usage() {
   cat <<EOF
@@ -31,7 +34,9 @@ usage: sh install.sh --token TOKEN [options]
   --prefix DIR       install under DIR instead of / (no systemd; for tests and packagers)
   --no-start         install only; print how to start
   --arch ARCH        the architecture to install for (default: uname -m)
-  --uninstall        stop and remove the node engine, its configuration, unit and state
+  --no-overlay       no net manager: containers use the host's network
+  --uninstall        stop and remove the node engine, the net manager, their configuration,
+                     units and state
 EOF
 }
 
@@ -59,6 +64,7 @@ while [ $# -gt 0 ]; do
     --arch=*) ARCH=${1#*=}; shift ;;
     --no-start) START=0; shift ;;
     --uninstall) UNINSTALL=1; shift ;;
+    --no-overlay) OVERLAY=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -75,6 +81,11 @@ CONF_DIR=$PREFIX/etc/canopy
 CONF=$CONF_DIR/node-engine.toml
 UNIT=$PREFIX/etc/systemd/system/$UNIT_NAME
 DATA=$PREFIX/var/lib/canopy/node
+NET_UNIT_NAME=canopy-net-manager.service
+NET_BIN=$PREFIX/usr/local/bin/canopy-net-manager
+NET_UNIT=$PREFIX/etc/systemd/system/$NET_UNIT_NAME
+NET_DATA=$PREFIX/var/lib/canopy/net
+NET_SOCKET=$PREFIX/run/canopy/net-manager.sock
 
 # systemd is only touched for a real install (no --prefix) on a machine it runs.
 systemd_here() {
@@ -95,12 +106,13 @@ prune() {
 if [ "$UNINSTALL" = 1 ]; then
   if systemd_here; then
     systemctl disable --now "$UNIT_NAME" >/dev/null 2>&1 || true
+    systemctl disable --now "$NET_UNIT_NAME" >/dev/null 2>&1 || true
   fi
-  rm -f "$BIN" "$BIN.part" "$CONF" "$CONF.part" "$UNIT"
-  rm -rf "$DATA"
+  rm -f "$BIN" "$BIN.part" "$CONF" "$CONF.part" "$UNIT" "$NET_BIN" "$NET_BIN.part" "$NET_UNIT"
+  rm -rf "$DATA" "$NET_DATA"
   if systemd_here; then systemctl daemon-reload || true; fi
   for d in "${BIN%/*}" "$CONF_DIR" "${UNIT%/*}" "${DATA%/*}"; do prune "$d"; done
-  say "removed the node engine, its configuration, unit and state${PREFIX:+ under $PREFIX}"
+  say "removed the node engine, the net manager, their configuration, units and state${PREFIX:+ under $PREFIX}"
   exit 0
 fi
 
@@ -144,10 +156,16 @@ esac
 
 code=$(fetch "$BASE/install/SHA256SUMS" "$TMP/sums")
 [ "$code" = 200 ] || die "the cluster answered $code for its checksums: $(message_of "$TMP/sums")"
-want=$(sed -n "s/^\([0-9a-f]\{64\}\)  node-engine-$ARCH\$/\1/p" "$TMP/sums")
-if [ -z "$want" ]; then
-  have=$(sed -n 's/^[0-9a-f]\{64\}  node-engine-//p' "$TMP/sums" | tr '\n' ' ')
+# The checksum of COMPONENT-$ARCH in the cluster's list (empty when it has none).
+sum_of() { sed -n "s/^\([0-9a-f]\{64\}\)  $1-$ARCH\$/\1/p" "$TMP/sums"; }
+archs_of() { sed -n "s/^[0-9a-f]\{64\}  $1-//p" "$TMP/sums" | tr '\n' ' '; }
+if [ -z "$(sum_of node-engine)" ]; then
+  have=$(archs_of node-engine)
   die "this cluster has no node engine for architecture '$ARCH' (it has: ${have:-none}); put node-engine-$ARCH in the cluster's --install-dir"
+fi
+if [ "$OVERLAY" = 1 ] && [ -z "$(sum_of net-manager)" ]; then
+  have=$(archs_of net-manager)
+  die "this cluster has no net manager for architecture '$ARCH' (it has: ${have:-none}); put net-manager-$ARCH in the cluster's --install-dir, or install with --no-overlay"
 fi
 
 # The worker's checks (a subset of `canopy doctor`, which a worker may not have): what is missing limits what runs here.
@@ -168,6 +186,12 @@ else
   warn "no cgroup file system at /sys/fs/cgroup: resource limits of containers will not apply"
 fi
 if [ -e /dev/kvm ]; then say "OK /dev/kvm"; else warn "no /dev/kvm: unikernels cannot run here (enable virtualization)"; fi
+if [ "$OVERLAY" = 1 ]; then
+  command -v nft >/dev/null 2>&1 || die "'nft' is missing (the overlay's service IPs need it): apt-get install nftables, or install with --no-overlay"
+  say "OK nftables"
+  [ -d /sys/module/vxlan ] || [ -n "$(find /lib/modules/"$(uname -r)" -name 'vxlan.ko*' 2>/dev/null | head -n 1)" ] ||
+    warn "no vxlan kernel module found: instances on this worker will not reach other workers"
+fi
 if [ -z "$RUNTIMES" ]; then
   if [ "$CONTAINERD" = 1 ]; then RUNTIMES=container,wasm; else RUNTIMES=wasm; fi
 fi
@@ -175,20 +199,28 @@ fi
 # --- install -------------------------------------------------------------------------------
 
 mkdir -p "${BIN%/*}" "$CONF_DIR" "${UNIT%/*}" "$DATA"
-say "downloading node-engine-$ARCH"
-code=$(fetch "$BASE/install/node-engine-$ARCH" "$BIN.part")
-if [ "$code" != 200 ]; then
-  rm -f "$BIN.part"
-  die "the cluster answered $code for node-engine-$ARCH"
-fi
-got=$(sha256sum "$BIN.part" | cut -d' ' -f1)
-if [ "$got" != "$want" ]; then
-  rm -f "$BIN.part"
-  die "checksum mismatch for node-engine-$ARCH (expected $want, got $got): download again"
-fi
-chmod 755 "$BIN.part"
-mv -f "$BIN.part" "$BIN"
-say "installed $BIN (sha256 $got)"
+
+# Downloads COMPONENT-$ARCH to DEST, checks its checksum, makes it executable.
+install_binary() {
+  component=$1 dest=$2
+  want=$(sum_of "$component")
+  say "downloading $component-$ARCH"
+  code=$(fetch "$BASE/install/$component-$ARCH" "$dest.part")
+  if [ "$code" != 200 ]; then
+    rm -f "$dest.part"
+    die "the cluster answered $code for $component-$ARCH"
+  fi
+  got=$(sha256sum "$dest.part" | cut -d' ' -f1)
+  if [ "$got" != "$want" ]; then
+    rm -f "$dest.part"
+    die "checksum mismatch for $component-$ARCH (expected $want, got $got): download again"
+  fi
+  chmod 755 "$dest.part"
+  mv -f "$dest.part" "$dest"
+  say "installed $dest (sha256 $got)"
+}
+install_binary node-engine "$BIN"
+if [ "$OVERLAY" = 1 ]; then install_binary net-manager "$NET_BIN"; fi
 
 toml_list() {
   printf '%s' "$1" | tr ',' '\n' | sed 's/^ *//; s/ *$//; /^$/d; s/.*/"&"/' | paste -sd, - | sed 's/,/, /g'
@@ -202,16 +234,46 @@ toml_list() {
     [ -z "$NAME" ] || printf 'name = "%s"\n' "$NAME"
     printf 'data-dir = "%s"\n' "$DATA"
     printf 'runtimes = [%s]\n' "$(toml_list "$RUNTIMES")"
+    if [ "$OVERLAY" = 1 ]; then
+      printf 'net-manager-socket = "%s"\n' "$NET_SOCKET"
+    else
+      printf 'no-overlay = true\n'
+    fi
   } >"$CONF.part"
 )
 mv -f "$CONF.part" "$CONF"
 say "wrote $CONF"
 
+if [ "$OVERLAY" = 1 ]; then
+  mkdir -p "$NET_DATA"
+  cat >"$NET_UNIT" <<EOF
+[Unit]
+Description=Canopy net manager (the overlay of this worker of cluster $CLUSTER)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=$NET_BIN --socket $NET_SOCKET --data-dir $NET_DATA
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  say "wrote $NET_UNIT"
+  AFTER="containerd.service $NET_UNIT_NAME"
+  REQUIRES="Requires=$NET_UNIT_NAME"
+else
+  AFTER=containerd.service
+  REQUIRES=''
+fi
+
 cat >"$UNIT" <<EOF
 [Unit]
 Description=Canopy node engine (worker of cluster $CLUSTER)
-After=network-online.target containerd.service
+After=network-online.target $AFTER
 Wants=network-online.target
+$REQUIRES
 
 [Service]
 ExecStart=$BIN --config $CONF
@@ -226,8 +288,12 @@ say "wrote $UNIT"
 
 if [ "$START" = 1 ] && systemd_here; then
   systemctl daemon-reload
+  if [ "$OVERLAY" = 1 ]; then systemctl enable --now "$NET_UNIT_NAME"; fi
   systemctl enable --now "$UNIT_NAME"
   say "started $UNIT_NAME (systemctl status $UNIT_NAME; journalctl -u $UNIT_NAME)"
 else
+  if [ "$OVERLAY" = 1 ]; then
+    say "start the net manager with: $NET_BIN --socket $NET_SOCKET --data-dir $NET_DATA"
+  fi
   say "start it with: $BIN --config $CONF"
 fi

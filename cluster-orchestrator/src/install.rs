@@ -1,10 +1,12 @@
 //! The worker installer on the cluster's API port: `GET /install.sh` (the script, with this
 //! cluster's address as the client reached it), `GET /install/SHA256SUMS`,
-//! `GET /install/node-engine-<arch>` (from `--install-dir`) and `GET /install/check-token`
-//! (the script's check of the node token before it installs anything).
+//! `GET /install/node-engine-<arch>` and `GET /install/net-manager-<arch>` (from
+//! `--install-dir`) and `GET /install/check-token` (the script's check of the node token
+//! before it installs anything).
 //!
-//! A binary for an architecture is `node-engine-<arch>` in the directory (`uname -m` names:
-//! `x86_64`, `aarch64`, …), or plain `node-engine`, which is this machine's own architecture.
+//! A binary for an architecture is `<component>-<arch>` in the directory (`uname -m` names:
+//! `x86_64`, `aarch64`, …), or the plain `<component>`, which is this machine's own
+//! architecture.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,8 +21,10 @@ use std::sync::Arc;
 /// The script, with `@CANOPY_CLUSTER_ADDR@` where the cluster's address goes.
 pub const SCRIPT: &str = include_str!("../install/install.sh");
 const PLACEHOLDER: &str = "@CANOPY_CLUSTER_ADDR@";
-/// The binary a worker installs.
+/// The binaries a worker installs: its node engine and its net manager.
 pub const NODE_ENGINE: &str = "node-engine";
+pub const NET_MANAGER: &str = "net-manager";
+pub const COMPONENTS: [&str; 2] = [NODE_ENGINE, NET_MANAGER];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -39,31 +43,35 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// The architecture a file in the install directory is for, if it is a node engine.
-pub fn arch_of(file_name: &str, host: &str) -> Option<String> {
-    if file_name == NODE_ENGINE {
-        return Some(host.to_owned());
-    }
-    let arch = file_name.strip_prefix(NODE_ENGINE)?.strip_prefix('-')?;
-    let plain = !arch.is_empty()
-        && arch
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    plain.then(|| arch.to_owned())
+/// The name a file in the install directory is served as (`<component>-<arch>`), if it is a
+/// worker binary: `<component>-<arch>`, or the plain `<component>` for this machine's own
+/// architecture.
+pub fn served_as(file_name: &str, host: &str) -> Option<String> {
+    COMPONENTS.iter().find_map(|c| {
+        if file_name == *c {
+            return Some(format!("{c}-{host}"));
+        }
+        let arch = file_name.strip_prefix(c)?.strip_prefix('-')?;
+        let plain = !arch.is_empty()
+            && arch
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+        plain.then(|| format!("{c}-{arch}"))
+    })
 }
 
-/// The node engines in a directory listing, by architecture (a `node-engine-<arch>` file wins
-/// over the plain `node-engine` for the same architecture).
+/// The worker binaries in a directory listing: served name → file name (a `<component>-<arch>`
+/// file wins over the plain `<component>` for the same architecture).
 pub fn binaries<'a>(
     file_names: impl IntoIterator<Item = &'a str>,
     host: &str,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for name in file_names {
-        if let Some(arch) = arch_of(name, host) {
-            let specific = name != NODE_ENGINE;
-            if specific || !out.contains_key(&arch) {
-                out.insert(arch, name.to_owned());
+        if let Some(served) = served_as(name, host) {
+            let specific = !COMPONENTS.contains(&name);
+            if specific || !out.contains_key(&served) {
+                out.insert(served, name.to_owned());
             }
         }
     }
@@ -84,10 +92,10 @@ pub fn script_for(host: Option<&str>) -> Result<String, InstallError> {
     Ok(SCRIPT.replace(PLACEHOLDER, host))
 }
 
-/// `sha256sum`'s format, one line per architecture, as `node-engine-<arch>`.
+/// `sha256sum`'s format, one line per served binary (`node-engine-<arch>`, `net-manager-<arch>`).
 pub fn sums_text(sums: &BTreeMap<String, String>) -> String {
     sums.iter()
-        .map(|(arch, hex)| format!("{hex}  {NODE_ENGINE}-{arch}\n"))
+        .map(|(served, hex)| format!("{hex}  {served}\n"))
         .collect()
 }
 
@@ -137,10 +145,10 @@ async fn sums(State(s): State<Installer>) -> Response {
     let result = tokio::task::spawn_blocking(move || {
         let listing = s.listing().map_err(|e| (s.dir.clone(), e))?;
         let mut sums = BTreeMap::new();
-        for (arch, name) in listing {
+        for (served, name) in listing {
             let bytes = std::fs::read(s.dir.join(&name)).map_err(|e| (s.dir.clone(), e))?;
             let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-            sums.insert(arch, hex::encode(digest));
+            sums.insert(served, hex::encode(digest));
         }
         Ok::<_, (Arc<PathBuf>, std::io::Error)>(sums)
     })
@@ -153,9 +161,9 @@ async fn sums(State(s): State<Installer>) -> Response {
 }
 
 async fn binary(State(s): State<Installer>, Path(file): Path<String>) -> Response {
-    let Some(arch) = file
-        .strip_prefix(NODE_ENGINE)
-        .and_then(|a| a.strip_prefix('-'))
+    let Some(component) = COMPONENTS
+        .iter()
+        .find(|c| file.strip_prefix(**c).is_some_and(|r| r.starts_with('-')))
     else {
         return error(StatusCode::NOT_FOUND, format!("no such file {file:?}"));
     };
@@ -163,12 +171,15 @@ async fn binary(State(s): State<Installer>, Path(file): Path<String>) -> Respons
         Ok(l) => l,
         Err(e) => return unavailable(&s.dir, e),
     };
-    let Some(name) = listing.get(arch) else {
-        let have: Vec<&str> = listing.keys().map(String::as_str).collect();
+    let Some(name) = listing.get(&file) else {
+        let have: Vec<&str> = listing
+            .keys()
+            .filter_map(|k| k.strip_prefix(component)?.strip_prefix('-'))
+            .collect();
         return error(
             StatusCode::NOT_FOUND,
             format!(
-                "no node engine for {arch:?} here (this cluster has: {})",
+                "no {file:?} here (this cluster has {component} for: {})",
                 if have.is_empty() {
                     "none".into()
                 } else {
@@ -215,10 +226,16 @@ mod tests {
 
     #[test]
     fn architectures_come_from_file_names() {
-        assert_eq!(arch_of("node-engine", "x86_64").as_deref(), Some("x86_64"));
+        let a = |f: &str| served_as(f, "x86_64");
+        assert_eq!(a("node-engine").as_deref(), Some("node-engine-x86_64"));
         assert_eq!(
-            arch_of("node-engine-aarch64", "x86_64").as_deref(),
-            Some("aarch64")
+            a("node-engine-aarch64").as_deref(),
+            Some("node-engine-aarch64")
+        );
+        assert_eq!(a("net-manager").as_deref(), Some("net-manager-x86_64"));
+        assert_eq!(
+            a("net-manager-aarch64").as_deref(),
+            Some("net-manager-aarch64")
         );
         for other in [
             "node-engine-",
@@ -226,29 +243,29 @@ mod tests {
             "node-engine-a/b",
             "cluster",
             "node-engines",
+            "net-managers",
         ] {
-            assert_eq!(arch_of(other, "x86_64"), None, "{other}");
+            assert_eq!(a(other), None, "{other}");
         }
         let found = binaries(
             [
                 "node-engine-x86_64",
                 "node-engine",
                 "node-engine-aarch64",
+                "net-manager",
                 "root",
             ],
             "x86_64",
         );
         assert_eq!(
-            found.get("x86_64").map(String::as_str),
+            found.get("node-engine-x86_64").map(String::as_str),
             Some("node-engine-x86_64")
         );
-        assert_eq!(found.len(), 2);
         assert_eq!(
-            binaries(["node-engine"], "aarch64")
-                .get("aarch64")
-                .map(String::as_str),
-            Some("node-engine")
+            found.get("net-manager-x86_64").map(String::as_str),
+            Some("net-manager")
         );
+        assert_eq!(found.len(), 3);
     }
 
     #[test]
@@ -271,7 +288,7 @@ mod tests {
 
     #[test]
     fn sums_are_in_sha256sum_format() {
-        let sums = BTreeMap::from([("x86_64".to_owned(), "ab".repeat(32))]);
+        let sums = BTreeMap::from([("node-engine-x86_64".to_owned(), "ab".repeat(32))]);
         assert_eq!(
             sums_text(&sums),
             format!("{}  node-engine-x86_64\n", "ab".repeat(32))

@@ -153,7 +153,30 @@ async fn curl_pipe_sh_installs_a_worker_that_joins_and_uninstalls_cleanly() {
         served.contains(&format!("{built}  node-engine-{host}\n")),
         "{served}"
     );
+    // The net manager beside it, and the engine's unit requires it.
+    let net_bin = p.join("usr/local/bin/canopy-net-manager");
+    let built_net = sha256(&bin_dir().join("net-manager"));
+    assert_eq!(sha256(&net_bin), built_net, "installed net manager differs");
+    assert!(
+        served.contains(&format!("{built_net}  net-manager-{host}\n")),
+        "{served}"
+    );
+    let net_unit = std::fs::read_to_string(p.join("etc/systemd/system/canopy-net-manager.service"))
+        .expect("the net manager's unit");
+    let socket = p.join("run/canopy/net-manager.sock");
+    assert!(
+        net_unit.contains(&format!(
+            "ExecStart={} --socket {}",
+            net_bin.display(),
+            socket.display()
+        )),
+        "{net_unit}"
+    );
     let unit_text = std::fs::read_to_string(&unit).expect("the unit file");
+    assert!(
+        unit_text.contains("Requires=canopy-net-manager.service"),
+        "{unit_text}"
+    );
     assert!(
         unit_text.contains(&format!(
             "ExecStart={} --config {}",
@@ -164,7 +187,8 @@ async fn curl_pipe_sh_installs_a_worker_that_joins_and_uninstalls_cleanly() {
     );
     let conf_text = std::fs::read_to_string(&conf).expect("the config");
     assert!(
-        conf_text.contains(&format!("name = \"{name}\"")),
+        conf_text.contains(&format!("name = \"{name}\""))
+            && conf_text.contains(&format!("net-manager-socket = \"{}\"", socket.display())),
         "{conf_text}"
     );
     use std::os::unix::fs::PermissionsExt;
@@ -180,7 +204,8 @@ async fn curl_pipe_sh_installs_a_worker_that_joins_and_uninstalls_cleanly() {
         "{stdout}"
     );
 
-    // Started from the installed files (the API port moved off the default by flag).
+    // Started from the installed files (the API port moved off the default by flag; on the
+    // host's network, so this test needs no net manager running on this machine).
     let log = std::fs::File::create(stack.dir.path().join("installed.log")).expect("a log");
     let mut engine = Command::new(&bin)
         .args([
@@ -188,6 +213,7 @@ async fn curl_pipe_sh_installs_a_worker_that_joins_and_uninstalls_cleanly() {
             conf.to_str().expect("utf-8"),
             "--api-addr",
             "127.0.0.1:0",
+            "--no-overlay",
         ])
         .env_remove("CANOPY_CONFIG_FILE")
         .stdin(Stdio::null())
