@@ -27,9 +27,9 @@ command -v "$DOCKER" >/dev/null 2>&1 || die "$DOCKER not found: apt-get install 
 [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static"
 
 if [ -z "$BIN_DIR" ]; then
-  step "cargo build --release (root, cluster, node engine)"
+  step "cargo build --release (root, cluster, node engine, net manager)"
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CANOPY_CACHE_DIR/target}
-  (cd "$REPO" && cargo build --release --locked -p root-orchestrator -p cluster-orchestrator -p node-engine)
+  (cd "$REPO" && cargo build --release --locked -p root-orchestrator -p cluster-orchestrator -p node-engine -p net-manager)
   BIN_DIR=$CARGO_TARGET_DIR/release
 fi
 
@@ -55,7 +55,7 @@ rootfs() {
 for image in root cluster; do
   case $image in
     root) bins=(root-orchestrator) ;;
-    cluster) bins=(cluster-orchestrator node-engine) ;;
+    cluster) bins=(cluster-orchestrator node-engine net-manager) ;;
   esac
   step "image canopy/$image:$TAG (${bins[*]} from $BIN_DIR)"
   rootfs "$WORK/$image/rootfs" "${bins[@]}"

@@ -25,7 +25,7 @@ export DOCKER=${DOCKER:-/usr/bin/docker}
 [ -x "$DOCKERD" ] && [ -x "$DOCKER" ] && command -v docker-compose >/dev/null ||
   die "dockerd, docker and docker-compose are needed: apt-get install docker.io docker-compose"
 [ "$(id -u)" -eq 0 ] || die "starting dockerd needs root"
-for b in canopy node-engine root-orchestrator cluster-orchestrator; do
+for b in canopy node-engine net-manager root-orchestrator cluster-orchestrator; do
   [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: cargo build --workspace --bins"
 done
 
@@ -148,7 +148,7 @@ until_ok 60 "the cluster joins the root" cluster_active
 
 step "a node engine on the host joins through the published port"
 "$BIN_DIR/node-engine" --cluster-addr "127.0.0.1:$CANOPY_CLUSTER_API_PORT" \
-  --join-token "$CANOPY_NODE_TOKEN" --name composeworker --runtimes wasm \
+  --join-token "$CANOPY_NODE_TOKEN" --name composeworker --runtimes wasm --no-overlay \
   --data-dir "$RUN/node" --api-addr 127.0.0.1:0 >"$RUN/node.log" 2>&1 </dev/null &
 remember_pid $!
 until_ok 60 "the worker joins" joined
