@@ -20,9 +20,9 @@
 //! Prints one `BENCH_JSON {"overlay": {...}}` line for `scripts/bench.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use canopy_e2e::demo_image;
 use canopy_e2e::lab::{Lab, code};
 use canopy_e2e::stats::summarize;
+use canopy_e2e::{demo_image, sla};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ const SERVER_IP: &str = "10.30.60.60";
 fn idler(name: &str, image: &Path, node: &str, rr_ip: &str) -> Value {
     json!({
         "microservice_name": name,
-        "microservice_namespace": "bench",
+        "microservice_namespace": "e2e",
         "virtualization": "container",
         "code": code(image),
         "cmd": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
@@ -42,19 +42,6 @@ fn idler(name: &str, image: &Path, node: &str, rr_ip: &str) -> Value {
         "vcpus": 0,
         "addresses": {"rr_ip": rr_ip},
         "constraints": [{"type": "direct", "node": node}],
-    })
-}
-
-fn sla(app: &str, services: Vec<Value>) -> Value {
-    json!({
-        "sla_version": "v2.0",
-        "customerID": "Admin",
-        "applications": [{
-            "application_name": app,
-            "application_namespace": "bench",
-            "application_desc": "overlay benchmark",
-            "microservices": services,
-        }]
     })
 }
 
@@ -191,8 +178,8 @@ async fn bench() {
         lab.scale_up(id).await;
         lab.wait_running(id, 1).await;
     }
-    let server = instance_ns(&lab, "w2", "ovb.bench.srv.bench.instance.0");
-    let client = instance_ns(&lab, "w1", "ovb.bench.cli.bench.instance.0");
+    let server = instance_ns(&lab, "w2", "ovb.e2e.srv.e2e.instance.0");
+    let client = instance_ns(&lab, "w1", "ovb.e2e.cli.e2e.instance.0");
     // Wait until the client reaches the server's service IP.
     let target: SocketAddr = (SERVER_IP.parse::<Ipv4Addr>().unwrap(), 5201).into();
     assert!(
@@ -220,7 +207,7 @@ async fn bench() {
         let ids = lab
             .create(&sla(&app, vec![idler("s", &image, "w2", &ip)]))
             .await;
-        let instance = format!("{app}.bench.s.bench.instance.0");
+        let instance = format!("{app}.e2e.s.e2e.instance.0");
         let target: SocketAddr = (ip.parse::<Ipv4Addr>().unwrap(), 80).into();
         let client = client.clone();
         let reach =

@@ -366,19 +366,7 @@ impl Lab {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let r = req.send().await.expect("the API answers");
-        let status = r.status();
-        let text = r.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        crate::api_call(&self.http, &self.api, &self.token, method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Value {

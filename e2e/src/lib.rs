@@ -97,6 +97,29 @@ pub fn demo_image(work: &Path) -> PathBuf {
     archive
 }
 
+/// A REST call to the root at `api` with bearer `token`: status and JSON answer.
+pub async fn api_call(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut req = http
+        .request(method, format!("{api}{path}"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req.send().await.expect("the API answers");
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// One SLA with one application `app` holding the given microservices.
 pub fn sla(app: &str, services: Vec<Value>) -> Value {
     json!({
@@ -344,19 +367,7 @@ impl Stack {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let r = req.send().await.expect("the API answers");
-        let status = r.status();
-        let text = r.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        api_call(&self.http, &self.api, &self.token, method, path, body).await
     }
 
     /// The cluster's API, HOST:PORT (`--port-base` + 3): node registration, the installer.

@@ -6,8 +6,8 @@
 //! lab's namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use canopy_e2e::demo_image;
 use canopy_e2e::lab::{Lab, code, prefix};
+use canopy_e2e::{demo_image, sla};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -25,19 +25,6 @@ fn service(name: &str, image: &std::path::Path, cmd: &str, memory: u32, nodes: &
         "memory": memory,
         "vcpus": 0,
         "constraints": [{"type": "direct", "node": nodes}],
-    })
-}
-
-fn sla(app: &str, services: Vec<Value>) -> Value {
-    json!({
-        "sla_version": "v2.0",
-        "customerID": "Admin",
-        "applications": [{
-            "application_name": app,
-            "application_namespace": "e2e",
-            "application_desc": "overlay test",
-            "microservices": services,
-        }]
     })
 }
 
