@@ -105,6 +105,11 @@ fn every_daemon_refuses_a_bad_file_naming_the_key() {
             "remove-on-exit = \"sometimes\"\n",
             "key \"remove-on-exit\": expected a boolean",
         ),
+        (
+            "net-manager",
+            "vni = \"one\"\n",
+            "key \"vni\": invalid value 'one'",
+        ),
     ];
     for (bin, body, want) in cases {
         let file = dir.path().join("bad.toml");

@@ -1,6 +1,5 @@
 //! `net-manager`: thin binary over the `net_manager` library.
 
-use clap::Parser;
 use net_manager::config::Config;
 use net_manager::manager::{Manager, NodeConfig, Settings};
 use std::process::ExitCode;
@@ -9,7 +8,7 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("net manager", run(config).await)
 }

@@ -146,7 +146,13 @@ pub fn spawn_command(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Comm
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-        .args(["--report-interval-secs", "0.5", "--stop-grace-secs", "2"])
+        .args([
+            "--report-interval-secs",
+            "0.5",
+            "--stop-grace-secs",
+            "2",
+            "--no-overlay",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
