@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod image;
+pub mod net;
 pub mod probe;
 pub mod qmp;
 
@@ -17,7 +18,7 @@ use super::fetch::Fetcher;
 use super::{Exit, Result, RunState, Runtime, RuntimeError, Stats, Workload, open_log};
 use async_trait::async_trait;
 use canopy_core::{Architecture, Virtualization};
-use command::{Accel, AccelMode, Vm};
+use command::{Accel, AccelMode, Vm, VmNet};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -127,6 +128,22 @@ impl QemuRuntime {
         std::fs::create_dir_all(&dir)?;
         drop(open_log(&w.log_path)?);
         let qmp = self.qmp_socket(&w.id);
+        // On the overlay: the namespace's eth0 bridged with a tap, QEMU inside the namespace.
+        let (vm_net, netns) = match (&w.netns, w.overlay) {
+            (Some(netns), Some(o)) => {
+                net::setup(netns).await?;
+                let vm_net = VmNet {
+                    tap: net::TAP.to_owned(),
+                    mac: net::mac(&w.name),
+                    vhost: net::vhost_available(),
+                    address: o.address,
+                    gateway: o.gateway,
+                    prefix: o.prefix,
+                };
+                (Some(vm_net), net::nsenter(netns))
+            }
+            _ => (None, Vec::new()),
+        };
         let vm = Vm {
             name: &w.id,
             host: self.host,
@@ -139,6 +156,7 @@ impl QemuRuntime {
             serial_log: &w.log_path,
             qmp: Some(&qmp),
             pid_file: &dir.join("pid"),
+            net: vm_net.as_ref(),
         };
         let err = std::fs::File::create(dir.join("stderr"))?;
         let mut child = tokio::process::Command::new("/bin/sh")
@@ -146,6 +164,7 @@ impl QemuRuntime {
             // `exit` last, so the shell does not exec `mv` and stays recognisable until the end.
             .arg(r#""$@"; echo $? >"$CANOPY_EXIT.tmp" && mv "$CANOPY_EXIT.tmp" "$CANOPY_EXIT"; exit 0"#)
             .arg(WRAPPER)
+            .args(&netns)
             .arg(binary)
             .args(command::args(&vm))
             .env("CANOPY_EXIT", dir.join("exit"))
