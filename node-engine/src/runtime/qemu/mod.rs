@@ -2,11 +2,20 @@
 //! format (see [`image`]). Each VM is one QEMU process in its own process group, started
 //! through a small `sh` that writes QEMU's exit status to a file, so a VM outlives the engine
 //! and a restarted engine finds it again (pid file, QMP socket and exit file under
-//! `<dir>/vm/<id>/`). The serial console is appended to the instance's log. VMs have no
-//! network yet.
+//! `<dir>/vm/<id>/`). The serial console is appended to the instance's log.
 //!
-//! Layout: [`command`] (pure: kernel by arch, accelerator, command line), [`image`] (tarball
-//! cache), [`qmp`] (the control socket), [`probe`] (KVM-or-TCG timing at start).
+//! On the overlay (the workload has a `netns` and an address from the net manager) the VM
+//! joins it at L2: [`net::setup`] bridges the namespace's `eth0` with a tap, QEMU runs inside
+//! the namespace (`nsenter --net=<netns>` before the binary, exec'd, so the pid is QEMU's)
+//! with `-netdev tap,ifname=tap0` and a `virtio-net-device` whose MAC is derived from the
+//! instance name, and the kernel command line gets the Linux `ip=` parameter with the
+//! instance address, the gateway (the worker's bridge) and the subnet's netmask. The tap and
+//! bridge go with the namespace when the net manager detaches the instance; a restarted
+//! engine re-attaches to a running VM without touching its network.
+//!
+//! Layout: [`command`] (pure: kernel by arch, accelerator, command line), [`net`] (the tap in
+//! the instance's namespace), [`image`] (tarball cache), [`qmp`] (the control socket),
+//! [`probe`] (KVM-or-TCG timing at start).
 
 pub mod command;
 pub mod image;
