@@ -13,7 +13,13 @@
 #       installed; the .deb is kept in CACHE_DIR, default $CANOPY_CACHE_DIR/debian-kernel) and
 #       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
 #       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
-#       0) or `httpd` (serves /www on port 80 until QEMU is stopped).
+#       0) or `httpd` (serves /www on port 80 until QEMU is stopped; the page holds MARKER).
+#       The initramfs carries the kernel's virtio-mmio and virtio-net modules (Debian builds
+#       them as modules, and its cloud kernel has no CONFIG_IP_PNP): /init loads them and, when
+#       the command line has `ip=<addr>::<gateway>:<netmask>::<dev>:off` (what the node engine
+#       appends for a VM on the overlay), gives <dev> <addr>/32 with <gateway> as its on-link
+#       default route (a /32 like a container's, so that replies to neighbours on the worker
+#       also pass the worker's routing and its service-IP translation).
 #       Boot it with `console=ttyS0`; under software emulation on a busy host add
 #       `tsc_early_khz=2000000 no_timer_check` (the TSC's calibration against the PIT fails
 #       there and the kernel hangs).
@@ -95,8 +101,20 @@ linux() {
     mv "$cache/$pkg.vmlinuz.tmp" "$cache/$pkg.vmlinuz"
   fi
   local root="$dir/root"
-  mkdir -p "$root"/{bin,proc,sys,dev,www}
+  mkdir -p "$root"/{bin,proc,sys,dev,www,lib/modules}
   cp /bin/busybox "$root/bin/busybox"
+  local mods="virtio_ring virtio virtio_mmio failover net_failover virtio_net" m
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards \
+    './lib/modules/*/kernel/drivers/virtio/virtio_ring.ko' \
+    './lib/modules/*/kernel/drivers/virtio/virtio.ko' \
+    './lib/modules/*/kernel/drivers/virtio/virtio_mmio.ko' \
+    './lib/modules/*/kernel/net/core/failover.ko' \
+    './lib/modules/*/kernel/drivers/net/net_failover.ko' \
+    './lib/modules/*/kernel/drivers/net/virtio_net.ko'
+  for m in $mods; do
+    find "$dir/lib/modules" -name "$m.ko" -exec cp {} "$root/lib/modules/" \;
+    [ -f "$root/lib/modules/$m.ko" ] || die "$(basename "$deb") has no $m.ko"
+  done
   cat >"$root/init" <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -105,8 +123,24 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "$marker \$(cat /proc/cmdline)"
+for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done
+ip link set lo up
+for a in \$(cat /proc/cmdline); do
+  case "\$a" in
+    ip=*)
+      IFS=:; set -- \${a#ip=}; unset IFS
+      addr=\$1 gw=\$3 dev=\${6:-eth0} i=0
+      while [ ! -e /sys/class/net/\$dev ] && [ \$i -lt 100 ]; do usleep 100000; i=\$((i + 1)); done
+      ip link set \$dev up
+      ip addr add \$addr/32 dev \$dev
+      ip route add \$gw dev \$dev
+      ip route add default via \$gw dev \$dev
+      echo "net: \$dev \$addr via \$gw"
+      ;;
+  esac
+done
 case "\$end" in
-  httpd) echo '<h1>canopy micro-VM</h1>' >/www/index.html; httpd -p 80 -h /www; while :; do sleep 3600; done ;;
+  httpd) echo "<h1>canopy micro-VM $marker</h1>" >/www/index.html; httpd -p 80 -h /www; while :; do sleep 3600; done ;;
 esac
 poweroff -f
 INIT

@@ -62,6 +62,7 @@ fn boot_ms(dir: &Path, image: &Image, accel: Accel, cmd: &[String], marker: &str
         serial_log: &log,
         qmp: None,
         pid_file: &dir.join("pid"),
+        net: None,
     };
     let t = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")

@@ -11,6 +11,9 @@
 //!
 //! With `--no-overlay` containers use the host's network.
 //!
+//! Unikernels and micro-VMs are on the overlay too: the QEMU runtime bridges the namespace's
+//! `eth0` with the VM's tap and hands the guest the instance address (`runtime::qemu::net`).
+//!
 //! WebAssembly instances are not on the overlay: WASI preview 1 has no sockets.
 
 use serde::Deserialize;
@@ -38,6 +41,29 @@ pub struct Attached {
     /// The `resolv.conf` written for the instance (naming `dns`).
     #[serde(skip)]
     pub resolv_conf: Option<PathBuf>,
+}
+
+/// The prefix length of a worker's subnet (the root plans /26s).
+pub const SUBNET_PREFIX: u8 = 26;
+
+impl Attached {
+    /// The instance's gateway: the worker's bridge, the subnet's first address (the net
+    /// manager answers it as `dns`; derived from the address when it does not).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.dns.unwrap_or_else(|| {
+            let mask = u32::MAX << (32 - u32::from(SUBNET_PREFIX));
+            Ipv4Addr::from((u32::from(self.address) & mask) + 1)
+        })
+    }
+
+    /// The address, gateway and prefix a runtime needs (a VM's guest configures them).
+    pub fn instance_net(&self) -> crate::runtime::InstanceNet {
+        crate::runtime::InstanceNet {
+            address: self.address,
+            gateway: self.gateway(),
+            prefix: SUBNET_PREFIX,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,5 +189,24 @@ impl NetManager {
         } else {
             Err(Self::refused(r).await)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_the_bridge() {
+        let mut a = Attached {
+            address: "10.18.0.77".parse().unwrap(),
+            netns: "/run/netns/x".into(),
+            dns: None,
+            resolv_conf: None,
+        };
+        assert_eq!(a.gateway(), Ipv4Addr::new(10, 18, 0, 65));
+        a.dns = Some(Ipv4Addr::new(10, 18, 0, 65));
+        let n = a.instance_net();
+        assert_eq!((n.gateway, n.prefix), (Ipv4Addr::new(10, 18, 0, 65), 26));
     }
 }

@@ -212,6 +212,7 @@ fn workloads_nothing_tracks_are_removed_and_counted() {
         log_path: m.dir.path().join("stray.log"),
         netns: None,
         resolv_conf: None,
+        overlay: None,
     };
     p.run(m.runtime.start(&stray)).unwrap();
     assert_eq!(p.run(p.engine.remove_untracked()), vec!["stray".to_owned()]);

@@ -315,7 +315,7 @@ async fn without_qemu_unikernels_are_not_offered_and_fail_saying_so() {
     let mut cluster = Cluster::start(&broker).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = spawn_command(&cluster.addr, dir.path(), free_port());
-    cmd.args(["--runtimes", "wasm,unikernel"])
+    cmd.args(["--runtimes", "wasm,unikernel", "--no-overlay"])
         .env("PATH", "/nonexistent");
     let _engine = Proc(cmd.spawn().unwrap());
     let info = cluster
@@ -384,7 +384,13 @@ fn spawn_engine(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Proc {
         cluster_addr,
         data_dir,
         api_port,
-        &["--name", "uni-worker", "--runtimes", "unikernel"],
+        &[
+            "--name",
+            "uni-worker",
+            "--runtimes",
+            "unikernel",
+            "--no-overlay",
+        ],
     )
 }
 

@@ -212,6 +212,7 @@ impl Engine {
             log_path: self.config.log_dir.join(format!("{name}.log")),
             netns: None,
             resolv_conf: None,
+            overlay: None,
         })
     }
 
@@ -397,12 +398,13 @@ impl Engine {
         self.config.overlay.as_ref()
     }
 
-    /// The net manager, when `w` goes on the overlay (containers do; wasm has no sockets).
+    /// The net manager, when `w` goes on the overlay (containers and VMs do; wasm has no
+    /// sockets).
     fn overlay_for(&self, w: &Workload) -> Option<&crate::overlay::NetManager> {
         self.config
             .overlay
             .as_ref()
-            .filter(|_| w.spec.virtualization == Virtualization::Container)
+            .filter(|_| on_overlay(w.spec.virtualization))
     }
 
     /// The runtime for `kind` (`workload()` refuses kinds without one, so it is present for
@@ -557,6 +559,12 @@ impl Engine {
 }
 
 /// `<job>.instance.<n>` after checking the job name.
+/// Whether instances of `kind` go on the overlay (containers and VMs; WASI preview 1 has no
+/// sockets).
+fn on_overlay(kind: Virtualization) -> bool {
+    matches!(kind, Virtualization::Container | Virtualization::Unikernel)
+}
+
 fn instance_name(job: &str, n: u32) -> Result<String, String> {
     let job: canopy_core::JobName = job.parse().map_err(|e| format!("job_name: {e}"))?;
     Ok(job.instance_name(InstanceNumber(n)))
@@ -580,6 +588,13 @@ mod tests {
         let id = runtime_id(&long);
         assert!(id.len() <= 76 && id.starts_with("canopy-"));
         assert_eq!(id, runtime_id(&long));
+    }
+
+    #[test]
+    fn containers_and_vms_go_on_the_overlay_wasm_does_not() {
+        assert!(on_overlay(Virtualization::Container));
+        assert!(on_overlay(Virtualization::Unikernel));
+        assert!(!on_overlay(Virtualization::Wasm));
     }
 
     #[test]

@@ -148,6 +148,7 @@ impl Engine {
                 let started = match self.overlay_for(&w) {
                     Some(net) => match net.attach(&name, &w.spec.ports).await {
                         Ok(a) => {
+                            w.overlay = Some(a.instance_net());
                             w.netns = Some(a.netns);
                             w.resolv_conf = a.resolv_conf;
                             self.attached(&name, generation, a.address).await;

@@ -74,6 +74,17 @@ pub struct Workload {
     /// The `/etc/resolv.conf` it sees (on the overlay: the net manager's resolver); `None`:
     /// the host's.
     pub resolv_conf: Option<PathBuf>,
+    /// Its address on the overlay (with `netns`); a VM's guest configures it itself.
+    pub overlay: Option<InstanceNet>,
+}
+
+/// An instance's address on the overlay, its gateway (the worker's bridge) and the prefix
+/// length of the worker's subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceNet {
+    pub address: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 impl Workload {

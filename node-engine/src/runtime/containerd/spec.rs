@@ -218,6 +218,7 @@ mod tests {
             log_path: "/tmp/x.log".into(),
             netns: None,
             resolv_conf: None,
+            overlay: None,
         }
     }
 

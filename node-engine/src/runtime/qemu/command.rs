@@ -3,6 +3,7 @@
 
 use super::super::{Result, RuntimeError};
 use canopy_core::Architecture;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Memory given to a VM whose SLA asks for none, MiB.
@@ -134,6 +135,22 @@ pub struct Vm<'a> {
     pub serial_log: &'a Path,
     pub qmp: Option<&'a Path>,
     pub pid_file: &'a Path,
+    /// Its network interface, when the instance is on the overlay.
+    pub net: Option<&'a VmNet>,
+}
+
+/// A VM's `virtio-net` interface on a tap, and the address its guest takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNet {
+    /// The tap (inside the namespace QEMU runs in).
+    pub tap: String,
+    pub mac: String,
+    /// `vhost=on` (only when /dev/vhost-net exists).
+    pub vhost: bool,
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    /// The prefix length of the worker's subnet (the netmask a Linux guest is given).
+    pub prefix: u8,
 }
 
 /// QEMU's option syntax doubles a comma inside a value.
@@ -195,8 +212,27 @@ pub fn args(vm: &Vm) -> Vec<String> {
             "virtio-9p-device,fsdev=fs0,mount_tag=fs0",
         ]);
     }
-    if !vm.cmd.is_empty() {
-        push(&["-append", &vm.cmd.join(" ")]);
+    let mut cmd = vm.cmd.to_vec();
+    if let Some(n) = vm.net {
+        let mut netdev = format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            n.tap.replace(',', ",,")
+        );
+        if n.vhost {
+            netdev.push_str(",vhost=on");
+        }
+        // virtio-mmio on both machines (microvm has no PCI; `virt` has mmio transports too),
+        // like the 9p share.
+        push(&[
+            "-netdev",
+            &netdev,
+            "-device",
+            &format!("virtio-net-device,netdev=n0,mac={}", n.mac),
+        ]);
+        cmd.push(super::net::kernel_ip_arg(n.address, n.gateway, n.prefix));
+    }
+    if !cmd.is_empty() {
+        push(&["-append", &cmd.join(" ")]);
     }
     a
 }
@@ -284,6 +320,7 @@ mod tests {
             serial_log: Path::new("/logs/a,b.log"),
             qmp: Some(Path::new("/q/1.sock")),
             pid_file: Path::new("/vm/pid"),
+            net: None,
         }
     }
 
@@ -324,5 +361,46 @@ mod tests {
         let a = args(&vm(&bare, &[], Arm64, Accel::Kvm)).join(" ");
         assert!(a.contains("-machine virt -accel kvm -cpu host -m"), "{a}");
         assert!(!a.contains("-bios") && !a.contains("isa-debug-exit"), "{a}");
+        assert!(!a.contains("-netdev"), "{a}");
+    }
+
+    #[test]
+    fn a_vm_on_the_overlay_gets_a_tap_a_mac_and_its_address() {
+        let image = Image {
+            kernel: "/img/kernel".into(),
+            initrd: None,
+            files: None,
+        };
+        let mut net = VmNet {
+            tap: "tap0".into(),
+            mac: "02:11:22:33:44:55".into(),
+            vhost: false,
+            address: "10.18.0.5".parse().unwrap(),
+            gateway: "10.18.0.1".parse().unwrap(),
+            prefix: 26,
+        };
+        let cmd = vec!["console=ttyS0".to_owned()];
+        let mut v = vm(&image, &cmd, Amd64, Accel::Tcg);
+        v.net = Some(&net);
+        let a = args(&v).join(" ");
+        for part in [
+            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:11:22:33:44:55",
+            "-append console=ttyS0 ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off",
+        ] {
+            assert!(a.contains(part), "{part:?} missing in {a}");
+        }
+        assert!(!a.contains("vhost"), "{a}");
+        net.vhost = true;
+        let mut v = vm(&image, &[], Arm64, Accel::Kvm);
+        v.net = Some(&net);
+        let a = args(&v).join(" ");
+        assert!(
+            a.contains("ifname=tap0,script=no,downscript=no,vhost=on -device virtio-net-device"),
+            "{a}"
+        );
+        assert!(
+            a.ends_with("-append ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off"),
+            "{a}"
+        );
     }
 }

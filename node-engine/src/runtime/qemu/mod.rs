@@ -2,14 +2,24 @@
 //! format (see [`image`]). Each VM is one QEMU process in its own process group, started
 //! through a small `sh` that writes QEMU's exit status to a file, so a VM outlives the engine
 //! and a restarted engine finds it again (pid file, QMP socket and exit file under
-//! `<dir>/vm/<id>/`). The serial console is appended to the instance's log. VMs have no
-//! network yet.
+//! `<dir>/vm/<id>/`). The serial console is appended to the instance's log.
 //!
-//! Layout: [`command`] (pure: kernel by arch, accelerator, command line), [`image`] (tarball
-//! cache), [`qmp`] (the control socket), [`probe`] (KVM-or-TCG timing at start).
+//! On the overlay (the workload has a `netns` and an address from the net manager) the VM
+//! joins it at L2: [`net::setup`] bridges the namespace's `eth0` with a tap, QEMU runs inside
+//! the namespace (`nsenter --net=<netns>` before the binary, exec'd, so the pid is QEMU's)
+//! with `-netdev tap,ifname=tap0` and a `virtio-net-device` whose MAC is derived from the
+//! instance name, and the kernel command line gets the Linux `ip=` parameter with the
+//! instance address, the gateway (the worker's bridge) and the subnet's netmask. The tap and
+//! bridge go with the namespace when the net manager detaches the instance; a restarted
+//! engine re-attaches to a running VM without touching its network.
+//!
+//! Layout: [`command`] (pure: kernel by arch, accelerator, command line), [`net`] (the tap in
+//! the instance's namespace), [`image`] (tarball cache), [`qmp`] (the control socket),
+//! [`probe`] (KVM-or-TCG timing at start).
 
 pub mod command;
 pub mod image;
+pub mod net;
 pub mod probe;
 pub mod qmp;
 
@@ -17,7 +27,7 @@ use super::fetch::Fetcher;
 use super::{Exit, Result, RunState, Runtime, RuntimeError, Stats, Workload, open_log};
 use async_trait::async_trait;
 use canopy_core::{Architecture, Virtualization};
-use command::{Accel, AccelMode, Vm};
+use command::{Accel, AccelMode, Vm, VmNet};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -127,6 +137,22 @@ impl QemuRuntime {
         std::fs::create_dir_all(&dir)?;
         drop(open_log(&w.log_path)?);
         let qmp = self.qmp_socket(&w.id);
+        // On the overlay: the namespace's eth0 bridged with a tap, QEMU inside the namespace.
+        let (vm_net, netns) = match (&w.netns, w.overlay) {
+            (Some(netns), Some(o)) => {
+                net::setup(netns).await?;
+                let vm_net = VmNet {
+                    tap: net::TAP.to_owned(),
+                    mac: net::mac(&w.name),
+                    vhost: net::vhost_available(),
+                    address: o.address,
+                    gateway: o.gateway,
+                    prefix: o.prefix,
+                };
+                (Some(vm_net), net::nsenter(netns))
+            }
+            _ => (None, Vec::new()),
+        };
         let vm = Vm {
             name: &w.id,
             host: self.host,
@@ -139,6 +165,7 @@ impl QemuRuntime {
             serial_log: &w.log_path,
             qmp: Some(&qmp),
             pid_file: &dir.join("pid"),
+            net: vm_net.as_ref(),
         };
         let err = std::fs::File::create(dir.join("stderr"))?;
         let mut child = tokio::process::Command::new("/bin/sh")
@@ -146,6 +173,7 @@ impl QemuRuntime {
             // `exit` last, so the shell does not exec `mv` and stays recognisable until the end.
             .arg(r#""$@"; echo $? >"$CANOPY_EXIT.tmp" && mv "$CANOPY_EXIT.tmp" "$CANOPY_EXIT"; exit 0"#)
             .arg(WRAPPER)
+            .args(&netns)
             .arg(binary)
             .args(command::args(&vm))
             .env("CANOPY_EXIT", dir.join("exit"))

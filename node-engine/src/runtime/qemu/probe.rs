@@ -83,6 +83,7 @@ async fn boot(binary: &Path, bios: Option<&Path>, accel: Accel, dir: &Path) -> O
         serial_log: Path::new("/dev/null"),
         qmp: None,
         pid_file: &dir.join("pid"),
+        net: None,
     };
     let t = Instant::now();
     let mut child = tokio::process::Command::new(binary)

@@ -1,0 +1,363 @@
+//! A micro-VM on the overlay, for real: the real `net-manager` binary inside a worker network
+//! namespace this test creates (`--same-host`), the node engine with the overlay, real QEMU
+//! and the Linux micro-VM of `scripts/unikernel-image.sh linux` serving its marker page with
+//! busybox `httpd` on port 80. The worker reaches the guest at its instance address; a
+//! container on the same worker reaches it through a service IP of a view published on
+//! `nodes/<id>/net/view`; an engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU) and
+//! its network keeps working; deleting the instance stops QEMU and removes its namespace.
+//! Traffic goes only to addresses inside the test's namespaces. Skipped (passing, with the
+//! reason printed) when QEMU is not installed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VM: &str = "app.ns.vm.ns";
+const CLIENT: &str = "app.ns.vmclient.ns";
+const MARKER: &str = "HELLO-OVERLAY-VM";
+const SERVICE_IP: &str = "10.30.55.56";
+
+fn qemu_installed() -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join("qemu-system-x86_64").is_file())
+}
+
+/// A network namespace of this test, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let name = format!("cuk{}{role}", std::process::id() % 100_000);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success(),
+            "ip netns add (the test needs root and iproute2)"
+        );
+        let _ = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
+        Netns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+
+    /// `busybox wget` of `url` from inside this namespace (10 s at most); the page, if any.
+    fn fetch(&self, url: &str) -> Option<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args([
+                "busybox", "timeout", "10", "busybox", "wget", "-q", "-O", "-", url,
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Fetches `url` until the page holds `text` or `within` passes.
+    async fn fetch_until(&self, url: &str, text: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.fetch(url).is_some_and(|p| p.contains(text)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The net manager binary (built with `cargo build -p net-manager --bins`) in namespace `ns`.
+struct NetManager {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl NetManager {
+    fn start(ns: &Netns, dir: &Path) -> NetManager {
+        // Beside the test binary's `deps/` (only this binary is needed, not the workspace's).
+        let exe = std::env::current_exe().unwrap();
+        let mut bin = exe.parent().unwrap().to_path_buf();
+        if bin.ends_with("deps") {
+            bin.pop();
+        }
+        let bin = bin.join("net-manager");
+        assert!(
+            bin.exists(),
+            "{} is missing: cargo build -p net-manager --bins",
+            bin.display()
+        );
+        let socket = dir.join("nm.sock");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(bin)
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--data-dir={}", dir.join("nm").display()))
+            .arg("--same-host")
+            .arg(format!("--bridge={}br", ns.0))
+            .arg(format!("--nft-table={}_t", ns.0))
+            .arg(format!("--netns-dir={}", dir.join("netns").display()))
+            .arg("--remove-on-exit")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no net manager socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NetManager { child, socket }
+    }
+
+    fn curl(&self, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--unix-socket"])
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The overlay address of instance `name`, once attached.
+    fn address(&self, name: &str) -> Option<String> {
+        let attached: serde_json::Value =
+            serde_json::from_str(&self.curl(&["http://nm/instances"])).unwrap();
+        attached
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["address"].as_str())
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for NetManager {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU's pid for instance 0 of [`VM`], while it runs.
+fn qemu_pid(data: &Path) -> Option<i32> {
+    let p = data.join(format!("unikernel/vm/{VM}.instance.0/pid"));
+    let pid: i32 = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// Kills (by pid) the test's QEMU if it still runs when the test ends.
+struct VmGuard(PathBuf);
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = qemu_pid(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The Linux micro-VM image (the Debian kernel .deb cached in the build's tmp dir).
+fn linux_microvm(dir: &Path) -> String {
+    let out = dir.join("microvm.tar.gz");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
+    let run = Command::new("bash")
+        .arg(repo_root().join("scripts/unikernel-image.sh"))
+        .arg("linux")
+        .arg(&out)
+        .arg(MARKER)
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_service_ip() {
+    if !qemu_installed() {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+        return;
+    }
+    require_containerd();
+    let ns = Namespace::new("ukoverlay");
+    let worker = Netns::new("w");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("engine");
+    let _guard = VmGuard(data.clone());
+    let image = linux_microvm(dir.path());
+    let net = NetManager::start(&worker, dir.path());
+    let broker = Broker::start().await;
+    let mut cluster = Cluster::start(&broker).await;
+    // The engine binary (not in-process): it is killed with SIGKILL and started again below.
+    std::fs::create_dir_all(&data).unwrap();
+    let api = free_port();
+    let socket = net.socket.display().to_string();
+    let args = [
+        "--name",
+        "uk-worker",
+        "--runtimes",
+        "container,unikernel",
+        "--containerd-namespace",
+        &ns.0,
+        "--net-manager-socket",
+        &socket,
+        "--overlay-address",
+        "192.0.2.1",
+    ];
+    let engine = spawn_engine_binary(&cluster.addr, &data, api, &args);
+    cluster.wait_worker(SECS_60).await;
+    let logs = |job: &'static str| {
+        let url = format!("http://127.0.0.1:{api}/instances/{job}.instance.0/logs");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+
+    // The TSC's calibration against the PIT fails under emulation on a busy host; skip it.
+    let mut vm = deploy(
+        VM,
+        0,
+        "unikernel",
+        &image,
+        &[
+            "console=ttyS0",
+            "quiet",
+            "panic=-1",
+            "tsc_early_khz=2000000",
+            "no_timer_check",
+            "end=httpd",
+        ],
+    );
+    vm.memory = 128;
+    cluster.deploy(&vm).await;
+    cluster.status(VM, 0, "RUNNING", SECS_60).await;
+    let address = net
+        .address(&format!("{VM}.instance.0"))
+        .expect("the VM is on the overlay");
+    let pid = qemu_pid(&data).expect("QEMU runs");
+
+    // The worker reaches the guest at the instance address (TCG boots take a while).
+    let url = format!("http://{address}/");
+    let reached = worker
+        .fetch_until(&url, MARKER, Duration::from_secs(90))
+        .await;
+    let log = logs(VM).await;
+    let engine_log = std::fs::read_to_string(data.join("engine.log")).unwrap_or_default();
+    let qemu_err =
+        std::fs::read_to_string(data.join(format!("unikernel/vm/{VM}.instance.0/stderr")))
+            .unwrap_or_default();
+    assert!(
+        reached,
+        "the worker never reached {url}; console:\n{log}\nQEMU: {qemu_err}\nengine: {}",
+        &engine_log[engine_log.len().saturating_sub(3000)..]
+    );
+    assert!(
+        log.contains(&format!("ip={address}::")),
+        "the kernel got its address: {log}"
+    );
+
+    // A container on the same worker reaches it through a service IP.
+    let view = serde_json::json!({
+        "peers": [],
+        "services": [{"name": VM, "rr_ip": SERVICE_IP, "instances": [
+            {"address": address, "underlay": "192.0.2.1", "same_cluster": true}
+        ]}]
+    });
+    cluster
+        .publish_raw(
+            canopy_proto::worker::topics::net_view(&node_id()),
+            view.to_string().into_bytes(),
+        )
+        .await;
+    let start = Instant::now();
+    while !net.curl(&["http://nm/view"]).contains(SERVICE_IP) {
+        assert!(
+            start.elapsed() < SECS_30,
+            "the view never reached the net manager"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = deploy(
+        CLIENT,
+        0,
+        "container",
+        &oci_archive(),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "for i in $(seq 40); do busybox timeout 5 busybox wget -q -O - http://{SERVICE_IP}/ && exit 0; sleep 0.5; done; exit 1"
+            ),
+        ],
+    );
+    client.one_shot = true;
+    cluster.deploy(&client).await;
+    cluster.status(CLIENT, 0, "COMPLETED", SECS_60).await;
+    let log = logs(CLIENT).await;
+    assert!(log.contains(MARKER), "client log: {log}");
+    cluster.undeploy(CLIENT, 0).await;
+
+    // An engine killed and started again re-attaches to the VM: the same QEMU, the same network.
+    drop(engine);
+    let engine = spawn_engine_binary(&cluster.addr, &data, api, &args);
+    cluster
+        .until(SECS_60, "the VM re-attached", |h| {
+            matches!(h, Heard::Job(j) if j.sname == VM && j.status == "RUNNING"
+                && j.status_detail.contains("re-attached"))
+        })
+        .await;
+    assert_eq!(qemu_pid(&data), Some(pid), "the VM kept running");
+    assert_eq!(
+        net.address(&format!("{VM}.instance.0")).as_deref(),
+        Some(address.as_str())
+    );
+    assert!(
+        worker.fetch_until(&url, MARKER, SECS_30).await,
+        "the VM is unreachable after the engine restarted"
+    );
+
+    // Deleting the instance stops QEMU and removes its network.
+    cluster.undeploy(VM, 0).await;
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "QEMU stopped");
+    assert_eq!(net.curl(&["http://nm/instances"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("netns"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "instance namespaces left: {left:?}");
+    drop(engine);
+}
