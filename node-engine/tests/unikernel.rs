@@ -384,13 +384,7 @@ fn spawn_engine(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Proc {
         cluster_addr,
         data_dir,
         api_port,
-        &[
-            "--name",
-            "uni-worker",
-            "--runtimes",
-            "unikernel",
-            "--no-overlay",
-        ],
+        &["--name", "uni-worker", "--runtimes", "unikernel"],
     )
 }
 

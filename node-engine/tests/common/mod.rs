@@ -131,6 +131,10 @@ pub fn spawn_engine_binary(
     extra: &[&str],
 ) -> Proc {
     let mut cmd = spawn_command(cluster_addr, data_dir, api_port);
+    // On the host's network unless the test gives the engine a net manager.
+    if !extra.contains(&"--net-manager-socket") {
+        cmd.arg("--no-overlay");
+    }
     Proc(cmd.args(extra).spawn().unwrap())
 }
 
@@ -146,13 +150,7 @@ pub fn spawn_command(cluster_addr: &str, data_dir: &Path, api_port: u16) -> Comm
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-        .args([
-            "--report-interval-secs",
-            "0.5",
-            "--stop-grace-secs",
-            "2",
-            "--no-overlay",
-        ])
+        .args(["--report-interval-secs", "0.5", "--stop-grace-secs", "2"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
