@@ -346,10 +346,40 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         net.address(&format!("{VM}.instance.0")).as_deref(),
         Some(address.as_str())
     );
-    assert!(
-        worker.fetch_until(&url, MARKER, SECS_30).await,
-        "the VM is unreachable after the engine restarted"
-    );
+    // As long as the first boot is given: TCG guests on a loaded 2-core machine are slow.
+    if !worker
+        .fetch_until(&url, MARKER, Duration::from_secs(90))
+        .await
+    {
+        let console = std::fs::read_to_string(data.join(format!("logs/{VM}.instance.0.log")))
+            .unwrap_or_default();
+        let tail: String = console
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        panic!(
+            "the VM is unreachable after the engine restarted\n--- engine log:\n{}\n--- console tail:\n{tail}\n--- in the instance namespace:\n{}",
+            std::fs::read_to_string(data.join("engine.log")).unwrap_or_default(),
+            String::from_utf8_lossy(
+                &Command::new("nsenter")
+                    .arg(format!(
+                        "--net={}",
+                        dir.path()
+                            .join("netns")
+                            .join(format!("{VM}.instance.0"))
+                            .display()
+                    ))
+                    .args(["ip", "-d", "link", "show"])
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            ),
+        );
+    }
 
     // Deleting the instance stops QEMU and removes its network.
     cluster.undeploy(VM, 0).await;
