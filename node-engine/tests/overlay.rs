@@ -11,109 +11,13 @@
 
 mod common;
 
+use common::net::{NetManager, Netns};
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SERVER: &str = "app.ns.server.ns";
 const CLIENT: &str = "app.ns.client.ns";
-
-/// A network namespace of this test, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!("cnet{}{role}", std::process::id() % 100_000);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .unwrap()
-                .success(),
-            "ip netns add (the test needs root and iproute2)"
-        );
-        let _ = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .status();
-        Netns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The net manager binary (built with the workspace's binaries) in namespace `ns`.
-struct NetManager {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl NetManager {
-    fn start(ns: &Netns, dir: &Path) -> NetManager {
-        let bin = canopy_e2e::bin_dir().join("net-manager");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace's binaries",
-            bin.display()
-        );
-        let socket = dir.join("nm.sock");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(bin)
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--data-dir={}", dir.join("nm").display()))
-            // One worker: no tunnel to others, so none is made. The engine configures it.
-            .arg("--same-host")
-            .arg(format!("--bridge={}br", ns.0))
-            .arg(format!("--nft-table={}_t", ns.0))
-            .arg(format!("--netns-dir={}", dir.join("netns").display()))
-            .arg("--remove-on-exit")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no net manager socket"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        NetManager { child, socket }
-    }
-
-    fn curl(&self, args: &[&str]) -> String {
-        let out = Command::new("curl")
-            .args(["-sf", "--unix-socket"])
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "curl {args:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for NetManager {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_reaches_another_through_its_service_address() {

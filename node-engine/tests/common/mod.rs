@@ -8,6 +8,8 @@
 //! real cluster with a real engine is exercised by the end-to-end suite.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod net;
+
 use canopy_proto::worker::{DeleteMessage, DeployMessage, JobStatus, ResourcesReport, topics};
 use node_engine::config::Config;
 use node_engine::server::Node;
