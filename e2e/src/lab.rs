@@ -398,21 +398,7 @@ impl Lab {
     /// Posts an SLA; returns the service ids of its first application.
     pub async fn create(&self, sla: &Value) -> Vec<String> {
         let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;
-        assert!(
-            status.is_success(),
-            "POST /api/application: {status} {apps}"
-        );
-        let name = sla["applications"][0]["application_name"].clone();
-        let app = apps
-            .as_array()
-            .and_then(|l| l.iter().find(|a| a["application_name"] == name).cloned())
-            .expect("the new application is listed");
-        app["microservices"]
-            .as_array()
-            .expect("service ids")
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect()
+        crate::created_services(sla, status, &apps)
     }
 
     /// Adds one instance to service `id`.

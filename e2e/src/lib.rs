@@ -120,6 +120,25 @@ pub async fn api_call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The service ids of `sla`'s first application in the answer to `POST /api/application`.
+pub fn created_services(sla: &Value, status: StatusCode, apps: &Value) -> Vec<String> {
+    assert!(
+        status.is_success(),
+        "POST /api/application: {status} {apps}"
+    );
+    let name = sla["applications"][0]["application_name"].clone();
+    let app = apps
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["application_name"] == name).cloned())
+        .expect("the new application is listed");
+    app["microservices"]
+        .as_array()
+        .expect("service ids")
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// One SLA with one application `app` holding the given microservices.
 pub fn sla(app: &str, services: Vec<Value>) -> Value {
     json!({
@@ -390,21 +409,7 @@ impl Stack {
     /// Posts an SLA (no instance yet); returns the ids of its first application's services.
     pub async fn create(&self, sla: &Value) -> Vec<String> {
         let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;
-        assert!(
-            status.is_success(),
-            "POST /api/application: {status} {apps}"
-        );
-        let name = sla["applications"][0]["application_name"].clone();
-        let app = apps
-            .as_array()
-            .and_then(|l| l.iter().find(|a| a["application_name"] == name).cloned())
-            .expect("the new application is listed");
-        app["microservices"]
-            .as_array()
-            .expect("service ids")
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect()
+        created_services(sla, status, &apps)
     }
 
     /// Posts an SLA and one instance of each of its services; returns the service ids.

@@ -14,7 +14,6 @@ mod common;
 use common::net::{NetManager, Netns};
 use common::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 const SERVER: &str = "app.ns.server.ns";
 const CLIENT: &str = "app.ns.client.ns";
@@ -74,20 +73,7 @@ async fn a_container_reaches_another_through_its_service_address() {
             {"address": server_ip, "underlay": "192.0.2.1", "same_cluster": true}
         ]}]
     });
-    cluster
-        .publish_raw(
-            canopy_proto::worker::topics::net_view(&node_id()),
-            view.to_string().into_bytes(),
-        )
-        .await;
-    let start = Instant::now();
-    while !net.curl(&["http://nm/view"]).contains("10.30.55.55") {
-        assert!(
-            start.elapsed() < SECS_30,
-            "the view never reached the net manager"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    net.view_from(&cluster, &view, "10.30.55.55").await;
     let node: serde_json::Value = serde_json::from_str(&net.curl(&["http://nm/node"])).unwrap();
     assert_eq!(
         node["subnet"], "10.18.0.0",

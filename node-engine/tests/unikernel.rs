@@ -78,25 +78,8 @@ fn kernels() -> &'static PathBuf {
 /// Debian kernel package is downloaded once into the build's tmp dir.
 fn linux_microvm() -> String {
     static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = kernels().join("microvm.tar.gz");
-        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
-        let run = Command::new("bash")
-            .arg(repo_root().join("scripts/unikernel-image.sh"))
-            .arg("linux")
-            .arg(&out)
-            .arg("HELLO-MICROVM")
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out.display().to_string()
-    })
-    .clone()
+    PATH.get_or_init(|| linux_microvm_at(&kernels().join("microvm.tar.gz"), "HELLO-MICROVM"))
+        .clone()
 }
 
 fn kernel(name: &str) -> String {

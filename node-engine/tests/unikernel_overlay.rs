@@ -15,7 +15,7 @@ use common::net::{NetManager, Netns};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VM: &str = "app.ns.vm.ns";
 const CLIENT: &str = "app.ns.vmclient.ns";
@@ -52,22 +52,7 @@ impl Drop for VmGuard {
 
 /// The Linux micro-VM image (the Debian kernel .deb cached in the build's tmp dir).
 fn linux_microvm(dir: &Path) -> String {
-    let out = dir.join("microvm.tar.gz");
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
-    let run = Command::new("bash")
-        .arg(repo_root().join("scripts/unikernel-image.sh"))
-        .arg("linux")
-        .arg(&out)
-        .arg(MARKER)
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out.display().to_string()
+    linux_microvm_at(&dir.join("microvm.tar.gz"), MARKER)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,20 +144,7 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
             {"address": address, "underlay": "192.0.2.1", "same_cluster": true}
         ]}]
     });
-    cluster
-        .publish_raw(
-            canopy_proto::worker::topics::net_view(&node_id()),
-            view.to_string().into_bytes(),
-        )
-        .await;
-    let start = Instant::now();
-    while !net.curl(&["http://nm/view"]).contains(SERVICE_IP) {
-        assert!(
-            start.elapsed() < SECS_30,
-            "the view never reached the net manager"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    net.view_from(&cluster, &view, SERVICE_IP).await;
     let mut client = deploy(
         CLIENT,
         0,

@@ -30,6 +30,26 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Linux micro-VM image (`scripts/unikernel-image.sh linux OUT MARKER`) written to `out`;
+/// the Debian kernel package is cached in the build's tmp dir.
+pub fn linux_microvm_at(out: &Path, marker: &str) -> String {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
+    let run = Command::new("bash")
+        .arg(repo_root().join("scripts/unikernel-image.sh"))
+        .arg("linux")
+        .arg(out)
+        .arg(marker)
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.display().to_string()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

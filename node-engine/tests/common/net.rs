@@ -144,3 +144,29 @@ impl Drop for NetManager {
         let _ = self.child.wait();
     }
 }
+
+impl NetManager {
+    /// Publishes `view` to the engine (as a cluster would, on `nodes/<id>/net/view`) and waits
+    /// until this net manager shows `applied` in its `GET /view`.
+    pub async fn view_from(
+        &self,
+        cluster: &super::Cluster,
+        view: &serde_json::Value,
+        applied: &str,
+    ) {
+        cluster
+            .publish_raw(
+                canopy_proto::worker::topics::net_view(&super::node_id()),
+                view.to_string().into_bytes(),
+            )
+            .await;
+        let start = Instant::now();
+        while !self.curl(&["http://nm/view"]).contains(applied) {
+            assert!(
+                start.elapsed() < super::SECS_30,
+                "the view never reached the net manager"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
