@@ -706,6 +706,7 @@ pub mod stats {
         pub p50: f64,
         pub p90: f64,
         pub p99: f64,
+        pub min: f64,
         pub max: f64,
     }
 
@@ -724,6 +725,7 @@ pub mod stats {
             p50: percentile(&v, 50.0),
             p90: percentile(&v, 90.0),
             p99: percentile(&v, 99.0),
+            min: v.first().copied().unwrap_or(f64::NAN),
             max: v.last().copied().unwrap_or(f64::NAN),
         }
     }

@@ -28,8 +28,11 @@
 //! nothing to do ([`Outcome::Skipped`]). With iptables-nft (Debian's `iptables`), listing
 //! always works, and the first insert makes the `ip filter` table with a `FORWARD` chain of
 //! policy accept if there was none: harmless, and a firewall that starts later with policy
-//! drop then finds the rules already there. The table and chain stay after the rules are
-//! removed (they may be someone else's by then).
+//! drop then finds the rules already there. After its rules are removed, a `filter` table of
+//! iptables-nft that holds nothing but the three built-in chains with policy accept (what the
+//! first insert made, or a table nobody uses) is deleted too ([`tidy_with`]), so a worker
+//! that leaves leaves no table behind; anything else in it (a rule, a chain, a drop policy)
+//! keeps it.
 //!
 //! What this does not cover: a pure-nftables firewall (firewalld's `inet firewalld`, a
 //! hand-written `forward` chain with policy drop), and an `INPUT` policy of drop (the
@@ -235,18 +238,52 @@ pub fn remove_with(run: &mut Runner<'_>, links: &[&str]) -> Result<Outcome, Fire
     Ok(Outcome::Changed(deleted))
 }
 
+/// What `iptables -S` prints for a `filter` table with nothing in it.
+const EMPTY_FILTER: [&str; 3] = ["-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT"];
+
+/// Deletes iptables-nft's `ip filter` table (through `drop_table`: `nft delete table ip
+/// filter`) when `iptables -S` (through `run`) shows nothing in it but [`EMPTY_FILTER`].
+/// Returns whether it did. iptables-legacy's tables belong to the kernel and stay; a table
+/// that is already gone is fine.
+pub fn tidy_with(
+    run: &mut Runner<'_>,
+    drop_table: &mut dyn FnMut() -> std::io::Result<Ran>,
+) -> Result<bool, FirewallError> {
+    let nft_backed = match run(&["-V".to_owned()]) {
+        Ok(r) if r.ok() => r.stdout.contains("nf_tables"),
+        _ => return Ok(false),
+    };
+    let listing = run(&["-S".to_owned()]).map_err(FirewallError::Run)?;
+    let mut lines: Vec<&str> = listing.stdout.lines().map(str::trim).collect();
+    lines.retain(|l| !l.is_empty());
+    let mut empty = EMPTY_FILTER.to_vec();
+    lines.sort_unstable();
+    empty.sort_unstable();
+    if !nft_backed || !listing.ok() || lines != empty {
+        return Ok(false);
+    }
+    Ok(drop_table().map_err(FirewallError::Run)?.ok())
+}
+
 /// Runs `iptables -w args…`, in the network namespace at `ns` when given (through
 /// `nsenter --net`, so this process never changes namespace).
 pub fn iptables(ns: Option<&Path>, args: &[String]) -> std::io::Result<Ran> {
+    let mut a = vec!["-w".to_owned()];
+    a.extend_from_slice(args);
+    run_tool(ns, "iptables", &a)
+}
+
+/// Runs `program args…`, in the network namespace at `ns` when given.
+fn run_tool(ns: Option<&Path>, program: &str, args: &[String]) -> std::io::Result<Ran> {
     let mut cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("iptables");
+            c.arg(format!("--net={}", ns.display())).arg(program);
             c
         }
-        None => Command::new("iptables"),
+        None => Command::new(program),
     };
-    let out = cmd.arg("-w").args(args).stdin(Stdio::null()).output()?;
+    let out = cmd.args(args).stdin(Stdio::null()).output()?;
     Ok(Ran {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -259,9 +296,18 @@ pub fn ensure(ns: Option<&Path>, links: &[&str]) -> Result<Outcome, FirewallErro
     ensure_with(&mut |a: &[String]| iptables(ns, a), links)
 }
 
-/// [`remove_with`] with `iptables` in the namespace at `ns` (`None`: this process's own).
+/// [`remove_with`] with `iptables` in the namespace at `ns` (`None`: this process's own),
+/// then [`tidy_with`] with `nft` there.
 pub fn remove(ns: Option<&Path>, links: &[&str]) -> Result<Outcome, FirewallError> {
-    remove_with(&mut |a: &[String]| iptables(ns, a), links)
+    let out = remove_with(&mut |a: &[String]| iptables(ns, a), links)?;
+    if matches!(out, Outcome::Changed(n) if n > 0) {
+        let drop_table = || {
+            let a = ["delete", "table", "ip", "filter"].map(str::to_owned);
+            run_tool(ns, "nft", &a)
+        };
+        tidy_with(&mut |a: &[String]| iptables(ns, a), &mut { drop_table })?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -446,6 +492,39 @@ mod tests {
         let nsenter = |_: &[String]| ran(127, "");
         let out = ensure_with(&mut { nsenter }, &["br0"]).unwrap();
         assert!(matches!(out, Outcome::Skipped(_)), "{out:?}");
+    }
+
+    #[test]
+    fn an_empty_nft_filter_table_is_deleted_and_anything_else_kept() {
+        let tidy = |version: &str, listing: &str| {
+            let (version, listing) = (version.to_owned(), listing.to_owned());
+            let mut run = |a: &[String]| match a[0].as_str() {
+                "-V" => ran(0, &version),
+                "-S" => ran(0, &listing),
+                other => panic!("unexpected {other}"),
+            };
+            let mut dropped = 0;
+            let did = tidy_with(&mut run, &mut || {
+                dropped += 1;
+                ran(0, "")
+            })
+            .unwrap();
+            assert_eq!(did, dropped == 1);
+            did
+        };
+        let nft = "iptables v1.8.9 (nf_tables)\n";
+        let empty = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
+        assert!(tidy(nft, empty));
+        assert!(
+            !tidy("iptables v1.8.9 (legacy)\n", empty),
+            "legacy tables stay"
+        );
+        assert!(!tidy(
+            nft,
+            "-P INPUT ACCEPT\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n"
+        ));
+        assert!(!tidy(nft, &format!("{empty}-N DOCKER-USER\n")));
+        assert!(!tidy(nft, &format!("{empty}-A INPUT -j ACCEPT\n")));
     }
 
     #[test]
