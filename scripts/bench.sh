@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Canopy's benchmarks (never part of the test suite's pass/fail). As root, on Debian:
 #
-#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay]   (default: all)
+#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay] [unikernel]
+#                                                                        (default: all)
 #
 # Builds in release mode, starts containerd if none answers, runs
-# `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`)
-# and, for `overlay`, `cargo bench -p canopy-e2e --bench overlay` (workers in network
-# namespaces of their own, iperf3 and ping through service IPs),
+# `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`;
+# `unikernel` there is submit → RUNNING for a tiny kernel under QEMU), for `overlay`
+# `cargo bench -p canopy-e2e --bench overlay` (workers in network namespaces of their own,
+# iperf3 and ping through service IPs) and for `unikernel` also
+# `cargo bench -p node-engine --bench unikernel_boot` (QEMU spawned → the guest's marker; it
+# downloads Debian's cloud kernel once for the Linux micro-VM; installs QEMU if missing),
 # and writes docs/benchmarks.json (figures and the machine) and the "Whole system" table of
 # docs/benchmarks.md. Sections not run keep their previous figures.
 #
 # Environment: CANOPY_BENCH_RUNS (latency runs, 50), CANOPY_BENCH_VIRTUAL_WORKERS (200),
-# CANOPY_BENCH_INSTANCES (5000), CANOPY_BENCH_FAILOVER_RUNS (10), CANOPY_BENCH_IDLE_SECS (60).
+# CANOPY_BENCH_INSTANCES (5000), CANOPY_BENCH_FAILOVER_RUNS (10), CANOPY_BENCH_IDLE_SECS (60),
+# CANOPY_BENCH_BOOT_RUNS (QEMU boots per kind in unikernel_boot, 5; CANOPY_BENCH_RUNS also sets
+# the unikernel section's submissions, 50).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,17 +33,24 @@ apt_install ca-certificates build-essential pkg-config protobuf-compiler python3
 ensure_rust
 ensure_containerd "$RUN_DIR/containerd.log"
 
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay unikernel)
+STACK=()
+OVERLAY=no
+UNIKERNEL=no
+for s in "${SECTIONS[@]}"; do
+  case "$s" in
+    overlay) OVERLAY=yes ;;
+    unikernel) UNIKERNEL=yes; STACK+=("$s") ;;
+    *) STACK+=("$s") ;;
+  esac
+done
+[ "$UNIKERNEL" = no ] || ensure_qemu
+
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CANOPY_CACHE_DIR/target}
 step "Build (release)"
 cargo build --release --locked --workspace --bins
 
-SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay)
-STACK=()
-OVERLAY=no
-for s in "${SECTIONS[@]}"; do
-  if [ "$s" = overlay ]; then OVERLAY=yes; else STACK+=("$s"); fi
-done
 step "Benchmarks: ${SECTIONS[*]}"
 OUT="$RUN_DIR/bench.out"
 : >"$OUT"
@@ -46,6 +59,10 @@ if [ ${#STACK[@]} -gt 0 ]; then
 fi
 if [ "$OVERLAY" = yes ]; then
   cargo bench --locked -p canopy-e2e --bench overlay | tee -a "$OUT"
+fi
+if [ "$UNIKERNEL" = yes ]; then
+  CANOPY_BENCH_RUNS=${CANOPY_BENCH_BOOT_RUNS:-5} \
+    cargo bench --locked -p node-engine --bench unikernel_boot | tee -a "$OUT"
 fi
 
 step "Writing docs/benchmarks.json and docs/benchmarks.md"
@@ -85,6 +102,7 @@ def p(key):
 
 m = data["machine"]
 s = data.get("sections", {})
+boot = data.get("unikernel_boot_to_marker_ms") or {}
 rows = [
     "## Whole system (`scripts/bench.sh`)",
     "",
@@ -97,6 +115,8 @@ rows = [
     f"| submit → `RUNNING`, container (cached image), p50 / p90 / p99 ms over {s.get('latency', {}).get('runs', '—')} | {p('container_submit_to_running_ms')} | `bash scripts/bench.sh latency` |",
     f"| bare `ctr run -d` of the same image, same run, p50 / p90 / p99 ms | {p('ctr_run_baseline_ms')} | (same) |",
     f"| submit → `RUNNING`, wasm module, p50 / p90 / p99 ms | {p('wasm_submit_to_running_ms')} | (same) |",
+    f"| submit → `RUNNING`, unikernel (tiny PVH kernel over HTTP, QEMU with {s.get('unikernel', {}).get('accel', '—')}), p50 / p90 / p99 ms over {s.get('unikernel', {}).get('runs', '—')} | {p('unikernel_submit_to_running_ms')} | `bash scripts/bench.sh unikernel` |",
+    f"| QEMU spawned → the guest's marker on the console, p50 ms over {s.get('unikernel_boot', {}).get('runs', '—')}: tiny kernel KVM / TCG, Linux micro-VM TCG | {f(boot.get('tiny_kvm'))} / {f(boot.get('tiny_tcg'))} / {f(boot.get('linux_tcg'))} | (same) |",
     f"| placements per second: {s.get('placement', {}).get('instances', '—')} instances onto {s.get('placement', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second'), 0)} | `bash scripts/bench.sh placement` |",
     f"| worker killed → instance `RUNNING` on another, p50 ms over {s.get('failover', {}).get('runs', '—')} | {f((data.get('failover_to_running_ms') or {}).get('p50'), 0)} | `bash scripts/bench.sh failover` |",
 ]

@@ -93,6 +93,10 @@ async fn gather(args: &DoctorArgs) -> Facts {
         runc: first_line("runc", &["--version"]),
         cgroups: cgroups(),
         kvm: kvm(),
+        qemu_binary: qemu_binary(),
+        qemu: qemu_binary()
+            .filter(|_| worker)
+            .and_then(|b| first_line(b, &["--version"])),
         nft: first_line("nft", &["--version"]),
         modules: OVERLAY_MODULES
             .iter()
@@ -111,6 +115,21 @@ async fn gather(args: &DoctorArgs) -> Facts {
         now_unix,
         reach,
     }
+}
+
+/// The QEMU the node engine runs unikernels with on this architecture.
+pub fn qemu_binary() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some("qemu-system-x86_64"),
+        "aarch64" => Some("qemu-system-aarch64"),
+        _ => None,
+    }
+}
+
+/// Whether `name` is a file in one of `$PATH`'s directories (how the node engine looks).
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 /// The first line a command prints, if it runs and succeeds.

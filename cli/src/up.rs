@@ -7,7 +7,8 @@
 //! 3. N × `net-manager` (`--same-host`: every worker has its own bridge and nftables table in
 //!    this machine's network namespace, so their instances reach each other by service IPs
 //!    and names; not with `--no-overlay`);
-//! 4. N × `node-engine` (`--remove-on-exit`, namespace `<prefix>-workerI`, API port of its own);
+//! 4. N × `node-engine` (`--remove-on-exit`, namespace `<prefix>-workerI`, API port of its own;
+//!    containers, wasm and — where QEMU is installed — unikernels);
 //!
 //! then logs in as `Admin`, waits until the root sees the cluster with N active workers, saves
 //! the login for the CLI and prints what to do next. `<data-dir>/up.json` lists every child
@@ -48,8 +49,9 @@ pub struct UpArgs {
     pub containerd_namespace: String,
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub containerd_socket: PathBuf,
-    /// What the workers offer.
-    #[arg(long, default_value = "container,wasm")]
+    /// What the workers offer. `unikernel` is offered only where QEMU is installed: without
+    /// it the engines skip it (and say so in their logs) and the rest runs as before.
+    #[arg(long, default_value = "container,wasm,unikernel")]
     pub runtimes: String,
     /// Where the daemon binaries are; default: next to `canopy`, else on PATH.
     #[arg(long)]

@@ -7,6 +7,8 @@
 //!   drop.
 //! - [`ctr`]: what containerd holds in a namespace, through the `ctr` tool.
 //! - [`demo_image`]: the busybox image the quickstart uses, built once per run.
+//! - [`unikernel`]: tiny kernels for `virtualization: unikernel`, served over HTTP on
+//!   loopback, and the QEMU pids a worker records.
 //!
 //! The daemons are found next to the test executable's directory (`target/<profile>/`): build
 //! them first (`cargo build --workspace --bins`; `scripts/test.sh` does).
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod lab;
+pub mod unikernel;
 
 pub const ADMIN_PASSWORD: &str = "e2e-admin-pw";
 
@@ -200,17 +203,23 @@ impl Stack {
     /// suite's stacks run side by side; overlay stacks would share this host's worker
     /// subnets).
     pub async fn up_with(workers: u32, extra_args: &[&str]) -> Stack {
+        Self::up_with_env(workers, extra_args, &[]).await
+    }
+
+    /// [`Stack::up_with`] with `canopy up` (and so every daemon) given these environment
+    /// variables, e.g. a `PATH` without QEMU.
+    pub async fn up_with_env(workers: u32, extra_args: &[&str], env: &[(&str, &str)]) -> Stack {
         let mut args = vec!["--no-overlay"];
         args.extend_from_slice(extra_args);
-        Self::start(workers, &args).await
+        Self::start(workers, &args, env).await
     }
 
     /// `canopy up --workers N ARGS` with its overlay (one such stack at a time per machine).
     pub async fn up_overlay(workers: u32, extra_args: &[&str]) -> Stack {
-        Self::start(workers, extra_args).await
+        Self::start(workers, extra_args, &[]).await
     }
 
-    async fn start(workers: u32, extra_args: &[&str]) -> Stack {
+    async fn start(workers: u32, extra_args: &[&str], env: &[(&str, &str)]) -> Stack {
         let bins = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("canopy-e2e-")
@@ -236,6 +245,7 @@ impl Stack {
             .env("CANOPY_CONFIG", dir.path().join("cli.json"))
             .env("CANOPY_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("CANOPY_API")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

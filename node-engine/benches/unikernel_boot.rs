@@ -5,7 +5,8 @@
 //!     cargo bench -p node-engine --bench unikernel_boot
 //!
 //! `CANOPY_BENCH_RUNS` sets the boots per kind (default 5). The last line of output is
-//! `BENCH_JSON {...}`. `tiny_kvm` is null where /dev/kvm does not open.
+//! `BENCH_JSON {"unikernel_boot": {...}}` (p50s, ms) for `scripts/bench.sh unikernel`.
+//! `tiny_kvm` is null where /dev/kvm does not open.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use canopy_core::Architecture;
@@ -139,13 +140,13 @@ fn main() {
     }
     println!(
         "BENCH_JSON {}",
-        serde_json::json!({
+        serde_json::json!({"unikernel_boot": {
             "runs": runs,
             "unikernel_boot_to_marker_ms": {
                 "tiny_tcg": tiny_tcg.p50,
                 "tiny_kvm": tiny_kvm.map(|s| s.p50),
                 "linux_tcg": linux_tcg.p50,
             }
-        })
+        }})
     );
 }

@@ -92,6 +92,10 @@ pub struct Facts {
     pub cgroups: Cgroups,
     /// `/dev/kvm`: None if absent, else whether it opens read-write.
     pub kvm: Option<bool>,
+    /// The QEMU this architecture needs (`qemu-system-x86_64`), if there is one.
+    pub qemu_binary: Option<&'static str>,
+    /// Its `--version`'s first line, if it is installed.
+    pub qemu: Option<String>,
     /// `nft --version`.
     pub nft: Option<String>,
     pub modules: Vec<(&'static str, Module)>,
@@ -122,8 +126,9 @@ pub fn checks(f: &Facts) -> Vec<Line> {
         out.push(match f.kvm {
             Some(true) => line(Level::Ok, "kvm", "/dev/kvm opens read-write"),
             Some(false) => line(Level::Warn, "kvm", "/dev/kvm is there but does not open read-write: run as root"),
-            None => line(Level::Warn, "kvm", "no /dev/kvm: unikernels cannot run here (enable virtualization; modprobe kvm_intel or kvm_amd)"),
+            None => line(Level::Warn, "kvm", "no /dev/kvm: unikernels run under software emulation (TCG), slower (enable virtualization; modprobe kvm_intel or kvm_amd)"),
         });
+        out.push(qemu(f.qemu_binary, f.qemu.as_deref()));
         out.push(match &f.nft {
             Some(v) => line(Level::Ok, "nftables", v.clone()),
             None => line(
@@ -154,6 +159,35 @@ pub fn checks(f: &Facts) -> Vec<Line> {
         });
     }
     out
+}
+
+/// QEMU runs unikernels (`virtualization: unikernel`); without it a worker offers the rest.
+fn qemu(binary: Option<&str>, version: Option<&str>) -> Line {
+    match (binary, version) {
+        (Some(_), Some(v)) => line(Level::Ok, "qemu", v),
+        (Some(b), None) => {
+            let package = if b.ends_with("x86_64") {
+                "qemu-system-x86"
+            } else {
+                "qemu-system-arm"
+            };
+            line(
+                Level::Warn,
+                "qemu",
+                format!(
+                    "{b} not found: unikernels are not offered (the node engine and `canopy up` run the other runtimes); apt-get install {package}"
+                ),
+            )
+        }
+        (None, _) => line(
+            Level::Warn,
+            "qemu",
+            format!(
+                "no QEMU for {}: unikernels are not offered here",
+                std::env::consts::ARCH
+            ),
+        ),
+    }
 }
 
 fn containerd(socket: &str, c: &Containerd) -> Line {
@@ -295,6 +329,8 @@ mod tests {
                 "io".into(),
             ]),
             kvm: Some(true),
+            qemu_binary: Some("qemu-system-x86_64"),
+            qemu: Some("QEMU emulator version 10.0.2".into()),
             nft: Some("nftables v1.0.6".into()),
             modules: OVERLAY_MODULES
                 .iter()
@@ -319,7 +355,7 @@ mod tests {
     fn a_healthy_worker_is_all_ok() {
         let lines = checks(&healthy());
         assert!(lines.iter().all(|l| l.level == Level::Ok), "{lines:#?}");
-        assert_eq!(lines.len(), 4 + 1 + 5 + 1 + 1 + 1);
+        assert_eq!(lines.len(), 5 + 1 + 5 + 1 + 1 + 1);
     }
 
     #[test]
@@ -359,12 +395,36 @@ mod tests {
         assert_eq!(cg.level, Level::Fail);
         assert!(cg.text.contains("memory, pids missing"), "{cg}");
         assert_eq!(find(&lines, "kvm").level, Level::Warn);
+        assert!(find(&lines, "kvm").text.contains("software emulation"));
         assert!(find(&lines, "module").text.contains("modprobe vxlan"));
         assert!(
             find(&lines, "port")
                 .text
                 .contains("10110 (node engine API) is in use")
         );
+    }
+
+    #[test]
+    fn without_qemu_unikernels_are_a_warning_not_a_failure() {
+        let mut f = healthy();
+        f.qemu = None;
+        let l = find(&checks(&f), "qemu").clone();
+        assert_eq!(l.level, Level::Warn);
+        assert!(
+            l.text.contains("qemu-system-x86_64 not found")
+                && l.text.contains("unikernels are not offered")
+                && l.text.contains("apt-get install qemu-system-x86"),
+            "{l}"
+        );
+        f.qemu_binary = Some("qemu-system-aarch64");
+        assert!(
+            find(&checks(&f), "qemu")
+                .text
+                .contains("apt-get install qemu-system-arm")
+        );
+        f.qemu_binary = None;
+        assert_eq!(find(&checks(&f), "qemu").level, Level::Warn);
+        assert_eq!(find(&checks(&healthy()), "qemu").level, Level::Ok);
     }
 
     #[test]

@@ -33,9 +33,14 @@ pub fn validate(args: &UpArgs) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Whether `--runtimes` names `runtime`.
+pub fn offers(args: &UpArgs, runtime: &str) -> bool {
+    args.runtimes.split(',').any(|r| r.trim() == runtime)
+}
+
 /// Whether the workers need containerd (real workers offering containers).
 pub fn needs_containerd(args: &UpArgs) -> bool {
-    args.workers > 0 && args.runtimes.split(',').any(|r| r.trim() == "container")
+    args.workers > 0 && offers(args, "container")
 }
 
 /// The ports of one `canopy up`.
@@ -413,7 +418,7 @@ mod tests {
                 "--api-addr=127.0.0.1:10111",
                 "--containerd-socket=/run/containerd/containerd.sock",
                 "--containerd-namespace=canopy-test-worker2",
-                "--runtimes=container,wasm",
+                "--runtimes=container,wasm,unikernel",
                 "--remove-on-exit",
                 "--net-manager-socket=/d/worker2/net.sock",
                 "--log=info",
@@ -527,7 +532,13 @@ mod tests {
             Ok(())
         );
         assert!(needs_containerd(&args(&[])));
+        assert!(offers(&args(&[]), "unikernel"));
+        assert!(!offers(&args(&["--runtimes=container,wasm"]), "unikernel"));
         assert!(!needs_containerd(&args(&["--runtimes=wasm"])));
+        assert!(!needs_containerd(&args(&["--runtimes=unikernel,wasm"])));
+        assert!(needs_containerd(&args(&[
+            "--runtimes=unikernel, container"
+        ])));
         assert!(!needs_containerd(&args(&[
             "--workers=0",
             "--virtual-workers=3"

@@ -120,6 +120,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  password     {password}");
     println!("  logs         {}/logs/", dir.display());
     println!("  containerd   namespaces {}", ns.join(", "));
+    if args.workers > 0 && plan::offers(&args, "unikernel") {
+        match crate::doctor::qemu_binary() {
+            Some(b) if crate::doctor::on_path(b) => println!("  unikernels   {b}"),
+            Some(b) => println!("  unikernels   not offered: {b} is not installed"),
+            None => println!("  unikernels   not offered: no QEMU for this architecture"),
+        }
+    }
     println!();
     println!("The canopy CLI is logged in to it. Next:");
     println!("  canopy apply SLA.json --wait      (examples/quickstart.json is the demo)");
