@@ -36,38 +36,17 @@ export DOCKER_HOST=unix://$RUN/docker.sock
 COMPOSE_ROOT=(docker-compose -p "${ID}root" -f "$REPO/compose/root.yml")
 COMPOSE_CLUSTER=(docker-compose -p "${ID}cluster" -f "$REPO/compose/cluster.yml")
 
-# --- the machine before ---------------------------------------------------------------------
-tables() { iptables-save | sed -e '/^#/d' -e 's/\[[0-9]*:[0-9]*\]//'; }
-tables >"$RUN/iptables.before"
-FORWARDING=$(cat /proc/sys/net/ipv4/ip_forward)
-HAD_DOCKER0=0
-ip link show docker0 >/dev/null 2>&1 && HAD_DOCKER0=1
-# What dockerd leaves beside its own directories: its trust key, a plugin directory, the
-# containerd namespace it uses.
-leftovers() {
-  [ -e /etc/docker/key.json ] && echo /etc/docker/key.json
-  [ -e /run/docker ] && echo /run/docker
-  ctr namespaces ls -q 2>/dev/null | grep -qx moby && echo moby
-  true
-}
-leftovers >"$RUN/leftovers.before"
-DOCKERD_PID=''
+# --- the machine before (scripts/lib.sh: dockerd_before ... dockerd_check) ------------------
+dockerd_before "$RUN"
 
 teardown() {
-  if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+  if dockerd_running; then
     "${COMPOSE_CLUSTER[@]}" down -v --remove-orphans >>"$RUN/compose.log" 2>&1 || true
     "${COMPOSE_ROOT[@]}" down -v --remove-orphans >>"$RUN/compose.log" 2>&1 || true
     "$DOCKER" rmi -f "canopy/root:$TAG" "canopy/cluster:$TAG" >>"$RUN/compose.log" 2>&1 || true
-    kill "$DOCKERD_PID" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 200; i++)); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
   fi
-  DOCKERD_PID=''
-  if [ "$HAD_DOCKER0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then ip link del docker0; fi
-  echo "$FORWARDING" >/proc/sys/net/ipv4/ip_forward
-  grep -qx /etc/docker/key.json "$RUN/leftovers.before" || rm -f /etc/docker/key.json
-  grep -qx /run/docker "$RUN/leftovers.before" || rmdir /run/docker/plugins /run/docker 2>/dev/null || true
-  grep -qx moby "$RUN/leftovers.before" || ctr namespaces rm moby >/dev/null 2>&1 || true
+  dockerd_stop
+  dockerd_restore
 }
 on_exit() {
   local rc=$?
@@ -83,17 +62,7 @@ on_exit() {
 trap on_exit EXIT
 
 step "dockerd (data in $RUN, socket $RUN/docker.sock)"
-"$DOCKERD" --data-root "$RUN/data" --exec-root "$RUN/exec" -H "unix://$RUN/docker.sock" \
-  --pidfile "$RUN/docker.pid" --iptables=false --ip-forward=false --ip-masq=false \
-  >"$RUN/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-for ((i = 0; i < 300; i++)); do
-  "$DOCKER" version >/dev/null 2>&1 && break
-  kill -0 "$DOCKERD_PID" 2>/dev/null || die "dockerd exited: $(tail -n 5 "$RUN/dockerd.log")"
-  sleep 0.1
-done
-"$DOCKER" version >/dev/null 2>&1 || die "dockerd did not answer within 30 s"
-note "dockerd pid $DOCKERD_PID"
+dockerd_start "$RUN" --iptables=false --ip-forward=false --ip-masq=false
 
 step "images from $BIN_DIR"
 bash "$REPO/scripts/compose-images.sh" --bin-dir "$BIN_DIR" --tag "$TAG"
@@ -179,10 +148,6 @@ step "teardown; the machine as before"
 stop_started
 _started_pids=()
 teardown
-tables >"$RUN/iptables.after"
-diff -u "$RUN/iptables.before" "$RUN/iptables.after" || die "iptables differ from before dockerd"
-[ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$FORWARDING" ] || die "ip_forward changed"
-if [ "$HAD_DOCKER0" = 0 ] && ip link show docker0 >/dev/null 2>&1; then die "docker0 is left"; fi
-leftovers | diff -u "$RUN/leftovers.before" - || die "dockerd left files or a containerd namespace"
+dockerd_check
 note "iptables, ip_forward and docker0 as before; dockerd stopped"
 step "compose test passed"

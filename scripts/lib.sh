@@ -128,3 +128,103 @@ ensure_containerd() {
   done
   die "containerd did not answer within 30 s (log: $log)"
 }
+
+# --- A private dockerd (Debian's docker.io 20.10) ----------------------------------------------
+# One dockerd with its own --data-root, --exec-root, socket and pid file under a directory of
+# the caller's, stopped by its pid (never by name); afterwards the machine is as before:
+#
+#   dockerd_before DIR          records iptables, ip_forward, docker0/docker_gwbridge and what
+#                               dockerd leaves beside its directories (call first, as root)
+#   dockerd_start DIR ARG...    starts $DOCKERD with ARG... (exports DOCKER_HOST, sets
+#                               DOCKERD_PID; log DIR/dockerd.log); waits until it answers
+#   dockerd_stop                stops it by pid (up to 20 s)
+#   dockerd_restore             removes links it made, restores ip_forward, unmounts what is
+#                               left under DIR, removes its trust key, /run/docker and the
+#                               containerd namespace moby if they were not there before
+#   dockerd_check               dies unless iptables, ip_forward, links and leftovers are as
+#                               dockerd_before found them
+#
+# dockerd_before sets $DOCKERD and $DOCKER, if unset, to Debian's /usr/sbin/dockerd and
+# /usr/bin/docker (not a /usr/local/bin/docker another install may put first in PATH).
+DOCKERD_PID=''
+_dockerd_dir=''
+_dockerd_links=(docker0 docker_gwbridge)
+_dockerd_tables() { iptables-save | sed -e '/^#/d' -e 's/\[[0-9]*:[0-9]*\]//'; }
+# What dockerd leaves beside its own directories: its trust key, a plugin directory, the
+# containerd namespace it uses.
+_dockerd_leftovers() {
+  [ -e /etc/docker/key.json ] && echo /etc/docker/key.json
+  [ -e /run/docker ] && echo /run/docker
+  ctr namespaces ls -q 2>/dev/null | grep -qx moby && echo moby
+  true
+}
+_dockerd_links_present() {
+  local l
+  for l in "${_dockerd_links[@]}"; do ip link show "$l" >/dev/null 2>&1 && echo "$l"; done
+  true
+}
+# Mount points under DIR (dockerd bind-mounts its data root and network namespaces there).
+_dockerd_mounts() { awk -v d="$_dockerd_dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo; }
+
+dockerd_before() {
+  _dockerd_dir=$1
+  DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
+  DOCKER=${DOCKER:-/usr/bin/docker}
+  [ "$(id -u)" -eq 0 ] || die "starting dockerd needs root"
+  _dockerd_tables >"$_dockerd_dir/iptables.before"
+  cat /proc/sys/net/ipv4/ip_forward >"$_dockerd_dir/ip_forward.before"
+  _dockerd_links_present >"$_dockerd_dir/links.before"
+  _dockerd_leftovers >"$_dockerd_dir/leftovers.before"
+}
+
+dockerd_start() {
+  local dir=$1 i
+  shift
+  export DOCKER_HOST=unix://$dir/docker.sock
+  "$DOCKERD" --data-root "$dir/data" --exec-root "$dir/exec" -H "$DOCKER_HOST" \
+    --pidfile "$dir/docker.pid" "$@" >"$dir/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for ((i = 0; i < 300; i++)); do
+    "$DOCKER" version >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || die "dockerd exited: $(tail -n 5 "$dir/dockerd.log")"
+    sleep 0.1
+  done
+  "$DOCKER" version >/dev/null 2>&1 || die "dockerd did not answer within 30 s"
+  note "dockerd pid $DOCKERD_PID"
+}
+
+# dockerd_running: whether the dockerd started here still runs.
+dockerd_running() { [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; }
+
+dockerd_stop() {
+  local i
+  if dockerd_running; then
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  DOCKERD_PID=''
+}
+
+dockerd_restore() {
+  [ -n "$_dockerd_dir" ] && [ -e "$_dockerd_dir/leftovers.before" ] || return 0
+  local l m
+  for l in $(_dockerd_links_present); do
+    grep -qx "$l" "$_dockerd_dir/links.before" || ip link del "$l" 2>/dev/null || true
+  done
+  cat "$_dockerd_dir/ip_forward.before" >/proc/sys/net/ipv4/ip_forward
+  for m in $(_dockerd_mounts | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  grep -qx /etc/docker/key.json "$_dockerd_dir/leftovers.before" || rm -f /etc/docker/key.json
+  grep -qx /run/docker "$_dockerd_dir/leftovers.before" ||
+    rmdir /run/docker/plugins /run/docker 2>/dev/null || true
+  grep -qx moby "$_dockerd_dir/leftovers.before" || ctr namespaces rm moby >/dev/null 2>&1 || true
+}
+
+dockerd_check() {
+  _dockerd_tables | diff -u "$_dockerd_dir/iptables.before" - || die "iptables differ from before dockerd"
+  [ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$(cat "$_dockerd_dir/ip_forward.before")" ] ||
+    die "ip_forward changed"
+  _dockerd_links_present | diff -u "$_dockerd_dir/links.before" - || die "dockerd left a bridge"
+  [ -z "$(_dockerd_mounts)" ] || die "mounts left under $_dockerd_dir: $(_dockerd_mounts)"
+  _dockerd_leftovers | diff -u "$_dockerd_dir/leftovers.before" - ||
+    die "dockerd left files or a containerd namespace"
+}
