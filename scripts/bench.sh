@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Canopy's benchmarks (never part of the test suite's pass/fail). As root, on Debian:
 #
-#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay] [unikernel]
+#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay] [unikernel] [swarm]
 #                                                                        (default: all)
 #
 # Builds in release mode, starts containerd if none answers, runs
@@ -11,13 +11,15 @@
 # iperf3 and ping through service IPs) and for `unikernel` also
 # `cargo bench -p node-engine --bench unikernel_boot` (QEMU spawned → the guest's marker; it
 # downloads Debian's cloud kernel once for the Linux micro-VM; installs QEMU if missing),
+# for `swarm` scripts/swarm-bench.sh (a live peer: Docker swarm's `docker service create` →
+# task running for the same busybox image, against a private dockerd; installs docker.io),
 # and writes docs/benchmarks.json (figures and the machine) and the "Whole system" table of
 # docs/benchmarks.md. Sections not run keep their previous figures.
 #
 # Environment: CANOPY_BENCH_RUNS (latency runs, 50), CANOPY_BENCH_VIRTUAL_WORKERS (200),
 # CANOPY_BENCH_INSTANCES (5000), CANOPY_BENCH_FAILOVER_RUNS (10), CANOPY_BENCH_IDLE_SECS (60),
 # CANOPY_BENCH_BOOT_RUNS (QEMU boots per kind in unikernel_boot, 5; CANOPY_BENCH_RUNS also sets
-# the unikernel section's submissions, 50).
+# the unikernel section's submissions, 50), CANOPY_BENCH_SWARM_RUNS (20).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,18 +36,21 @@ ensure_rust
 ensure_containerd "$RUN_DIR/containerd.log"
 
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay unikernel)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay unikernel swarm)
 STACK=()
 OVERLAY=no
 UNIKERNEL=no
+SWARM=no
 for s in "${SECTIONS[@]}"; do
   case "$s" in
     overlay) OVERLAY=yes ;;
     unikernel) UNIKERNEL=yes; STACK+=("$s") ;;
+    swarm) SWARM=yes ;;
     *) STACK+=("$s") ;;
   esac
 done
 [ "$UNIKERNEL" = no ] || ensure_qemu
+[ "$SWARM" = no ] || apt_install docker.io
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CANOPY_CACHE_DIR/target}
 step "Build (release)"
@@ -63,6 +68,9 @@ fi
 if [ "$UNIKERNEL" = yes ]; then
   CANOPY_BENCH_RUNS=${CANOPY_BENCH_BOOT_RUNS:-5} \
     cargo bench --locked -p node-engine --bench unikernel_boot | tee -a "$OUT"
+fi
+if [ "$SWARM" = yes ]; then
+  bash "$REPO/scripts/swarm-bench.sh" | tee -a "$OUT"
 fi
 
 step "Writing docs/benchmarks.json and docs/benchmarks.md"
@@ -115,6 +123,7 @@ rows = [
     f"| submit → `RUNNING`, container (cached image), p50 / p90 / p99 ms over {s.get('latency', {}).get('runs', '—')} | {p('container_submit_to_running_ms')} | `bash scripts/bench.sh latency` |",
     f"| bare `ctr run -d` of the same image, same run, p50 / p90 / p99 ms | {p('ctr_run_baseline_ms')} | (same) |",
     f"| submit → `RUNNING`, wasm module, p50 / p90 / p99 ms | {p('wasm_submit_to_running_ms')} | (same) |",
+    f"| for comparison, Docker swarm (docker.io 20.10, one node, its own dockerd): `docker service create` → task running, same image, host network, p50 / p90 / p99 ms over {s.get('swarm', {}).get('runs', '—')} | {p('swarm_service_to_running_ms')} | `bash scripts/bench.sh swarm` |",
     f"| submit → `RUNNING`, unikernel (tiny PVH kernel over HTTP, QEMU with {s.get('unikernel', {}).get('accel', '—')}), p50 / p90 / p99 ms over {s.get('unikernel', {}).get('runs', '—')} | {p('unikernel_submit_to_running_ms')} | `bash scripts/bench.sh unikernel` |",
     f"| QEMU spawned → the guest's marker on the console, p50 ms over {s.get('unikernel_boot', {}).get('runs', '—')}: tiny kernel KVM / TCG, Linux micro-VM TCG | {f(boot.get('tiny_kvm'))} / {f(boot.get('tiny_tcg'))} / {f(boot.get('linux_tcg'))} | (same) |",
     f"| placements per second: {s.get('placement', {}).get('instances', '—')} instances onto {s.get('placement', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second'), 0)} | `bash scripts/bench.sh placement` |",
