@@ -8,18 +8,29 @@
 #       (`reset`: QEMU with -no-reboot exits 0) or writes N to isa-debug-exit at port 0xf4
 #       (`exit:N`: QEMU exits 2N+1).
 #
+#   [FILES_DIR=DIR] [DEBIAN_KERNEL=cloud-amd64|amd64] \
 #   scripts/unikernel-image.sh linux OUT.tar.gz MARKER [CACHE_DIR]
-#       A Linux micro-VM: Debian's cloud kernel (`apt-get download`, `dpkg-deb -x`, nothing
+#       A Linux micro-VM: a Debian kernel (`apt-get download`, `dpkg-deb -x`, nothing
 #       installed; the .deb is kept in CACHE_DIR, default $CANOPY_CACHE_DIR/debian-kernel) and
 #       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
 #       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
-#       0) or `httpd` (serves /www on port 80 until QEMU is stopped; the page holds MARKER).
+#       0) or `httpd` (serves /www on port 80 until QEMU is stopped; the page holds MARKER, and
+#       /big is 65536 bytes, 1024 times the line `canopy` and 57 dots, larger than any MTU).
 #       The initramfs carries the kernel's virtio-mmio and virtio-net modules (Debian builds
 #       them as modules, and its cloud kernel has no CONFIG_IP_PNP): /init loads them and, when
 #       the command line has `ip=<addr>::<gateway>:<netmask>::<dev>:off` (what the node engine
 #       appends for a VM on the overlay), gives <dev> <addr>/32 with <gateway> as its on-link
 #       default route (a /32 like a container's, so that replies to neighbours on the worker
-#       also pass the worker's routing and its service-IP translation).
+#       also pass the worker's routing and its service-IP translation), and prints
+#       `net: <dev> <addr> via <gateway> mtu <the interface's MTU>`.
+#       With FILES_DIR the archive also holds DIR as `files/` (the node engine shares it
+#       read-only over 9p, tag fs0) and the initramfs the kernel's 9p modules; when the VM has
+#       a virtio 9p device tagged fs0, /init mounts it once without `ro` and tries to create a
+#       file in it (printing `files: fs0 refuses writes: <error>` or `files: fs0 is writable`),
+#       then mounts it read-only at /www/files (httpd serves it under /files/) and prints
+#       `files: <name>: <first line>` for each regular file at its top.
+#       DEBIAN_KERNEL picks the kernel package: `cloud-amd64` (the default; small, but built
+#       without 9p) or `amd64` (the generic kernel; the default with FILES_DIR).
 #       Boot it with `console=ttyS0`; under software emulation on a busy host add
 #       `tsc_early_khz=2000000 no_timer_check` (the TSC's calibration against the PIT fails
 #       there and the kernel hangs).
@@ -76,13 +87,25 @@ PY
   mv "$out.tmp" "$out"
 }
 
+# The modules /init loads, in load order, each after the modules it depends on (checked against
+# each module's `depends=` below: Debian's .deb has no modules.dep, depmod writes it on install).
+NET_MODULES="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio
+  net/core/failover drivers/net/net_failover drivers/net/virtio_net"
+P9_MODULES="fs/netfs/netfs fs/fscache/fscache net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p"
+
 linux() {
   local out=$1 marker=$2 cache=${3:-$CANOPY_CACHE_DIR/debian-kernel}
+  local files=${FILES_DIR:-}
+  local flavour=${DEBIAN_KERNEL:-cloud-amd64}
+  [ -n "${DEBIAN_KERNEL:-}" ] || [ -z "$files" ] || flavour=amd64
   [ -x /bin/busybox ] || die "busybox-static is not installed (apt-get install busybox-static)"
+  [ -z "$files" ] || [ -d "$files" ] || die "FILES_DIR=$files is no directory"
+  [ -z "$files" ] || [ "$flavour" != cloud-amd64 ] \
+    || die "Debian's cloud kernel is built without 9p (CONFIG_NET_9P): use DEBIAN_KERNEL=amd64 with FILES_DIR"
   mkdir -p "$cache"
   local pkg
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
-  [ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64 (run apt-get update)"
+  pkg=$(apt-cache depends "linux-image-$flavour" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  [ -n "$pkg" ] || die "apt knows no linux-image-$flavour (run apt-get update)"
   local deb
   deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
   if [ -z "$deb" ]; then
@@ -103,18 +126,36 @@ linux() {
   local root="$dir/root"
   mkdir -p "$root"/{bin,proc,sys,dev,www,lib/modules}
   cp /bin/busybox "$root/bin/busybox"
-  local mods="virtio_ring virtio virtio_mmio failover net_failover virtio_net" m
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards \
-    './lib/modules/*/kernel/drivers/virtio/virtio_ring.ko' \
-    './lib/modules/*/kernel/drivers/virtio/virtio.ko' \
-    './lib/modules/*/kernel/drivers/virtio/virtio_mmio.ko' \
-    './lib/modules/*/kernel/net/core/failover.ko' \
-    './lib/modules/*/kernel/drivers/net/net_failover.ko' \
-    './lib/modules/*/kernel/drivers/net/virtio_net.ko'
-  for m in $mods; do
-    find "$dir/lib/modules" -name "$m.ko" -exec cp {} "$root/lib/modules/" \;
-    [ -f "$root/lib/modules/$m.ko" ] || die "$(basename "$deb") has no $m.ko"
+  local paths="$NET_MODULES" p m mods=""
+  [ -z "$files" ] || paths="$paths $P9_MODULES"
+  local patterns=()
+  for p in $paths; do patterns+=("./lib/modules/*/kernel/$p.ko"); done
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards "${patterns[@]}" \
+    || die "$(basename "$deb") lacks some of: $paths"
+  for p in $paths; do
+    m=${p##*/}
+    find "$dir/lib/modules" -path "*/kernel/$p.ko" -exec cp {} "$root/lib/modules/" \;
+    [ -f "$root/lib/modules/$m.ko" ] || die "$(basename "$deb") has no $p.ko"
+    mods="$mods $m"
   done
+  python3 - "$root/lib/modules" $mods <<'PY' || die "the module list above does not match $(basename "$deb")"
+import struct, sys
+# Each module's `depends=` (its ELF .modinfo section) must name only modules loaded before it.
+where, order = sys.argv[1], sys.argv[2:]
+for i, m in enumerate(order):
+    b = open(f"{where}/{m}.ko", "rb").read()
+    shoff, = struct.unpack_from("<Q", b, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQ", b, shoff + k * shentsize) for k in range(shnum)]
+    names = secs[shstrndx][4]
+    info = next(b[s[4]:s[4] + s[5]] for s in secs
+                if b[names + s[0]:b.index(b"\0", names + s[0])] == b".modinfo")
+    deps = [d for f in info.split(b"\0") if f.startswith(b"depends=")
+            for d in f[8:].decode().split(",") if d]
+    late = [d for d in deps if d not in order[:i]]
+    if late:
+        sys.exit(f"{m} depends on {', '.join(late)}, not loaded before it")
+PY
   cat >"$root/init" <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -123,7 +164,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "$marker \$(cat /proc/cmdline)"
-for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done
+for m in$mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done
 ip link set lo up
 for a in \$(cat /proc/cmdline); do
   case "\$a" in
@@ -135,12 +176,36 @@ for a in \$(cat /proc/cmdline); do
       ip addr add \$addr/32 dev \$dev
       ip route add \$gw dev \$dev
       ip route add default via \$gw dev \$dev
-      echo "net: \$dev \$addr via \$gw"
+      echo "net: \$dev \$addr via \$gw mtu \$(cat /sys/class/net/\$dev/mtu)"
       ;;
   esac
 done
+# A virtio 9p share tagged fs0 (the node engine's files/): first mounted as the guest would
+# write to it, to show the host refuses; then read-only at /www/files.
+if cat /sys/bus/virtio/devices/*/mount_tag 2>/dev/null | tr '\000' '\n' | grep -qx fs0; then
+  mkdir -p /www/files
+  if mount -t 9p -o trans=virtio,version=9p2000.L fs0 /www/files; then
+    if err=\$( { echo x >/www/files/.canopy-write-probe; } 2>&1 ); then
+      echo "files: fs0 is writable"
+    else
+      echo "files: fs0 refuses writes: \${err##*: }"
+    fi
+    umount /www/files
+  fi
+  if mount -t 9p -o trans=virtio,version=9p2000.L,ro fs0 /www/files; then
+    echo "files: fs0 mounted read-only at /www/files"
+    for f in /www/files/*; do
+      [ -f "\$f" ] && echo "files: \${f##*/}: \$(head -n 1 "\$f" | head -c 200)"
+    done
+  fi
+fi
 case "\$end" in
-  httpd) echo "<h1>canopy micro-VM $marker</h1>" >/www/index.html; httpd -p 80 -h /www; while :; do sleep 3600; done ;;
+  httpd)
+    echo "<h1>canopy micro-VM $marker</h1>" >/www/index.html
+    yes canopy......................................................... | head -c 65536 >/www/big
+    httpd -p 80 -h /www
+    while :; do sleep 3600; done
+    ;;
 esac
 poweroff -f
 INIT
@@ -165,13 +230,18 @@ buf += entry("TRAILER!!!", 0)
 open(out, "wb").write(buf)
 PY
   cp "$cache/$pkg.vmlinuz" "$dir/kernel"
+  local parts=(kernel initramfs.cpio)
+  if [ -n "$files" ]; then
+    cp -r "$files" "$dir/files"
+    parts+=(files)
+  fi
   mkdir -p "$(dirname "$out")"
-  tar -C "$dir" -czf "$out.tmp" kernel initramfs.cpio
+  tar -C "$dir" -czf "$out.tmp" "${parts[@]}"
   mv "$out.tmp" "$out"
 }
 
 case "${1:-}" in
   tiny) shift; tiny "$@" ;;
   linux) shift; linux "$@" ;;
-  *) die "usage: $0 tiny OUT.tar.gz MARKER halt|reset|exit:N | linux OUT.tar.gz MARKER [CACHE_DIR]" ;;
+  *) die "usage: $0 tiny OUT.tar.gz MARKER halt|reset|exit:N | [FILES_DIR=DIR] [DEBIAN_KERNEL=cloud-amd64|amd64] linux OUT.tar.gz MARKER [CACHE_DIR]" ;;
 esac

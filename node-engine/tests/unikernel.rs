@@ -1,7 +1,8 @@
 //! Unikernels under real QEMU (software emulation or KVM, as `auto` picks), with tiny PVH
 //! kernels built by `scripts/unikernel-image.sh`: served over HTTP on loopback, the serial
 //! console in the logs, one-shot completion, exit codes, bad input, and a node engine killed
-//! with SIGKILL that re-attaches to its VMs (same QEMU pid) and starts the dead ones again.
+//! with SIGKILL that re-attaches to its VMs (same QEMU pid) and starts the dead ones again;
+//! and the Linux micro-VM booting to its init, which reads the image's `files/` over 9p.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -358,6 +359,76 @@ async fn a_linux_micro_vm_boots_to_its_init() {
         cluster.undeploy(JOB, n).await;
     }
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(vms(dir.path()).is_empty());
+    engine.stop().await;
+}
+
+/// The image's `files/` is shared over 9p, tag fs0: the micro-VM's /init (Debian's generic
+/// kernel, its 9p modules) finds the device, is refused a write to it (QEMU's `readonly=on`,
+/// not just the guest's mount option), mounts it read-only and prints a file of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linux_micro_vm_reads_its_files_over_9p_and_cannot_write_them() {
+    require_qemu();
+    let files = kernels().join("9p-files");
+    std::fs::create_dir_all(&files).unwrap();
+    let greeting = format!("shared by test process {}", std::process::id());
+    std::fs::write(
+        files.join("greeting.txt"),
+        format!("{greeting}\nsecond line\n"),
+    )
+    .unwrap();
+    let image =
+        linux_microvm_with_files_at(&kernels().join("microvm-9p.tar.gz"), "HELLO-9P", &files);
+    let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("uni9p").await;
+
+    let mut m = uni(
+        0,
+        &image,
+        &[
+            "console=ttyS0",
+            "quiet",
+            "panic=-1",
+            "tsc_early_khz=2000000",
+            "no_timer_check",
+            "end=poweroff",
+        ],
+    );
+    m.memory = 128;
+    m.one_shot = true;
+    cluster.deploy(&m).await;
+    // The generic kernel boots slower than the cloud one under emulation on a loaded host.
+    cluster
+        .status(JOB, 0, "COMPLETED", Duration::from_secs(120))
+        .await;
+    let log = engine.logs(JOB, 0).await;
+    for line in [
+        "HELLO-9P console=ttyS0".to_owned(),
+        "files: fs0 refuses writes: Read-only file system".to_owned(),
+        "files: fs0 mounted read-only at /www/files".to_owned(),
+        format!("files: greeting.txt: {greeting}"),
+    ] {
+        assert!(
+            log.contains(&line),
+            "{line:?} missing in the console:\n{log}"
+        );
+    }
+    // The extracted share on the host holds what the archive held, nothing the guest wrote.
+    let images = dir.path().join("unikernel/images");
+    let shared: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("files"))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    let mut names: Vec<String> = std::fs::read_dir(&shared[0])
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["greeting.txt"]);
+    cluster.undeploy(JOB, 0).await;
     assert!(vms(dir.path()).is_empty());
     engine.stop().await;
 }

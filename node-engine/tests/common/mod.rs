@@ -33,15 +33,27 @@ pub fn repo_root() -> PathBuf {
 /// The Linux micro-VM image (`scripts/unikernel-image.sh linux OUT MARKER`) written to `out`;
 /// the Debian kernel package is cached in the build's tmp dir.
 pub fn linux_microvm_at(out: &Path, marker: &str) -> String {
+    build_linux_microvm(out, marker, None)
+}
+
+/// [`linux_microvm_at`] with `files` as the image's `files/` (`FILES_DIR`: Debian's generic
+/// kernel, which has 9p, and /init mounting the share).
+pub fn linux_microvm_with_files_at(out: &Path, marker: &str, files: &Path) -> String {
+    build_linux_microvm(out, marker, Some(files))
+}
+
+fn build_linux_microvm(out: &Path, marker: &str, files: Option<&Path>) -> String {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
-    let run = Command::new("bash")
-        .arg(repo_root().join("scripts/unikernel-image.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/unikernel-image.sh"))
         .arg("linux")
         .arg(out)
         .arg(marker)
-        .arg(&cache)
-        .output()
-        .unwrap();
+        .arg(&cache);
+    if let Some(files) = files {
+        cmd.env("FILES_DIR", files);
+    }
+    let run = cmd.output().unwrap();
     assert!(
         run.status.success(),
         "{}",
