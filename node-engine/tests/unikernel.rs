@@ -332,15 +332,7 @@ async fn a_linux_micro_vm_boots_to_its_init() {
     let image = linux_microvm();
     let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("unilinux").await;
 
-    // The TSC's calibration against the PIT fails under emulation on a busy host; skip it.
-    let boot = [
-        "console=ttyS0",
-        "quiet",
-        "panic=-1",
-        "tsc_early_khz=2000000",
-        "no_timer_check",
-    ];
-    let mut m = uni(0, &image, &[&boot[..], &["end=poweroff"]].concat());
+    let mut m = uni(0, &image, &common::linux_boot_args("end=poweroff"));
     m.memory = 128;
     m.one_shot = true;
     cluster.deploy(&m).await;
@@ -349,7 +341,7 @@ async fn a_linux_micro_vm_boots_to_its_init() {
     assert!(log.contains("HELLO-MICROVM console=ttyS0 quiet"), "{log}");
     assert!(log.contains("no_timer_check end=poweroff"), "{log}");
 
-    let mut m = uni(1, &image, &[&boot[..], &["end=httpd"]].concat());
+    let mut m = uni(1, &image, &common::linux_boot_args("end=httpd"));
     m.memory = 128;
     cluster.deploy(&m).await;
     cluster.status(JOB, 1, "RUNNING", SECS_60).await;
@@ -381,18 +373,7 @@ async fn a_linux_micro_vm_reads_its_files_over_9p_and_cannot_write_them() {
         linux_microvm_with_files_at(&kernels().join("microvm-9p.tar.gz"), "HELLO-9P", &files);
     let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("uni9p").await;
 
-    let mut m = uni(
-        0,
-        &image,
-        &[
-            "console=ttyS0",
-            "quiet",
-            "panic=-1",
-            "tsc_early_khz=2000000",
-            "no_timer_check",
-            "end=poweroff",
-        ],
-    );
+    let mut m = uni(0, &image, &common::linux_boot_args("end=poweroff"));
     m.memory = 128;
     m.one_shot = true;
     cluster.deploy(&m).await;

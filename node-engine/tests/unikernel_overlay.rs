@@ -94,20 +94,12 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
     };
 
-    // The TSC's calibration against the PIT fails under emulation on a busy host; skip it.
     let mut vm = deploy(
         VM,
         0,
         "unikernel",
         &image,
-        &[
-            "console=ttyS0",
-            "quiet",
-            "panic=-1",
-            "tsc_early_khz=2000000",
-            "no_timer_check",
-            "end=httpd",
-        ],
+        &common::linux_boot_args("end=httpd"),
     );
     vm.memory = 128;
     cluster.deploy(&vm).await;
@@ -133,8 +125,9 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         &engine_log[engine_log.len().saturating_sub(3000)..]
     );
     assert!(
-        log.contains(&format!("ip={address}::")),
-        "the kernel got its address: {log}"
+        log.contains(&format!("netdev.ipv4_addr={address} "))
+            && log.contains(&format!("ip={address}::")),
+        "the kernel got its address, Oakestra's way and Linux's: {log}"
     );
 
     // A container on the same worker reaches it through a service IP.

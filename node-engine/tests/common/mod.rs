@@ -30,6 +30,20 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The kernel command line of a Linux micro-VM test guest, ending with its `/init`'s `end`
+/// (`end=poweroff` or `end=httpd`). The TSC's calibration against the PIT fails under
+/// emulation on a busy host; the last two parameters skip it.
+pub fn linux_boot_args(end: &'static str) -> [&'static str; 6] {
+    [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        "tsc_early_khz=2000000",
+        "no_timer_check",
+        end,
+    ]
+}
+
 /// The Linux micro-VM image (`scripts/unikernel-image.sh linux OUT MARKER`) written to `out`;
 /// the Debian kernel package is cached in the build's tmp dir.
 pub fn linux_microvm_at(out: &Path, marker: &str) -> String {

@@ -212,7 +212,8 @@ pub fn args(vm: &Vm) -> Vec<String> {
             "virtio-9p-device,fsdev=fs0,mount_tag=fs0",
         ]);
     }
-    let mut cmd = vm.cmd.to_vec();
+    // The network parameters first, then the SLA's `cmd`.
+    let mut cmd = Vec::new();
     if let Some(n) = vm.net {
         let mut netdev = format!(
             "tap,id=n0,ifname={},script=no,downscript=no",
@@ -229,8 +230,9 @@ pub fn args(vm: &Vm) -> Vec<String> {
             "-device",
             &format!("virtio-net-device,netdev=n0,mac={}", n.mac),
         ]);
-        cmd.push(super::net::kernel_ip_arg(n.address, n.gateway, n.prefix));
+        cmd.extend(super::net::kernel_net_args(n.address, n.gateway, n.prefix));
     }
+    cmd.extend_from_slice(vm.cmd);
     if !cmd.is_empty() {
         push(&["-append", &cmd.join(" ")]);
     }
@@ -385,7 +387,7 @@ mod tests {
         let a = args(&v).join(" ");
         for part in [
             "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:11:22:33:44:55",
-            "-append console=ttyS0 ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off",
+            "-append netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 netdev.ipv4_subnet_mask=255.255.255.192 ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off console=ttyS0",
         ] {
             assert!(a.contains(part), "{part:?} missing in {a}");
         }
@@ -399,7 +401,11 @@ mod tests {
             "{a}"
         );
         assert!(
-            a.ends_with("-append ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off"),
+            a.ends_with(
+                "-append netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 \
+                 netdev.ipv4_subnet_mask=255.255.255.192 \
+                 ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off"
+            ),
             "{a}"
         );
     }

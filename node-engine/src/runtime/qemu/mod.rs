@@ -8,8 +8,9 @@
 //! joins it at L2: [`net::setup`] bridges the namespace's `eth0` with a tap, QEMU runs inside
 //! the namespace (`nsenter --net=<netns>` before the binary, exec'd, so the pid is QEMU's)
 //! with `-netdev tap,ifname=tap0` and a `virtio-net-device` whose MAC is derived from the
-//! instance name, and the kernel command line gets the Linux `ip=` parameter with the
-//! instance address, the gateway (the worker's bridge) and the subnet's netmask. The tap and
+//! instance name, and the kernel command line starts with the instance address, the gateway
+//! (the worker's bridge) and the subnet's netmask, as Oakestra passes them to Unikraft
+//! (`netdev.ipv4_addr= …`) and as Linux's `ip=`, before the SLA's `cmd`. The tap and
 //! bridge go with the namespace when the net manager detaches the instance; a restarted
 //! engine re-attaches to a running VM without touching its network.
 //!

@@ -78,6 +78,18 @@ pub fn kernel_ip_arg(address: Ipv4Addr, gateway: Ipv4Addr, prefix: u8) -> String
     format!("ip={address}::{gateway}:{}::{UPLINK}:off", netmask(prefix))
 }
 
+/// The kernel parameters that give a guest its address, first on its command line: Oakestra's
+/// (`netdev.ipv4_addr= netdev.ipv4_gw_addr= netdev.ipv4_subnet_mask=`, what Unikraft's
+/// network stack reads) and then Linux's [`kernel_ip_arg`]. Each kernel ignores the other's.
+pub fn kernel_net_args(address: Ipv4Addr, gateway: Ipv4Addr, prefix: u8) -> [String; 4] {
+    [
+        format!("netdev.ipv4_addr={address}"),
+        format!("netdev.ipv4_gw_addr={gateway}"),
+        format!("netdev.ipv4_subnet_mask={}", netmask(prefix)),
+        kernel_ip_arg(address, gateway, prefix),
+    ]
+}
+
 /// `nsenter --net=<netns>`: what runs a command inside the instance's namespace.
 pub fn nsenter(netns: &Path) -> Vec<String> {
     vec!["nsenter".into(), format!("--net={}", netns.display())]
@@ -176,6 +188,17 @@ mod tests {
                 26
             ),
             "ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off"
+        );
+        assert_eq!(
+            kernel_net_args(
+                "10.18.0.5".parse().unwrap(),
+                "10.18.0.1".parse().unwrap(),
+                26
+            )
+            .join(" "),
+            "netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 \
+             netdev.ipv4_subnet_mask=255.255.255.192 \
+             ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off"
         );
         assert_eq!(
             nsenter(Path::new("/run/netns/x")),
