@@ -2,8 +2,8 @@
 //! namespace this test creates (`--same-host`), the node engine with the overlay, real QEMU
 //! and the Linux micro-VM of `scripts/unikernel-image.sh linux` serving its marker page with
 //! busybox `httpd` on port 80. The worker reaches the guest at its instance address; a
-//! container on the same worker reaches it through a service IP of a view published on
-//! `nodes/<id>/net/view`; an engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU) and
+//! container on the same worker reaches it through the service's rr_ip and its closest_ip of
+//! a view published on `nodes/<id>/net/view`; an engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU) and
 //! its network keeps working; deleting the instance stops QEMU and removes its namespace.
 //! Traffic goes only to addresses inside the test's namespaces. Skipped (passing, with the
 //! reason printed) when QEMU is not installed.
@@ -21,6 +21,7 @@ const VM: &str = "app.ns.vm.ns";
 const CLIENT: &str = "app.ns.vmclient.ns";
 const MARKER: &str = "HELLO-OVERLAY-VM";
 const SERVICE_IP: &str = "10.30.55.56";
+const CLOSEST_IP: &str = "10.30.55.57";
 
 fn qemu_installed() -> bool {
     std::env::var("PATH")
@@ -130,10 +131,10 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         "the kernel got its address, Oakestra's way and Linux's: {log}"
     );
 
-    // A container on the same worker reaches it through a service IP.
+    // A container on the same worker reaches it through the service's rr_ip and closest_ip.
     let view = serde_json::json!({
         "peers": [],
-        "services": [{"name": VM, "rr_ip": SERVICE_IP, "instances": [
+        "services": [{"name": VM, "rr_ip": SERVICE_IP, "closest_ip": CLOSEST_IP, "instances": [
             {"address": address, "underlay": "192.0.2.1", "same_cluster": true}
         ]}]
     });
@@ -147,7 +148,7 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
             "sh",
             "-c",
             &format!(
-                "for i in $(seq 40); do busybox timeout 5 busybox wget -q -O - http://{SERVICE_IP}/ && exit 0; sleep 0.5; done; exit 1"
+                "for ip in {SERVICE_IP} {CLOSEST_IP}; do ok=; for i in $(seq 40); do busybox timeout 5 busybox wget -q -O - http://$ip/ && echo \" via $ip\" && ok=1 && break; sleep 0.5; done; [ -n \"$ok\" ] || exit 1; done"
             ),
         ],
     );
@@ -156,6 +157,12 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
     cluster.status(CLIENT, 0, "COMPLETED", SECS_60).await;
     let log = logs(CLIENT).await;
     assert!(log.contains(MARKER), "client log: {log}");
+    for ip in [SERVICE_IP, CLOSEST_IP] {
+        assert!(
+            log.contains(&format!(" via {ip}")),
+            "not through {ip}: {log}"
+        );
+    }
     cluster.undeploy(CLIENT, 0).await;
 
     // An engine killed and started again re-attaches to the VM: the same QEMU, the same network.
