@@ -17,12 +17,8 @@ const JOB: &str = "app.ns.uni.ns";
 
 /// Fails clearly when QEMU is missing (scripts/test.sh installs it).
 fn require_qemu() {
-    let found = std::env::var("PATH")
-        .unwrap()
-        .split(':')
-        .any(|d| Path::new(d).join("qemu-system-x86_64").is_file());
     assert!(
-        found,
+        canopy_e2e::unikernel::qemu_installed(),
         "qemu-system-x86_64 is not installed: run the tests through scripts/test.sh, which installs it"
     );
 }
@@ -90,29 +86,6 @@ fn kernel(name: &str) -> String {
         .to_string()
 }
 
-/// Serves the kernels directory over HTTP on loopback; returns its base URL.
-async fn serve_kernels() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let dir = kernels().clone();
-    let task = tokio::spawn(async move {
-        let app = axum::Router::new().route(
-            "/{file}",
-            axum::routing::get(move |axum::extract::Path(f): axum::extract::Path<String>| {
-                let p = dir.join(f);
-                async move {
-                    match std::fs::read(p) {
-                        Ok(b) => (axum::http::StatusCode::OK, b),
-                        Err(_) => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
-                    }
-                }
-            }),
-        );
-        axum::serve(listener, app).await.unwrap();
-    });
-    (base, task)
-}
-
 /// The QEMU pid of an instance, while it runs.
 fn qemu_pid(data: &Path, n: u32) -> Option<i32> {
     let p = data.join(format!("unikernel/vm/{JOB}.instance.{n}/pid"));
@@ -174,7 +147,8 @@ fn uni(n: u32, code: &str, cmd: &[&str]) -> canopy_proto::worker::DeployMessage 
 async fn vms_boot_log_complete_fail_and_leave_nothing() {
     require_qemu();
     let (_broker, mut cluster, engine, dir, _guard) = unikernel_engine("uni").await;
-    let (base, http) = serve_kernels().await;
+    let http = canopy_e2e::unikernel::FileServer::start(kernels()).await;
+    let base = &http.base;
 
     // Served over HTTP, picked by arch; `cmd` reaches the kernel's command line.
     let mut m = uni(
@@ -289,7 +263,7 @@ async fn vms_boot_log_complete_fail_and_leave_nothing() {
         "one extraction per good archive: {images:?}"
     );
 
-    http.abort();
+    drop(http);
     engine.stop().await;
 }
 

@@ -23,13 +23,6 @@ const MARKER: &str = "HELLO-OVERLAY-VM";
 const SERVICE_IP: &str = "10.30.55.56";
 const CLOSEST_IP: &str = "10.30.55.57";
 
-fn qemu_installed() -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join("qemu-system-x86_64").is_file())
-}
-
 /// QEMU's pid for instance 0 of [`VM`], while it runs.
 fn qemu_pid(data: &Path) -> Option<i32> {
     let p = data.join(format!("unikernel/vm/{VM}.instance.0/pid"));
@@ -58,7 +51,7 @@ fn linux_microvm(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_service_ip() {
-    if !qemu_installed() {
+    if !canopy_e2e::unikernel::qemu_installed() {
         eprintln!("skipped: qemu-system-x86_64 is not installed");
         return;
     }
