@@ -15,7 +15,8 @@
 #       an initramfs from busybox-static whose /init prints MARKER and the kernel command line
 #       on the console, then, by the command line's `end=`: `poweroff` (the default; QEMU exits
 #       0) or `httpd` (serves /www on port 80 until QEMU is stopped; the page holds MARKER, and
-#       /big is 65536 bytes, 1024 times the line `canopy` and 57 dots, larger than any MTU).
+#       /big is 65536 bytes, 1024 times the line `canopy` and 57 dots, larger than any MTU;
+#       /mid its first 1440 bytes, one segment that fits a 1500 MTU and not a 1450 one).
 #       The initramfs carries the kernel's virtio-mmio and virtio-net modules (Debian builds
 #       them as modules, and its cloud kernel has no CONFIG_IP_PNP): /init loads them and, when
 #       the command line has `ip=<addr>::<gateway>:<netmask>::<dev>:off` (what the node engine
@@ -203,6 +204,7 @@ case "\$end" in
   httpd)
     echo "<h1>canopy micro-VM $marker</h1>" >/www/index.html
     yes canopy......................................................... | head -c 65536 >/www/big
+    head -c 1440 /www/big >/www/mid
     httpd -p 80 -h /www
     while :; do sleep 3600; done
     ;;

@@ -1,10 +1,12 @@
 //! A micro-VM on the overlay, for real: the real `net-manager` binary inside a worker network
 //! namespace this test creates (`--same-host`), the node engine with the overlay, real QEMU
 //! and the Linux micro-VM of `scripts/unikernel-image.sh linux` serving its marker page with
-//! busybox `httpd` on port 80. The worker reaches the guest at its instance address; a
+//! busybox `httpd` on port 80. The worker reaches the guest at its instance address and
+//! through the SLA's port mapping on its loopback (small and large pages, the guest at the
+//! instance's MTU); a
 //! container on the same worker reaches it through the service's rr_ip and its closest_ip of
 //! a view published on `nodes/<id>/net/view`; an engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU) and
-//! its network keeps working; deleting the instance stops QEMU and removes its namespace.
+//! its network (the published port) keeps working; deleting the instance stops QEMU and removes its namespace.
 //! Traffic goes only to addresses inside the test's namespaces. Skipped (passing, with the
 //! reason printed) when QEMU is not installed.
 #![allow(clippy::unwrap_used)]
@@ -42,6 +44,18 @@ impl Drop for VmGuard {
             );
         }
     }
+}
+
+/// The MTU of `eth0` in the instance namespace `netns`.
+fn eth0_mtu(netns: &Path) -> u32 {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    node_engine::runtime::qemu::net::parse_mtu(&line)
+        .unwrap_or_else(|| panic!("no MTU in {line:?}"))
 }
 
 /// The Linux micro-VM image (the Debian kernel .deb cached in the build's tmp dir).
@@ -96,6 +110,8 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         &common::linux_boot_args("end=httpd"),
     );
     vm.memory = 128;
+    let host_port = free_port();
+    vm.port = format!("{host_port}:80");
     cluster.deploy(&vm).await;
     cluster.status(VM, 0, "RUNNING", SECS_60).await;
     let address = net
@@ -123,6 +139,32 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
             && log.contains(&format!("ip={address}::")),
         "the kernel got its address, Oakestra's way and Linux's: {log}"
     );
+
+    // The guest took eth0's MTU (the tunnel's, below 1500), and the SLA's port mapping
+    // reaches it on the worker's loopback. The connection's SYN there offers loopback's MSS,
+    // so a guest at 1500 would send /mid as one segment too large for eth0, which the bridge
+    // drops (/big goes as one GSO packet, cut to size after the bridge).
+    let mtu = eth0_mtu(&dir.path().join("netns").join(format!("{VM}.instance.0")));
+    assert!(mtu < 1500, "the instance's eth0 is below 1500: {mtu}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(&format!("net: eth0 {address} via "))
+                && l.trim_end().ends_with(&format!(" mtu {mtu}"))),
+        "the guest's MTU is eth0's {mtu}: {log}"
+    );
+    let published = format!("http://127.0.0.1:{host_port}");
+    for _ in 0..5 {
+        let page = worker.fetch(&format!("{published}/")).unwrap_or_default();
+        assert!(page.contains(MARKER), "{published}/ answered {page:?}");
+        let big = worker
+            .fetch(&format!("{published}/big"))
+            .unwrap_or_default();
+        assert_eq!(big.len(), 65536, "{published}/big");
+        let mid = worker
+            .fetch(&format!("{published}/mid"))
+            .unwrap_or_default();
+        assert_eq!(mid.len(), 1440, "{published}/mid, one full-sized segment");
+    }
 
     // A container on the same worker reaches it through the service's rr_ip and closest_ip.
     let view = serde_json::json!({
@@ -174,7 +216,7 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
     );
     // As long as the first boot is given: TCG guests on a loaded 2-core machine are slow.
     if !worker
-        .fetch_until(&url, MARKER, Duration::from_secs(90))
+        .fetch_until(&format!("{published}/"), MARKER, Duration::from_secs(90))
         .await
     {
         let console = std::fs::read_to_string(data.join(format!("logs/{VM}.instance.0.log")))

@@ -147,6 +147,8 @@ pub struct VmNet {
     pub mac: String,
     /// `vhost=on` (only when /dev/vhost-net exists).
     pub vhost: bool,
+    /// The MTU offered to the guest (`host_mtu`, the instance's `eth0`).
+    pub mtu: u32,
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
     /// The prefix length of the worker's subnet (the netmask a Linux guest is given).
@@ -228,7 +230,10 @@ pub fn args(vm: &Vm) -> Vec<String> {
             "-netdev",
             &netdev,
             "-device",
-            &format!("virtio-net-device,netdev=n0,mac={}", n.mac),
+            &format!(
+                "virtio-net-device,netdev=n0,mac={},host_mtu={}",
+                n.mac, n.mtu
+            ),
         ]);
         cmd.extend(super::net::kernel_net_args(n.address, n.gateway, n.prefix));
     }
@@ -377,6 +382,7 @@ mod tests {
             tap: "tap0".into(),
             mac: "02:11:22:33:44:55".into(),
             vhost: false,
+            mtu: 1450,
             address: "10.18.0.5".parse().unwrap(),
             gateway: "10.18.0.1".parse().unwrap(),
             prefix: 26,
@@ -386,7 +392,7 @@ mod tests {
         v.net = Some(&net);
         let a = args(&v).join(" ");
         for part in [
-            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:11:22:33:44:55",
+            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=02:11:22:33:44:55,host_mtu=1450",
             "-append netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 netdev.ipv4_subnet_mask=255.255.255.192 ip=10.18.0.5::10.18.0.1:255.255.255.192::eth0:off console=ttyS0",
         ] {
             assert!(a.contains(part), "{part:?} missing in {a}");

@@ -8,7 +8,7 @@
 //! joins it at L2: [`net::setup`] bridges the namespace's `eth0` with a tap, QEMU runs inside
 //! the namespace (`nsenter --net=<netns>` before the binary, exec'd, so the pid is QEMU's)
 //! with `-netdev tap,ifname=tap0` and a `virtio-net-device` whose MAC is derived from the
-//! instance name, and the kernel command line starts with the instance address, the gateway
+//! instance name and whose MTU is `eth0`'s, and the kernel command line starts with the instance address, the gateway
 //! (the worker's bridge) and the subnet's netmask, as Oakestra passes them to Unikraft
 //! (`netdev.ipv4_addr= …`) and as Linux's `ip=`, before the SLA's `cmd`. The tap and
 //! bridge go with the namespace when the net manager detaches the instance; a restarted
@@ -141,11 +141,12 @@ impl QemuRuntime {
         // On the overlay: the namespace's eth0 bridged with a tap, QEMU inside the namespace.
         let (vm_net, netns) = match (&w.netns, w.overlay) {
             (Some(netns), Some(o)) => {
-                net::setup(netns).await?;
+                let mtu = net::setup(netns).await?;
                 let vm_net = VmNet {
                     tap: net::TAP.to_owned(),
                     mac: net::mac(&w.name),
                     vhost: net::vhost_available(),
+                    mtu,
                     address: o.address,
                     gateway: o.gateway,
                     prefix: o.prefix,

@@ -10,6 +10,8 @@
 //! addr flush dev eth0
 //! link set eth0 master br0
 //! link set tap0 master br0
+//! link set eth0 type bridge_slave learning off
+//! link set tap0 mtu <eth0's mtu>
 //! link set br0 up
 //! link set eth0 up
 //! link set tap0 up
@@ -20,7 +22,20 @@
 //! `tap0` as its `virtio-net` backend, so the guest's interface is, at L2, one more port of
 //! the worker's bridge: the worker ARPs the instance address and the guest answers.
 //!
-//! The setup is skipped when `br0` already exists (a VM started again in the same namespace).
+//! `eth0` does not learn: the worker's bridge port is in hairpin mode (an instance reaches
+//! itself through a service IP), so the guest's own broadcasts and multicasts (its IPv6
+//! neighbour and router solicitations right after boot) come back in through `eth0`; had
+//! `br0` learnt the guest's MAC there, it would drop the frames sent to the guest until the
+//! guest spoke again (tens of seconds). Frames from the guest to the worker are flooded to
+//! `eth0`, the only other port.
+//!
+//! The guest's MTU is `eth0`'s (the net manager's, which fits the tunnel): the tap gets it,
+//! and QEMU's `virtio-net` offers it to the guest (`host_mtu`). A bridge drops a frame larger
+//! than the port it leaves by, silently, so a guest at 1500 behind a 1450 `eth0` would lose
+//! every full-sized segment.
+//!
+//! The setup is skipped when `br0` already exists (a VM started again in the same namespace);
+//! the MTU is read each time.
 
 use super::super::{Result, RuntimeError};
 use sha2::{Digest, Sha256};
@@ -36,8 +51,8 @@ pub const TAP: &str = "tap0";
 /// The net manager's end of the instance, inside its namespace.
 pub const UPLINK: &str = "eth0";
 
-/// The `ip -batch` lines that turn `eth0` into a bridge port beside a tap.
-pub fn commands() -> Vec<String> {
+/// The `ip -batch` lines that turn `eth0` into a bridge port beside a tap of MTU `mtu`.
+pub fn commands(mtu: u32) -> Vec<String> {
     [
         format!("link add {BRIDGE} type bridge"),
         format!("tuntap add dev {TAP} mode tap user 0 group 0"),
@@ -45,6 +60,8 @@ pub fn commands() -> Vec<String> {
         format!("addr flush dev {UPLINK}"),
         format!("link set {UPLINK} master {BRIDGE}"),
         format!("link set {TAP} master {BRIDGE}"),
+        format!("link set {UPLINK} type bridge_slave learning off"),
+        format!("link set {TAP} mtu {mtu}"),
         format!("link set {BRIDGE} up"),
         format!("link set {UPLINK} up"),
         format!("link set {TAP} up"),
@@ -100,24 +117,46 @@ pub fn vhost_available() -> bool {
     Path::new("/dev/vhost-net").exists()
 }
 
-/// Bridges `eth0` and `tap0` inside `netns` (see the module docs); nothing when done before.
-pub async fn setup(netns: &Path) -> Result<()> {
+/// The MTU in one line of `ip -o link show`.
+pub fn parse_mtu(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mtu")?;
+    words.next()?.parse().ok()
+}
+
+/// Bridges `eth0` and `tap0` inside `netns` (see the module docs; nothing when done before);
+/// returns the MTU the guest is to take (`eth0`'s).
+pub async fn setup(netns: &Path) -> Result<u32> {
     let netns = netns.to_owned();
     tokio::task::spawn_blocking(move || setup_blocking(&netns))
         .await
         .map_err(RuntimeError::backend)?
 }
 
-fn setup_blocking(netns: &Path) -> Result<()> {
+fn setup_blocking(netns: &Path) -> Result<u32> {
     let ns = nsenter(netns);
-    let done = std::process::Command::new(&ns[0])
-        .args(&ns[1..])
-        .args(["ip", "-o", "link", "show", BRIDGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if done.success() {
-        return Ok(());
+    let link = |name: &str| -> Result<Option<String>> {
+        let out = std::process::Command::new(&ns[0])
+            .args(&ns[1..])
+            .args(["ip", "-o", "link", "show", name])
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    let mtu = link(UPLINK)?
+        .as_deref()
+        .and_then(parse_mtu)
+        .ok_or_else(|| {
+            RuntimeError::Backend(format!(
+                "the instance namespace {} has no {UPLINK} (is the net manager attached?)",
+                netns.display()
+            ))
+        })?;
+    if link(BRIDGE)?.is_some() {
+        return Ok(mtu);
     }
     let mut child = std::process::Command::new(&ns[0])
         .args(&ns[1..])
@@ -127,7 +166,7 @@ fn setup_blocking(netns: &Path) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all((commands().join("\n") + "\n").as_bytes())?;
+        stdin.write_all((commands(mtu).join("\n") + "\n").as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -137,7 +176,7 @@ fn setup_blocking(netns: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(mtu)
 }
 
 #[cfg(test)]
@@ -146,7 +185,7 @@ mod tests {
 
     #[test]
     fn eth0_becomes_a_port_of_a_bridge_beside_the_tap() {
-        let c = commands();
+        let c = commands(1450);
         assert_eq!(c[0], "link add br0 type bridge");
         assert_eq!(c[1], "tuntap add dev tap0 mode tap user 0 group 0");
         // The address and routes go before eth0 is enslaved.
@@ -159,11 +198,21 @@ mod tests {
         assert!(routes < port && flush < port);
         for l in [
             "link set tap0 master br0",
+            "link set eth0 type bridge_slave learning off",
+            "link set tap0 mtu 1450",
             "link set br0 up",
             "link set tap0 up",
         ] {
             assert!(c.iter().any(|x| x == l), "{l} missing: {c:?}");
         }
+    }
+
+    #[test]
+    fn the_mtu_is_read_from_ip_link() {
+        let line = "3: eth0@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue master br0 state UP";
+        assert_eq!(parse_mtu(line), Some(1450));
+        assert_eq!(parse_mtu("3: eth0: <UP> qdisc noqueue"), None);
+        assert_eq!(parse_mtu("3: eth0: mtu x"), None);
     }
 
     #[test]
