@@ -1,12 +1,17 @@
 //! A micro-VM on the overlay, for real: the real `net-manager` binary inside a worker network
 //! namespace this test creates (`--same-host`), the node engine with the overlay, real QEMU
 //! and the Linux micro-VM of `scripts/unikernel-image.sh linux` serving its marker page with
-//! busybox `httpd` on port 80. The worker reaches the guest at its instance address and
-//! through the SLA's port mapping on its loopback (small and large pages, the guest at the
-//! instance's MTU); a
-//! container on the same worker reaches it through the service's rr_ip and its closest_ip of
-//! a view published on `nodes/<id>/net/view`; an engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU) and
-//! its network (the published port) keeps working; deleting the instance stops QEMU and removes its namespace.
+//! busybox `httpd` on port 80.
+//!
+//! - The worker reaches the guest at its instance address, and through the SLA's port
+//!   mapping on its loopback (small, large and one-segment pages; the guest at eth0's MTU).
+//! - A container on the same worker reaches it through the service's rr_ip and closest_ip
+//!   of a view published on `nodes/<id>/net/view`.
+//! - An engine killed (SIGKILL) and started again re-attaches to the running VM (same QEMU),
+//!   and the published port keeps working.
+//! - A VM whose kernel cannot be downloaded fails with no tap or bridge made.
+//! - Deleting the instance stops QEMU and removes its namespace.
+//!
 //! Traffic goes only to addresses inside the test's namespaces. Skipped (passing, with the
 //! reason printed) when QEMU is not installed.
 #![allow(clippy::unwrap_used)]
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 const VM: &str = "app.ns.vm.ns";
 const CLIENT: &str = "app.ns.vmclient.ns";
+const BAD: &str = "app.ns.vmbad.ns";
 const MARKER: &str = "HELLO-OVERLAY-VM";
 const SERVICE_IP: &str = "10.30.55.56";
 const CLOSEST_IP: &str = "10.30.55.57";
@@ -46,16 +52,15 @@ impl Drop for VmGuard {
     }
 }
 
-/// The MTU of `eth0` in the instance namespace `netns`.
-fn eth0_mtu(netns: &Path) -> u32 {
+/// What `cmd` prints inside instance 0 of `job`'s network namespace (under `dir`).
+fn in_instance_ns(dir: &Path, job: &str, cmd: &[&str]) -> String {
+    let netns = dir.join("netns").join(format!("{job}.instance.0"));
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["ip", "-o", "link", "show", "eth0"])
+        .args(cmd)
         .output()
         .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    node_engine::runtime::qemu::net::parse_mtu(&line)
-        .unwrap_or_else(|| panic!("no MTU in {line:?}"))
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The Linux micro-VM image (the Debian kernel .deb cached in the build's tmp dir).
@@ -144,7 +149,8 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
     // reaches it on the worker's loopback. The connection's SYN there offers loopback's MSS,
     // so a guest at 1500 would send /mid as one segment too large for eth0, which the bridge
     // drops (/big goes as one GSO packet, cut to size after the bridge).
-    let mtu = eth0_mtu(&dir.path().join("netns").join(format!("{VM}.instance.0")));
+    let eth0 = in_instance_ns(dir.path(), VM, &["ip", "-o", "link", "show", "eth0"]);
+    let mtu = node_engine::runtime::qemu::net::parse_mtu(&eth0).expect("eth0's MTU");
     assert!(mtu < 1500, "the instance's eth0 is below 1500: {mtu}");
     assert!(
         log.lines()
@@ -232,22 +238,21 @@ async fn a_micro_vm_on_the_overlay_serves_the_worker_and_a_container_through_a_s
         panic!(
             "the VM is unreachable after the engine restarted\n--- engine log:\n{}\n--- console tail:\n{tail}\n--- in the instance namespace:\n{}",
             std::fs::read_to_string(data.join("engine.log")).unwrap_or_default(),
-            String::from_utf8_lossy(
-                &Command::new("nsenter")
-                    .arg(format!(
-                        "--net={}",
-                        dir.path()
-                            .join("netns")
-                            .join(format!("{VM}.instance.0"))
-                            .display()
-                    ))
-                    .args(["ip", "-d", "link", "show"])
-                    .output()
-                    .map(|o| o.stdout)
-                    .unwrap_or_default()
-            ),
+            in_instance_ns(dir.path(), VM, &["ip", "-d", "link", "show"]),
         );
     }
+
+    // A VM that cannot start (its kernel cannot be downloaded) fails before any tap exists:
+    // its namespace (the net manager's, kept until the cluster deletes it) holds only eth0.
+    let mut bad = deploy(BAD, 0, "unikernel", "http://127.0.0.1:1/kernel.tar.gz", &[]);
+    bad.memory = 128;
+    cluster.deploy(&bad).await;
+    let failed = cluster.status(BAD, 0, "FAILED", SECS_60).await;
+    assert!(failed.status_detail.contains("127.0.0.1:1"), "{failed:?}");
+    let links = in_instance_ns(dir.path(), BAD, &["ip", "-o", "link", "show"]);
+    assert!(links.contains(": eth0@"), "{links}");
+    assert!(!links.contains("tap0") && !links.contains("br0"), "{links}");
+    cluster.undeploy(BAD, 0).await;
 
     // Deleting the instance stops QEMU and removes its network.
     cluster.undeploy(VM, 0).await;
