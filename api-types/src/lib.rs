@@ -362,3 +362,51 @@ mod tests {
         );
     }
 }
+
+/// What a user may hold at most (a Canopy extension): applications, services, instances
+/// (every instance of every service), and the vCPUs and memory those instances ask for.
+/// A missing field has no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applications: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+}
+
+impl Quota {
+    /// No limit at all.
+    pub const UNLIMITED: Quota = Quota {
+        applications: None,
+        services: None,
+        instances: None,
+        vcpus: None,
+        memory_mb: None,
+    };
+}
+
+/// What a user holds now, counted as [`Quota`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub applications: u64,
+    pub services: u64,
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mb: u64,
+}
+
+/// `GET /api/user/<name>/quota`: the quota that applies, whether it is the root's default
+/// (none set for this user), and the usage it is checked against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub quota: Quota,
+    pub default: bool,
+    pub usage: Usage,
+}

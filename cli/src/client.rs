@@ -196,6 +196,10 @@ impl Client {
         typed(path, self.send(Method::POST, path, body).await?)
     }
 
+    pub async fn put<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T> {
+        typed(path, self.send(Method::PUT, path, Some(body)).await?)
+    }
+
     /// Deletes; the acknowledgement says nothing more than success.
     pub async fn delete(&mut self, path: &str) -> Result<()> {
         self.send(Method::DELETE, path, None).await.map(drop)

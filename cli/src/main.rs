@@ -9,6 +9,7 @@
 mod client;
 mod commands;
 mod doctor;
+mod quota;
 mod sla;
 mod table;
 mod up;
@@ -50,6 +51,8 @@ enum Command {
     Scale(commands::ScaleArgs),
     /// Delete an application or a service (and undeploy its instances).
     Delete(commands::DeleteArgs),
+    /// Show a user's quota and usage; with flags (admins), change it.
+    Quota(quota::QuotaArgs),
     /// Check this machine: containerd, runc, cgroups, kvm, the overlay's kernel modules,
     /// ports, the clock, reachability of a cluster or root. Exits non-zero on a failure.
     Doctor(doctor::DoctorArgs),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => commands::logs(&mut client, a).await,
             Command::Scale(a) => commands::scale(&mut client, a).await,
             Command::Delete(a) => commands::delete(&mut client, a).await,
+            Command::Quota(a) => quota::run(&mut client, a).await,
             Command::Sla(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
         }
     });

@@ -75,6 +75,30 @@ async fn a_service_runs_scales_completes_and_leaves_nothing_behind() {
     assert_eq!(nodes_json.as_array().unwrap().len(), 1);
     let clusters = stack.cli_ok(&["get", "clusters"]).await;
     assert!(clusters.contains("local"), "{clusters}");
+    // Quotas: the admin changes one limit of a user with the CLI (the others keep the root's
+    // default), and removes it again.
+    let (s, b) = stack
+        .call(
+            "POST",
+            "/api/auth/register",
+            Some(&json!({"name": "dora", "password": "pw-of-dora", "email": "dora@example.org", "roles": ["Application_Provider"]})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    let row = |out: &str, what: &str| -> Vec<String> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_default();
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    let out = stack.cli_ok(&["quota", "dora", "--services", "3"]).await;
+    assert!(out.contains("set for this user"), "{out}");
+    assert_eq!(row(&out, "services"), ["services", "0", "3"], "{out}");
+    assert_eq!(row(&out, "instances"), ["instances", "0", "1000"], "{out}");
+    let out = stack.cli_ok(&["quota", "dora", "--default"]).await;
+    assert!(out.contains("the root's default"), "{out}");
+    assert_eq!(row(&out, "services"), ["services", "0", "500"], "{out}");
     // A refused access token (as an expired one is) is refreshed with the saved refresh
     // token, and the new one is saved.
     let config_path = stack.dir.path().join("cli.json");

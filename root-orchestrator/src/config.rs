@@ -51,6 +51,25 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CANOPY_LOG", default_value = "info")]
     pub log: String,
+    /// Largest request body the API reads, bytes (a larger one is refused with 413).
+    #[arg(long, env = "CANOPY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Default quota of a user without one of their own: applications (0: no limit). Admins
+    /// of the root organisation have no default quota. `PUT /api/user/<name>/quota` sets one.
+    #[arg(long, env = "CANOPY_QUOTA_APPLICATIONS", default_value_t = 100)]
+    pub quota_applications: u64,
+    /// Default quota: services (0: no limit).
+    #[arg(long, env = "CANOPY_QUOTA_SERVICES", default_value_t = 500)]
+    pub quota_services: u64,
+    /// Default quota: instances of all services together (0: no limit).
+    #[arg(long, env = "CANOPY_QUOTA_INSTANCES", default_value_t = 1000)]
+    pub quota_instances: u64,
+    /// Default quota: vCPUs asked for by all instances together (0: no limit).
+    #[arg(long, env = "CANOPY_QUOTA_VCPUS", default_value_t = 0)]
+    pub quota_vcpus: u64,
+    /// Default quota: memory asked for by all instances together, MiB (0: no limit).
+    #[arg(long, env = "CANOPY_QUOTA_MEMORY_MB", default_value_t = 0)]
+    pub quota_memory_mb: u64,
 }
 
 impl Config {
@@ -60,6 +79,18 @@ impl Config {
             &self.mongodb_database,
             &self.data_dir,
         )
+    }
+
+    /// The `--quota-*` flags as a quota (0: no limit).
+    pub fn default_quota(&self) -> canopy_api::Quota {
+        let limit = |n: u64| (n > 0).then_some(n);
+        canopy_api::Quota {
+            applications: limit(self.quota_applications),
+            services: limit(self.quota_services),
+            instances: limit(self.quota_instances),
+            vcpus: limit(self.quota_vcpus),
+            memory_mb: limit(self.quota_memory_mb),
+        }
     }
 
     pub fn cluster_grace(&self) -> Duration {

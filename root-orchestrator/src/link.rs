@@ -43,6 +43,7 @@ fn status_of(e: control::Error) -> Status {
         E::BadCredentials => Status::unauthenticated("session token is not valid; register again"),
         E::Conflict { .. } => Status::already_exists(e.to_string()),
         E::BadRequest { .. } | E::Unprocessable { .. } => Status::invalid_argument(e.to_string()),
+        E::QuotaExceeded { .. } => Status::resource_exhausted(e.to_string()),
         E::Forbidden => Status::permission_denied(e.to_string()),
         E::Store(_) | E::Auth(_) => Status::unavailable(e.to_string()),
     }

@@ -38,7 +38,7 @@ impl SubnetGrant {
 }
 
 /// Oakestra's roles and organisation members are API shapes too: they live in `canopy-api`.
-pub use canopy_api::{Member, Role};
+pub use canopy_api::{Member, Quota, Role};
 
 /// The user every root starts with.
 pub const ADMIN_USER: &str = "Admin";
@@ -55,6 +55,9 @@ pub struct User {
     pub email: String,
     #[serde(default)]
     pub created_at: String,
+    /// Set by an admin; none: the root's default quota applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

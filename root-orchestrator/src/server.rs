@@ -57,6 +57,8 @@ pub struct Server {
     pub root: Arc<Root>,
     pub keys: TokenKeys,
     pub cluster_token: String,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: usize,
 }
 
 impl Server {
@@ -75,6 +77,7 @@ impl Server {
         );
         let settings = Settings {
             cluster_grace: config.cluster_grace(),
+            default_quota: config.default_quota(),
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;
@@ -107,6 +110,7 @@ impl Server {
             root,
             keys,
             cluster_token,
+            max_body_bytes: config.max_body_bytes,
         })
     }
 
@@ -125,6 +129,7 @@ impl Server {
         let state = ApiState {
             root: self.root.clone(),
             keys: self.keys.clone(),
+            max_body_bytes: self.max_body_bytes,
         };
         let api = axum::serve(listeners.api, api::service(state))
             .with_graceful_shutdown(stopped())

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestCluster, TestRoot, capacity, sla};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn login_refresh_and_token_checks() {
@@ -779,4 +779,202 @@ async fn no_input_crashes_the_daemon() {
         admin.ok(&format!("/api/application/{app_id}")).await["application_name"],
         "shop"
     );
+}
+
+/// An SLA of application `app` with `n` services `s0`…, each asking for 1 vCPU and 100 MB.
+fn sla_with_services(app: &str, n: usize) -> Value {
+    let mut doc = sla(app, "s0");
+    let one = doc["applications"][0]["microservices"][0].clone();
+    doc["applications"][0]["microservices"] = Value::Array(
+        (0..n)
+            .map(|i| {
+                let mut s = one.clone();
+                s["microservice_name"] = json!(format!("s{i}"));
+                s
+            })
+            .collect(),
+    );
+    doc
+}
+
+#[tokio::test]
+async fn quotas_are_set_by_admins_and_checked_before_anything_is_stored() {
+    let root = TestRoot::start().await;
+    let admin = root.admin().await;
+    let carol = root.user("carol").await;
+
+    // The root's default applies (--quota-* flags); admins have none.
+    let q = carol.ok("/api/user/carol/quota").await;
+    assert_eq!(q["default"], true, "{q}");
+    assert_eq!(q["quota"]["services"], 500, "{q}");
+    assert_eq!(q["quota"]["instances"], 1000, "{q}");
+    assert!(
+        q["quota"].get("vcpus").is_none(),
+        "no default vCPU limit: {q}"
+    );
+    assert_eq!(q["usage"]["services"], 0);
+    assert_eq!(admin.ok("/api/user/Admin/quota").await["quota"], json!({}));
+    // Only admins set quotas; a user sees only their own.
+    let limit = json!({"applications": 2, "services": 2, "instances": 1, "vcpus": 4});
+    let (s, b) = carol
+        .call(Method::PUT, "/api/user/carol/quota", Some(limit.clone()))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(
+        carol.get("/api/user/Admin/quota").await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, b) = admin
+        .call(
+            Method::PUT,
+            "/api/user/carol/quota",
+            Some(json!({"services": "two"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["field"], "services", "{b}");
+    let (s, b) = admin
+        .call(Method::PUT, "/api/user/nobody/quota", Some(limit.clone()))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, b) = admin
+        .call(Method::PUT, "/api/user/carol/quota", Some(limit.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["default"], false);
+    assert_eq!(b["quota"], limit);
+
+    // Three services over a quota of two: 403 naming the quota, and nothing stored.
+    let (s, b) = carol
+        .call(
+            Method::POST,
+            "/api/application",
+            Some(sla_with_services("big", 3)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["field"], "quota.services", "{b}");
+    assert!(b["message"].as_str().unwrap().contains("3 services"), "{b}");
+    assert_eq!(carol.ok("/api/applications").await, json!([]));
+    assert_eq!(
+        carol.ok("/api/user/carol/quota").await["usage"]["services"],
+        0
+    );
+
+    // Two fit; a third added to the application does not.
+    let app = carol
+        .create_app(sla_with_services("fits", 2))
+        .await
+        .remove(0);
+    let app_id = app["applicationID"].as_str().unwrap().to_owned();
+    let mut add = sla("fits", "extra");
+    add["applications"][0]["applicationID"] = json!(app_id);
+    let (s, b) = carol
+        .call(Method::POST, "/api/service", Some(add.clone()))
+        .await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("quota.services")),
+        "{b}"
+    );
+    // An admin acting on carol's application is held to carol's quota too.
+    let (s, b) = admin
+        .call(Method::POST, "/api/service", Some(add.clone()))
+        .await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("quota.services")),
+        "{b}"
+    );
+
+    // One instance fits; a second does not.
+    let svc = carol.service_of(&app).await;
+    let svc_id = svc["microserviceID"].as_str().unwrap().to_owned();
+    assert_eq!(carol.scale_up(&svc_id).await, 0);
+    let (s, b) = carol
+        .call(
+            Method::POST,
+            &format!("/api/service/{svc_id}/instance"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("quota.instances")),
+        "{b}"
+    );
+    let q = carol.ok("/api/user/carol/quota").await;
+    assert_eq!(
+        q["usage"],
+        json!({"applications": 1, "services": 2, "instances": 1, "vcpus": 1, "memory_mb": 100})
+    );
+
+    // Lowered below what carol holds: what she has stays, and shrinking is allowed.
+    let (s, _) = admin
+        .call(
+            Method::PUT,
+            "/api/user/carol/quota",
+            Some(json!({"services": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let other = carol.ok(&format!("/api/services/{app_id}")).await[1]["microserviceID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, b) = carol
+        .call(Method::DELETE, &format!("/api/service/{other}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // No instance limit any more: a second instance now fits.
+    assert_eq!(carol.scale_up(&svc_id).await, 1);
+
+    // Back to the default; an SLA over its 500 services is refused at once.
+    let (s, b) = admin
+        .call(Method::DELETE, "/api/user/carol/quota", None)
+        .await;
+    assert_eq!(
+        (s, b["default"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{b}"
+    );
+    let (s, b) = carol
+        .call(
+            Method::POST,
+            "/api/application",
+            Some(sla_with_services("huge", 600)),
+        )
+        .await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("quota.services")),
+        "{b}"
+    );
+    root.stop().await;
+}
+
+#[tokio::test]
+async fn request_bodies_have_a_size_cap() {
+    let root = TestRoot::start_with(|c| c.max_body_bytes = 64 * 1024).await;
+    let admin = root.admin().await;
+    // Within the cap: a normal SLA. Over it: 413 naming the body, before it is parsed.
+    let big = sla_with_services("capped", 400);
+    assert!(big.to_string().len() > 64 * 1024);
+    let (s, b) = admin
+        .call(Method::POST, "/api/application", Some(big))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert_eq!(b["field"], "body", "{b}");
+    let (s, b) = admin
+        .call(
+            Method::POST,
+            "/api/application",
+            Some(sla_with_services("fine", 3)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Nothing but the small SLA was stored.
+    let apps = admin.ok("/api/applications").await;
+    assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
+    root.stop().await;
 }

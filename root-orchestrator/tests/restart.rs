@@ -139,6 +139,11 @@ async fn survives_kill_9(extra: &[String]) {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    let quota = json!({"services": 3, "instances": 9, "memory_mb": 4096});
+    let (s, _) = admin
+        .call(Method::PUT, "/api/user/alice/quota", Some(quota.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK);
     let alice = root.login("alice", "alice-pw").await;
     let app = alice.create_app(sla("shop", "web")).await.remove(0);
     let sid = alice.service_of(&app).await["microserviceID"]
@@ -177,6 +182,8 @@ async fn survives_kill_9(extra: &[String]) {
     );
     let users = admin.ok("/api/users").await;
     assert_eq!(users.as_array().unwrap().len(), 2);
+    let q = alice.ok("/api/user/alice/quota").await;
+    assert_eq!((&q["quota"], &q["default"]), (&quota, &json!(false)), "{q}");
     let orgs = admin.ok("/api/organization").await;
     assert!(orgs.as_array().unwrap().iter().any(|o| o["name"] == "edge"));
     let clusters = admin.ok("/api/clusters").await;

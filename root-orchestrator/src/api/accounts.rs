@@ -166,6 +166,52 @@ pub async fn delete_user(
     list_users(State(s), caller).await
 }
 
+/// A user's quota (theirs, or the root's default) and what they hold (Canopy extension).
+#[utoipa::path(get, path = "/api/user/{username}/quota", tag = "users",
+    params(("username" = String, Path)),
+    responses((status = 200, body = QuotaView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn get_quota(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> ApiResult<Json<QuotaView>> {
+    Ok(Json(s.root.quota(&caller, &username).await?))
+}
+
+/// Sets a user's quota (admins only); a missing field has no limit. What the user holds
+/// already stays, even above it; only growth is refused (403 naming `quota.<what>`).
+#[utoipa::path(put, path = "/api/user/{username}/quota", tag = "users", request_body = Quota,
+    params(("username" = String, Path)),
+    responses((status = 200, body = QuotaView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn put_quota(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    Body(quota): Body<Quota>,
+) -> ApiResult<Json<QuotaView>> {
+    Ok(Json(
+        s.root.set_quota(&caller, &username, Some(quota)).await?,
+    ))
+}
+
+/// Removes a user's own quota: the root's default applies again (admins only).
+#[utoipa::path(delete, path = "/api/user/{username}/quota", tag = "users",
+    params(("username" = String, Path)),
+    responses((status = 200, body = QuotaView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn delete_quota(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> ApiResult<Json<QuotaView>> {
+    Ok(Json(s.root.set_quota(&caller, &username, None).await?))
+}
+
 #[utoipa::path(get, path = "/api/users", tag = "users",
     responses((status = 200, body = Vec<UserView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearerAuth" = [])))]

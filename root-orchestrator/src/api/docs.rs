@@ -33,6 +33,7 @@ impl Modify for BearerAuth {
     paths(
         accounts::login, accounts::refresh, accounts::register, accounts::permission,
         accounts::get_user, accounts::change_password, accounts::update_user, accounts::delete_user,
+        accounts::get_quota, accounts::put_quota, accounts::delete_quota,
         accounts::list_users, accounts::list_organizations, accounts::create_organization,
         accounts::update_organization, accounts::delete_organization,
         apps::create_applications, apps::get_application, apps::update_application,

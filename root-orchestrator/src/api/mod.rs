@@ -34,6 +34,8 @@ use views::ErrorBody;
 pub struct ApiState {
     pub root: Arc<Root>,
     pub keys: TokenKeys,
+    /// Request bodies above this are refused with 413 before they are read whole.
+    pub max_body_bytes: usize,
 }
 
 /// An error answer.
@@ -93,6 +95,9 @@ impl From<control::Error> for ApiError {
             }
             E::BadCredentials => ApiError::unauthorized("invalid username or password"),
             E::Forbidden => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            E::QuotaExceeded { field, message } => {
+                ApiError::field(StatusCode::FORBIDDEN, field, message)
+            }
             E::Store(_) | E::Auth(_) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -113,7 +118,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "body", e.body_text()))?;
+            .map_err(|e| {
+                // Over `--max-body-bytes`: 413; anything else about reading it: 400.
+                let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                ApiError::field(status, "body", e.body_text())
+            })?;
         parse_body(&bytes).map(Body)
     }
 }
@@ -207,6 +220,12 @@ pub fn router(state: ApiState) -> Router {
                 .put(ac::update_user)
                 .delete(ac::delete_user),
         )
+        .route(
+            "/api/user/{username}/quota",
+            get(ac::get_quota)
+                .put(ac::put_quota)
+                .delete(ac::delete_quota),
+        )
         .route("/api/users", get(ac::list_users))
         .route(
             "/api/organization",
@@ -250,6 +269,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
 }

@@ -68,6 +68,7 @@ impl Root {
                     password_hash: hash,
                     email: String::new(),
                     created_at: format!("{}", Now::read().unix as u64),
+                    quota: None,
                 };
                 let id = u.id.clone();
                 change.put_user(u)?;
@@ -149,6 +150,7 @@ impl Root {
             name: new.name,
             password_hash: hash,
             email: new.email,
+            quota: None,
             created_at: new.created_at,
         };
         change.put_user(u.clone())?;

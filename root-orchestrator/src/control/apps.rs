@@ -2,7 +2,7 @@
 //! scaled up (a new instance is placed at once) and down.
 
 use super::state::{Change, InstanceKey, State};
-use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found};
+use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found, quota};
 use crate::model::{Application, Instance, Service};
 use canopy_core::addressing::AddressError;
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
@@ -59,6 +59,10 @@ impl Root {
                 ));
             }
         }
+        let services: usize = sla.applications.iter().map(|a| a.microservices.len()).sum();
+        self.admit(&st, &caller.name, |u| {
+            quota::with_services(u, sla.applications.len() as u64, services as u64)
+        })?;
         let mut change = Change::new(&st);
         let mut taken = taken_names(&st);
         for (i, app) in sla.applications.iter().enumerate() {
@@ -109,6 +113,10 @@ impl Root {
                 ),
             });
         }
+        let owner = existing.owner.clone();
+        self.admit(&st, &owner, |u| {
+            quota::with_services(u, 0, app.microservices.len() as u64)
+        })?;
         let mut a = existing.clone();
         let before = a.services.len();
         let mut change = Change::new(&st);
@@ -263,6 +271,9 @@ impl Root {
         let now = Now::read();
         let mut st = self.state.lock().await;
         let (key, s) = owned_service(&st, caller, id)?;
+        self.admit(&st, &s.owner, |u| {
+            quota::with_instance(u, &s.spec.resources)
+        })?;
         let n = InstanceNumber(s.next_instance);
         let mut change = Change::new(&st);
         let ip = change.allocate(&st).map_err(|e| Error::Conflict {

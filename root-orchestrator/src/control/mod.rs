@@ -45,6 +45,7 @@ mod accounts;
 mod apps;
 mod overlay;
 mod placement;
+mod quota;
 mod sessions;
 mod state;
 #[cfg(test)]
@@ -81,6 +82,9 @@ pub enum Error {
     BadCredentials,
     #[error("You have not enough permissions!")]
     Forbidden,
+    /// Over the owner's quota (HTTP 403, naming `quota.<what>`).
+    #[error("{field}: {message}")]
+    QuotaExceeded { field: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -157,6 +161,8 @@ pub struct Settings {
     pub cluster_grace: Duration,
     /// How often [`Root::tick`] runs.
     pub tick: Duration,
+    /// The quota of users without one of their own (admins excepted).
+    pub default_quota: canopy_api::Quota,
 }
 
 impl Default for Settings {
@@ -164,6 +170,7 @@ impl Default for Settings {
         Settings {
             cluster_grace: Duration::from_secs(30),
             tick: Duration::from_millis(500),
+            default_quota: canopy_api::Quota::UNLIMITED,
         }
     }
 }

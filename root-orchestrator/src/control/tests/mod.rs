@@ -54,6 +54,7 @@ async fn root(dir: &tempfile::TempDir) -> (Arc<Root>, Arc<Flaky>) {
     let settings = Settings {
         cluster_grace: GRACE,
         tick: Duration::from_millis(500),
+        ..Settings::default()
     };
     let root = Root::open(store.clone(), settings).await.unwrap();
     (root, store)
