@@ -410,3 +410,10 @@ pub struct QuotaView {
     pub default: bool,
     pub usage: Usage,
 }
+
+/// `POST /api/service/<id>/instance/<n>/{stop,start,restart}`: the instance's status after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OperationView {
+    pub instance_number: u32,
+    pub status: String,
+}

@@ -492,7 +492,7 @@ pub async fn delete(client: &mut Client, args: DeleteArgs) -> Result<()> {
 }
 
 /// A service id from an id, `job_name`, `app.service` or a unique service name.
-async fn resolve_service(client: &mut Client, name: &str) -> Result<String> {
+pub async fn resolve_service(client: &mut Client, name: &str) -> Result<String> {
     let list: Vec<ServiceView> = client.get("/api/services").await?;
     let mut by_rule: BTreeMap<u8, Vec<String>> = BTreeMap::new();
     for s in list {

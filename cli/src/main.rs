@@ -9,6 +9,7 @@
 mod client;
 mod commands;
 mod doctor;
+mod operations;
 mod quota;
 mod sla;
 mod table;
@@ -53,6 +54,12 @@ enum Command {
     Delete(commands::DeleteArgs),
     /// Show a user's quota and usage; with flags (admins), change it.
     Quota(quota::QuotaArgs),
+    /// Stop a service's instances (or one): they stay stopped, on no worker, until started.
+    Stop(operations::OperationArgs),
+    /// Start stopped instances of a service (or one).
+    Start(operations::OperationArgs),
+    /// Restart a service's instances (or one): each is removed and deployed anew.
+    Restart(operations::OperationArgs),
     /// Check this machine: containerd, runc, cgroups, kvm, the overlay's kernel modules,
     /// ports, the clock, reachability of a cluster or root. Exits non-zero on a failure.
     Doctor(doctor::DoctorArgs),
@@ -90,6 +97,9 @@ fn main() -> ExitCode {
             Command::Scale(a) => commands::scale(&mut client, a).await,
             Command::Delete(a) => commands::delete(&mut client, a).await,
             Command::Quota(a) => quota::run(&mut client, a).await,
+            Command::Stop(a) => operations::run(&mut client, "stop", a).await,
+            Command::Start(a) => operations::run(&mut client, "start", a).await,
+            Command::Restart(a) => operations::run(&mut client, "restart", a).await,
             Command::Sla(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
         }
     });

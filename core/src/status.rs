@@ -86,12 +86,18 @@ statuses! {
     Completed = "COMPLETED" => Deployment,
     /// The instance was removed on request. Terminal.
     Undeployed = "UNDEPLOYED" => Deployment,
+    /// Stopped on request (a Canopy extension): kept, with its number and address, on no
+    /// worker until it is started again. Terminal.
+    Stopped = "STOPPED" => Deployment,
 }
 
 impl InstanceStatus {
     /// The instance will not change state again by itself.
     pub fn is_terminal(self) -> bool {
-        matches!(self, InstanceStatus::Completed | InstanceStatus::Undeployed)
+        matches!(
+            self,
+            InstanceStatus::Completed | InstanceStatus::Undeployed | InstanceStatus::Stopped
+        )
     }
 
     /// The instance holds (or is about to hold) resources on a worker.
@@ -127,7 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_spellings_match_oakestra() {
+    fn wire_spellings_are_oakestras_and_stopped() {
         let wire: Vec<&str> = InstanceStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             wire,
@@ -149,6 +155,7 @@ mod tests {
                 "DEAD",
                 "COMPLETED",
                 "UNDEPLOYED",
+                "STOPPED",
             ]
         );
     }
@@ -177,6 +184,8 @@ mod tests {
         assert_eq!(InstanceStatus::Completed.class(), StatusClass::Deployment);
         assert!(InstanceStatus::Completed.is_terminal());
         assert!(!InstanceStatus::Dead.is_terminal());
+        assert!(InstanceStatus::Stopped.is_terminal());
+        assert!(!InstanceStatus::Stopped.occupies_worker());
         assert!(InstanceStatus::Dead.needs_rescheduling());
         assert!(InstanceStatus::Running.occupies_worker());
     }

@@ -472,6 +472,25 @@ impl Stack {
         pid
     }
 
+    /// Kills the root with SIGKILL, starts it again ([`Stack::restart`]) and waits until its
+    /// API answers.
+    pub async fn kill9_and_restart_root(&mut self) {
+        let root = self.component("root");
+        signal(
+            root["pid"].as_u64().expect("the root's pid") as u32,
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.restart("root", &[]);
+        for _ in 0..100 {
+            if reqwest::get(format!("{}/health", self.api)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the restarted root does not answer on {}", self.api);
+    }
+
     /// The cluster's node join token (for restarting a worker by hand).
     pub fn node_token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("up/cluster/node-token"))

@@ -297,17 +297,7 @@ async fn a_root_restart_mid_deployment_loses_nothing() {
         .await;
     assert!(status.is_success());
     // Killed at once: the cluster is still placing and reporting.
-    let root = stack.component("root");
-    signal(root["pid"].as_u64().unwrap() as u32, Signal::SIGKILL);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    stack.restart("root", &[]);
-    for _ in 0..100 {
-        if reqwest::get(format!("{}/health", stack.api)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack.kill9_and_restart_root().await;
 
     let apps = stack.get("/api/applications").await;
     assert!(

@@ -105,6 +105,7 @@ impl From<InstanceStatus> for pb::InstanceStatus {
             InstanceStatus::Dead => P::Dead,
             InstanceStatus::Completed => P::Completed,
             InstanceStatus::Undeployed => P::Undeployed,
+            InstanceStatus::Stopped => P::Stopped,
         }
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use common::{TestCluster, TestRoot, capacity, sla};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 #[tokio::test]
 async fn login_refresh_and_token_checks() {
@@ -976,5 +977,119 @@ async fn request_bodies_have_a_size_cap() {
     // Nothing but the small SLA was stored.
     let apps = admin.ok("/api/applications").await;
     assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
+    root.stop().await;
+}
+
+#[tokio::test]
+async fn stop_start_and_restart_an_instance() {
+    use canopy_core::InstanceStatus;
+    use canopy_core::link::CommandAction;
+    let root = TestRoot::start().await;
+    let alice = root.user("alice").await;
+    let bob = root.user("bob").await;
+    let app = alice.create_app(sla("ops", "web")).await.remove(0);
+    let id = alice.service_of(&app).await["microserviceID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut cluster =
+        TestCluster::join(root.grpc, &root.cluster_token, "c1", capacity(8, 8000)).await;
+    alice.wait_active_clusters(1).await;
+    alice.scale_up(&id).await;
+    let deploy = cluster.command().await;
+    assert!(matches!(deploy.action, CommandAction::Deploy { .. }));
+    cluster.ack(deploy.id, Ok(())).await;
+    cluster.report(&id, 0, InstanceStatus::Running).await;
+    alice.wait_instance(&id, 0, "RUNNING").await;
+    let ip =
+        alice.ok(&format!("/api/service/{id}")).await["instance_list"][0]["instance_ip"].clone();
+    let op = |who: &common::Api, n: u32, what: &str| {
+        let (who, path) = (
+            who.clone(),
+            format!("/api/service/{id}/instance/{n}/{what}"),
+        );
+        async move { who.call(Method::POST, &path, None).await }
+    };
+
+    // Someone else's instance is not found; an unknown operation or instance is refused.
+    assert_eq!(op(&bob, 0, "stop").await.0, StatusCode::NOT_FOUND);
+    let (s, b) = op(&alice, 0, "pause").await;
+    assert_eq!(
+        (s, b["field"].clone()),
+        (StatusCode::NOT_FOUND, json!("operation")),
+        "{b}"
+    );
+    assert_eq!(op(&alice, 7, "stop").await.0, StatusCode::NOT_FOUND);
+    let (s, b) = op(&alice, 0, "x").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+
+    // Stop: the cluster is told to undeploy it; it stays STOPPED, whatever the cluster says.
+    let (s, b) = op(&alice, 0, "stop").await;
+    assert_eq!(
+        (s, b["status"].clone()),
+        (StatusCode::OK, json!("STOPPED")),
+        "{b}"
+    );
+    let undeploy = cluster.command().await;
+    assert!(
+        matches!(&undeploy.action, CommandAction::Undeploy { instance: Some(n), .. } if n.0 == 0),
+        "{undeploy:?}"
+    );
+    cluster.ack(undeploy.id, Ok(())).await;
+    cluster.report(&id, 0, InstanceStatus::Running).await;
+    // A report from a copy the root no longer placed there is answered with an undeploy.
+    let again = cluster.command().await;
+    assert!(
+        matches!(again.action, CommandAction::Undeploy { .. }),
+        "{again:?}"
+    );
+    cluster.ack(again.id, Ok(())).await;
+    let inst = &alice.ok(&format!("/api/service/{id}")).await["instance_list"][0];
+    assert_eq!(inst["status"], "STOPPED", "{inst}");
+    assert_eq!(inst["cluster_id"], Value::Null, "{inst}");
+    assert_eq!(inst["instance_ip"], ip);
+    assert_eq!(op(&alice, 0, "stop").await.1["status"], "STOPPED");
+    cluster.no_command(Duration::from_millis(700)).await;
+
+    // Start: placed again with its address.
+    let (s, b) = op(&alice, 0, "start").await;
+    assert_eq!(
+        (s, b["status"].clone()),
+        (StatusCode::OK, json!("CLUSTER_SCHEDULED")),
+        "{b}"
+    );
+    let deploy = cluster.command().await;
+    let CommandAction::Deploy {
+        instance,
+        instance_ip,
+        ..
+    } = &deploy.action
+    else {
+        panic!("{deploy:?}");
+    };
+    assert_eq!(
+        (instance.0, instance_ip.map(|a| a.to_string())),
+        (0, ip.as_str().map(str::to_owned))
+    );
+    cluster.ack(deploy.id, Ok(())).await;
+    cluster.report(&id, 0, InstanceStatus::Running).await;
+    alice.wait_instance(&id, 0, "RUNNING").await;
+    // Starting a running instance does nothing.
+    assert_eq!(op(&alice, 0, "start").await.1["status"], "RUNNING");
+    cluster.no_command(Duration::from_millis(500)).await;
+
+    // Restart: undeploy, then deploy, in that order, to the cluster.
+    let (s, b) = op(&alice, 0, "restart").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let first = cluster.command().await;
+    let second = cluster.command().await;
+    assert!(
+        matches!(first.action, CommandAction::Undeploy { .. }),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second.action, CommandAction::Deploy { .. }),
+        "{second:?}"
+    );
     root.stop().await;
 }

@@ -2,7 +2,7 @@
 
 use super::views::*;
 use super::{ApiError, ApiResult, ApiState, Body};
-use crate::control::Caller;
+use crate::control::{Caller, Operation};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -275,13 +275,46 @@ pub async fn scale_down(
     caller: Caller,
     Path((id, n)): Path<(String, String)>,
 ) -> ApiResult<Json<MessageBody>> {
-    let n: u32 = n.parse().map_err(|_| {
+    s.root
+        .scale_down(&caller, &id, instance_number(&n)?)
+        .await?;
+    Ok(Json(MessageBody::new("ok")))
+}
+
+fn instance_number(n: &str) -> ApiResult<u32> {
+    n.parse().map_err(|_| {
         ApiError::field(
             StatusCode::BAD_REQUEST,
             "instance_number",
             format!("{n:?} is not an instance number"),
         )
+    })
+}
+
+/// Stops, starts or restarts one instance (a Canopy extension). A stopped instance keeps its
+/// number and address on no worker, across failover and restarts, until it is started.
+#[utoipa::path(post, path = "/api/service/{id}/instance/{n}/{operation}", tag = "services",
+    params(("id" = String, Path), ("n" = u32, Path, description = "instance number"),
+        ("operation" = String, Path, description = "stop, start or restart")),
+    responses((status = 200, body = OperationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "the instance is COMPLETED or UNDEPLOYED", body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn operate(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, n, operation)): Path<(String, String, String)>,
+) -> ApiResult<Json<OperationView>> {
+    let n = instance_number(&n)?;
+    let op = Operation::parse(&operation).ok_or_else(|| {
+        ApiError::field(
+            StatusCode::NOT_FOUND,
+            "operation",
+            format!("{operation:?} is not stop, start or restart"),
+        )
     })?;
-    s.root.scale_down(&caller, &id, n).await?;
-    Ok(Json(MessageBody::new("ok")))
+    let status = s.root.operate(&caller, &id, n, op).await?;
+    Ok(Json(OperationView {
+        instance_number: n,
+        status: status.as_str().to_owned(),
+    }))
 }

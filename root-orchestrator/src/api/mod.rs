@@ -258,6 +258,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/services/{appid}", get(ap::list_services))
         .route("/api/service/{id}/instance", post(ap::scale_up))
         .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
+        .route(
+            "/api/service/{id}/instance/{n}/{operation}",
+            post(ap::operate),
+        )
         .route("/api/clusters", get(clusters::list_clusters))
         .route("/api/clusters/active", get(clusters::list_active_clusters))
         .route("/api/nodes", get(clusters::list_nodes))

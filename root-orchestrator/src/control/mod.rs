@@ -43,6 +43,7 @@
 
 mod accounts;
 mod apps;
+mod operations;
 mod overlay;
 mod placement;
 mod quota;
@@ -52,6 +53,7 @@ mod state;
 mod tests;
 
 pub use accounts::{Login, NewUser, UserRoles};
+pub use operations::Operation;
 pub use sessions::{ClusterNode, ClusterView, Registered, Session};
 pub use state::InstanceKey;
 
