@@ -24,7 +24,8 @@ pub struct LoginArgs {
 
 #[derive(Args)]
 pub struct ApplyArgs {
-    /// An SLA v2.0 file (Oakestra's format).
+    /// An SLA v2.0 file (Oakestra's format), or a docker-compose file (`.yml`, `.yaml`):
+    /// one application, each service with its `deploy.replicas`.
     pub file: PathBuf,
     /// Show progress until every instance runs (a one-shot service's: until it completed);
     /// fail with the reason when one fails.
@@ -126,10 +127,7 @@ struct Tracked {
 }
 
 pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let sla: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", args.file.display()))?;
+    let (sla, replicas) = read_deployment(&args.file)?;
     let apps: Vec<ApplicationView> = client.post("/api/application", Some(&sla)).await?;
     let mut tracked = Vec::new();
     for wanted in sla
@@ -148,24 +146,50 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
         for id in &app.microservices {
             let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
             let label = format!("{name}.{}", svc.service_name);
-            let answer: ScaleUpView = client
-                .post(&format!("/api/service/{id}/instance"), None)
-                .await?;
-            let number = answer.instance_number;
-            println!("  service {label} ({id}): instance {number} requested");
-            tracked.push(Tracked {
-                service_id: id.clone(),
-                label,
-                number,
-                one_shot: svc.sla.get("one_shot").and_then(Value::as_bool) == Some(true),
-                last: String::new(),
-            });
+            let wanted = replicas.get(&svc.service_name).copied().unwrap_or(1);
+            for _ in 0..wanted {
+                let answer: ScaleUpView = client
+                    .post(&format!("/api/service/{id}/instance"), None)
+                    .await?;
+                let number = answer.instance_number;
+                println!("  service {label} ({id}): instance {number} requested");
+                tracked.push(Tracked {
+                    service_id: id.clone(),
+                    label: label.clone(),
+                    number,
+                    one_shot: svc.sla.get("one_shot").and_then(Value::as_bool) == Some(true),
+                    last: String::new(),
+                });
+            }
         }
     }
     if args.wait {
         wait_running(client, &mut tracked, Duration::from_secs(args.timeout)).await?;
     }
     Ok(())
+}
+
+/// The SLA in `file` (JSON), or a compose file (`.yml`, `.yaml`) converted to one, with the
+/// instances wanted per service (one each for an SLA). A compose file's unmapped keys are
+/// printed as warnings.
+pub fn read_deployment(file: &std::path::Path) -> Result<(Value, BTreeMap<String, u32>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if crate::compose::is_compose(file) {
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("compose");
+        let c = crate::compose::convert(&text, stem)
+            .with_context(|| format!("{} is not a compose file Canopy can map", file.display()))?;
+        for w in &c.warnings {
+            eprintln!("warning: {w}");
+        }
+        return Ok((c.sla, c.replicas));
+    }
+    let sla: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    Ok((sla, BTreeMap::new()))
 }
 
 /// Prints every status change until all run; fails on a failure status or the timeout.

@@ -8,6 +8,7 @@
 
 mod client;
 mod commands;
+mod compose;
 mod doctor;
 mod operations;
 mod quota;
@@ -38,6 +39,8 @@ enum Command {
     /// Work with SLA (deployment descriptor) files.
     #[command(subcommand)]
     Sla(sla::SlaCommand),
+    /// Print the SLA a docker-compose file becomes (unmapped keys as warnings on stderr).
+    Convert(ConvertArgs),
     /// Start a root, a cluster and node engines on this machine; Ctrl-C stops them all.
     Up(up::UpArgs),
     /// Log in to a root; the tokens are kept in the user's config directory.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Sla(cmd) => return sla::run(cmd),
+        Command::Convert(a) => return convert(&a),
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -100,11 +104,33 @@ fn main() -> ExitCode {
             Command::Stop(a) => operations::run(&mut client, "stop", a).await,
             Command::Start(a) => operations::run(&mut client, "start", a).await,
             Command::Restart(a) => operations::run(&mut client, "restart", a).await,
-            Command::Sla(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
+            Command::Sla(_) | Command::Convert(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// A docker-compose file.
+    file: std::path::PathBuf,
+}
+
+fn convert(a: &ConvertArgs) -> ExitCode {
+    match commands::read_deployment(&a.file) {
+        Ok((sla, replicas)) => {
+            println!("{}", serde_json::to_string_pretty(&sla).unwrap_or_default());
+            for (service, n) in replicas.iter().filter(|(_, n)| **n != 1) {
+                eprintln!("note: `canopy apply` asks for {n} instances of {service}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
