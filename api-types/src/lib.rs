@@ -417,3 +417,19 @@ pub struct OperationView {
     pub instance_number: u32,
     pub status: String,
 }
+
+/// One thing done to a service (a Canopy extension): when, what, why, and how it ended.
+/// `GET /api/service/<id>/events` lists the latest, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceEvent {
+    /// Increases by one per event of the service.
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: f64,
+    /// The instance it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u32>,
+    pub what: String,
+    pub why: String,
+    pub outcome: String,
+}

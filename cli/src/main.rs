@@ -9,6 +9,7 @@
 mod client;
 mod commands;
 mod compose;
+mod describe;
 mod doctor;
 mod operations;
 mod quota;
@@ -49,6 +50,8 @@ enum Command {
     Apply(commands::ApplyArgs),
     /// List apps, services, instances, clusters or nodes.
     Get(commands::GetArgs),
+    /// Show a service, its instances and its events (what was done, why, how it ended).
+    Describe(describe::DescribeArgs),
     /// Print a service instance's recent output.
     Logs(commands::LogsArgs),
     /// Set the number of instances of a service.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Scale(a) => commands::scale(&mut client, a).await,
             Command::Delete(a) => commands::delete(&mut client, a).await,
             Command::Quota(a) => quota::run(&mut client, a).await,
+            Command::Describe(a) => describe::run(&mut client, a).await,
             Command::Stop(a) => operations::run(&mut client, "stop", a).await,
             Command::Start(a) => operations::run(&mut client, "start", a).await,
             Command::Restart(a) => operations::run(&mut client, "restart", a).await,

@@ -145,6 +145,30 @@ async fn stopped_instances_stay_stopped_across_failover_and_restarts_until_start
     let list = stack.wait_all(&id, 2, "RUNNING").await;
     assert_eq!(instance(&list, 0)["instance_ip"], address);
 
+    // Each operation is an event of the service, shown by `canopy describe service`.
+    let out = stack.cli_ok(&["describe", "service", "ops.svc"]).await;
+    let events: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("events"))
+        .skip(2)
+        .collect();
+    let whats: Vec<&str> = events
+        .iter()
+        .filter_map(|l| {
+            ["create", "scale up", "stop", "start", "restart"]
+                .into_iter()
+                .find(|w| l.contains(&format!(" {w} ")))
+        })
+        .collect();
+    assert_eq!(
+        whats,
+        [
+            "create", "scale up", "scale up", "stop", "stop", "start", "start", "restart"
+        ],
+        "{out}"
+    );
+    assert!(out.contains("requested by Admin"), "{out}");
+
     // Bad input: an operation that does not exist, an instance that does not.
     let (s, b) = stack
         .call(

@@ -20,6 +20,7 @@ pub mod collections {
     pub const OUTBOX: &str = "outbox";
     pub const SECRETS: &str = "secrets";
     pub const SUBNETS: &str = "subnets";
+    pub const EVENTS: &str = "events";
 }
 
 /// A worker subnet the root's address plan gave a cluster's worker (collection `subnets`, keyed
@@ -38,7 +39,7 @@ impl SubnetGrant {
 }
 
 /// Oakestra's roles and organisation members are API shapes too: they live in `canopy-api`.
-pub use canopy_api::{Member, Quota, Role};
+pub use canopy_api::{Member, Quota, Role, ServiceEvent};
 
 /// The user every root starts with.
 pub const ADMIN_USER: &str = "Admin";

@@ -1091,5 +1091,81 @@ async fn stop_start_and_restart_an_instance() {
         matches!(second.action, CommandAction::Deploy { .. }),
         "{second:?}"
     );
+
+    // Every operation is an event of the service: when, what, why, how it ended.
+    let events = alice.ok(&format!("/api/service/{id}/events")).await;
+    assert_eq!(
+        alice.event_whats(&id).await,
+        [
+            "create", "scale up", "stop", "stop", "start", "start", "restart"
+        ],
+        "{events}"
+    );
+    let seqs: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 5, 6]);
+    let stop = &events[2];
+    assert_eq!(
+        (stop["instance"].clone(), stop["why"].clone()),
+        (json!(0), json!("requested by alice"))
+    );
+    assert_eq!(stop["outcome"], "STOPPED");
+    assert!(
+        events[1]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("CLUSTER_SCHEDULED on cluster "),
+        "{events}"
+    );
+    assert!(
+        events[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("rr_ip 10.30."),
+        "{events}"
+    );
+    assert_eq!(events[3]["outcome"], "nothing to do: already STOPPED");
+    assert!(events[6]["at"].as_f64().unwrap() >= events[0]["at"].as_f64().unwrap());
+    assert_eq!(
+        bob.get(&format!("/api/service/{id}/events")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    root.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_keeps_its_latest_hundred_events() {
+    let root = TestRoot::start().await;
+    let alice = root.user("alice").await;
+    let app = alice.create_app(sla("busy", "web")).await.remove(0);
+    let id = alice.service_of(&app).await["microserviceID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 1 create + 60 × (scale up, scale down) = 121 events: seq 0 … 120.
+    for n in 0..60 {
+        assert_eq!(alice.scale_up(&id).await, n);
+        let (s, b) = alice
+            .call(
+                Method::DELETE,
+                &format!("/api/service/{id}/instance/{n}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let events = alice.ok(&format!("/api/service/{id}/events")).await;
+    let list = events.as_array().unwrap();
+    assert_eq!(list.len(), 100);
+    assert_eq!(
+        (list[0]["seq"].clone(), list[99]["seq"].clone()),
+        (json!(21), json!(120))
+    );
+    assert_eq!(list[99]["what"], "scale down");
+    assert_eq!(list[99]["instance"], 59);
     root.stop().await;
 }

@@ -182,6 +182,10 @@ async fn survives_kill_9(extra: &[String]) {
     );
     let users = admin.ok("/api/users").await;
     assert_eq!(users.as_array().unwrap().len(), 2);
+    assert_eq!(
+        alice.event_whats(&sid).await,
+        ["create", "scale up", "scale up"]
+    );
     let q = alice.ok("/api/user/alice/quota").await;
     assert_eq!((&q["quota"], &q["default"]), (&quota, &json!(false)), "{q}");
     let orgs = admin.ok("/api/organization").await;

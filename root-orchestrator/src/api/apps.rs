@@ -281,6 +281,19 @@ pub async fn scale_down(
     Ok(Json(MessageBody::new("ok")))
 }
 
+/// What was done to a service: its latest events (at most 100), oldest first (a Canopy
+/// extension).
+#[utoipa::path(get, path = "/api/service/{id}/events", tag = "services", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<ServiceEvent>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn service_events(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ServiceEvent>>> {
+    Ok(Json(s.root.service_events(&caller, &id).await?))
+}
+
 fn instance_number(n: &str) -> ApiResult<u32> {
     n.parse().map_err(|_| {
         ApiError::field(

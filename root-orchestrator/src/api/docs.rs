@@ -39,7 +39,7 @@ impl Modify for BearerAuth {
         apps::create_applications, apps::get_application, apps::update_application,
         apps::delete_application, apps::list_applications, apps::list_user_applications,
         apps::add_services, apps::get_service, apps::update_service, apps::delete_service,
-        apps::list_services, apps::list_all_services, apps::scale_up, apps::scale_down, apps::operate,
+        apps::list_services, apps::list_all_services, apps::scale_up, apps::scale_down, apps::operate, apps::service_events,
         clusters::list_clusters, clusters::list_active_clusters, clusters::list_nodes,
     ),
     components(schemas(Role, Member, ErrorBody, ProblemView, MessageBody, Oid)),

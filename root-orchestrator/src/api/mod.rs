@@ -257,6 +257,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/services", get(ap::list_all_services))
         .route("/api/services/{appid}", get(ap::list_services))
         .route("/api/service/{id}/instance", post(ap::scale_up))
+        .route("/api/service/{id}/events", get(ap::service_events))
         .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
         .route(
             "/api/service/{id}/instance/{n}/{operation}",

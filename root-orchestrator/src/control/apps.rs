@@ -1,9 +1,9 @@
 //! Applications, services and instances: an SLA becomes services with specs, a service is
 //! scaled up (a new instance is placed at once) and down.
 
-use super::state::{Change, InstanceKey, State};
+use super::state::{Change, InstanceKey, State, event};
 use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found, quota};
-use crate::model::{Application, Instance, Service};
+use crate::model::{Application, Instance, Service, ServiceEvent};
 use canopy_core::addressing::AddressError;
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
 use canopy_sla::Sla;
@@ -38,6 +38,7 @@ impl Root {
     /// Registers every application of a validated SLA with its services, for `caller`.
     /// All or nothing: any conflict refuses the whole SLA.
     pub async fn create_applications(&self, caller: &Caller, sla: &Sla) -> Result<()> {
+        let now = Now::read().unix;
         let mut st = self.state.lock().await;
         for (i, app) in sla.applications.iter().enumerate() {
             let clash = st.apps.values().any(|a| {
@@ -76,7 +77,16 @@ impl Root {
                 services: Vec::new(),
             };
             let path = format!("applications[{i}]");
-            add_services_to(&st, &mut change, &mut taken, &mut a, app, &path)?;
+            let why = format!("SLA applied by {}", caller.name);
+            add_services_to(
+                &st,
+                &mut change,
+                &mut taken,
+                &mut a,
+                app,
+                &path,
+                (&why, now),
+            )?;
             change.put_app(id, a)?;
         }
         self.commit(&mut st, change).await
@@ -121,7 +131,18 @@ impl Root {
         let before = a.services.len();
         let mut change = Change::new(&st);
         let mut taken = taken_names(&st);
-        add_services_to(&st, &mut change, &mut taken, &mut a, app, "applications[0]")?;
+        let why = format!("service added by {}", caller.name);
+        let now = Now::read().unix;
+        let cause = (why.as_str(), now);
+        add_services_to(
+            &st,
+            &mut change,
+            &mut taken,
+            &mut a,
+            app,
+            "applications[0]",
+            cause,
+        )?;
         let added = a.services[before..].to_vec();
         change.put_app(id, a)?;
         self.commit(&mut st, change).await?;
@@ -266,6 +287,13 @@ impl Root {
         self.commit(&mut st, change).await
     }
 
+    /// The latest events of a service, oldest first.
+    pub async fn service_events(&self, caller: &Caller, id: &str) -> Result<Vec<ServiceEvent>> {
+        let st = self.state.lock().await;
+        let (key, _) = owned_service(&st, caller, id)?;
+        Ok(st.events.get(&key).cloned().unwrap_or_default())
+    }
+
     /// Adds one instance to a service and places it. Returns its number.
     pub async fn scale_up(&self, caller: &Caller, id: &str) -> Result<InstanceNumber> {
         let now = Now::read();
@@ -286,6 +314,13 @@ impl Root {
         let key = InstanceKey::new(key, n);
         let mut instance = Instance::new(n, ip, now.unix);
         self.place_copy(&st, &mut change, &key, &mut instance, None, now)?;
+        let why = format!("requested by {}", caller.name);
+        let outcome = placed(&instance);
+        change.record(
+            &st,
+            &key.service,
+            event(now.unix, Some(n), "scale up", why, outcome),
+        )?;
         change.put_instance(key, instance)?;
         self.commit(&mut st, change).await?;
         Ok(n)
@@ -304,7 +339,24 @@ impl Root {
         if let Some(c) = &inst.cluster_id {
             change.undeploy(c.clone(), &key, Some(inst.number))?;
         }
+        let why = format!("requested by {}", caller.name);
+        let outcome = format!("removed (it was {})", inst.status);
+        let at = Now::read().unix;
+        let e = event(at, Some(inst.number), "scale down", why, outcome);
+        change.record(&st, &key, e)?;
         self.commit(&mut st, change).await
+    }
+}
+
+/// Where an instance stands after a placement, for an event's outcome.
+pub(super) fn placed(i: &Instance) -> String {
+    match &i.cluster_id {
+        Some(c) => format!("{} on cluster {c}", i.status),
+        // Why it waits, when it cannot be placed.
+        None if i.status.class() == canopy_core::StatusClass::NegativeScheduling => {
+            format!("{}: {}", i.status, i.detail)
+        }
+        None => i.status.to_string(),
     }
 }
 
@@ -324,6 +376,7 @@ fn add_services_to(
     a: &mut Application,
     app: &canopy_sla::Application,
     path: &str,
+    (why, at): (&str, f64),
 ) -> Result<()> {
     for (j, ms) in app.microservices.iter().enumerate() {
         let path = format!("{path}.microservices[{j}]");
@@ -368,7 +421,9 @@ fn add_services_to(
             instances: BTreeMap::new(),
         };
         a.services.push(s.id.clone());
-        change.put_service(id, s)?;
+        let outcome = format!("registered as {} with rr_ip {rr_ip}", s.spec.job_name);
+        change.put_service(id.clone(), s)?;
+        change.record(st, &id, event(at, None, "create", why, outcome))?;
     }
     Ok(())
 }
@@ -393,7 +448,7 @@ fn remove_service(st: &State, change: &mut Change, id: &ServiceId) -> Result<()>
     let Some(s) = st.services.get(id) else {
         return Ok(());
     };
-    change.delete_service(id, s);
+    change.delete_service(st, id, s);
     let mut clusters: Vec<&ClusterId> = Vec::new();
     for i in s.instances.values() {
         if let Some(c) = &i.cluster_id

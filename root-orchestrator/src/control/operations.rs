@@ -9,7 +9,7 @@
 //! undeploys it and places it anew in one step; the cluster's queue keeps the order, so the
 //! new copy starts after the old one is gone.
 
-use super::state::{Change, InstanceKey};
+use super::state::{Change, InstanceKey, event};
 use super::{Caller, Error, Now, Result, Root, not_found};
 use crate::model::Instance;
 use canopy_core::{InstanceNumber, InstanceStatus, ServiceId};
@@ -24,11 +24,17 @@ pub enum Operation {
 
 impl Operation {
     pub fn parse(s: &str) -> Option<Operation> {
-        match s {
-            "stop" => Some(Operation::Stop),
-            "start" => Some(Operation::Start),
-            "restart" => Some(Operation::Restart),
-            _ => None,
+        [Operation::Stop, Operation::Start, Operation::Restart]
+            .into_iter()
+            .find(|o| o.name() == s)
+    }
+
+    /// Its name, as in the path and in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Stop => "stop",
+            Operation::Start => "start",
+            Operation::Restart => "restart",
         }
     }
 
@@ -91,19 +97,26 @@ impl Root {
                 .ok_or_else(|| not_found("instance", &n.to_string()))?,
             _ => return Err(not_found("service", id)),
         };
-        let what = step(op, inst.status).map_err(|message| Error::Conflict {
+        let step = step(op, inst.status).map_err(|message| Error::Conflict {
             field: "instance".into(),
             message,
         })?;
-        if what == Step::Nothing {
-            return Ok(inst.status);
-        }
         let key = InstanceKey::new(key, inst.number);
-        let mut i = inst.clone();
+        let why = format!("requested by {}", caller.name);
         let mut change = Change::new(&st);
+        if step == Step::Nothing {
+            // Recorded too: the operation was asked for, and found nothing to do.
+            let outcome = format!("nothing to do: already {}", inst.status);
+            let status = inst.status;
+            let e = event(now.unix, Some(key.number), op.name(), why, outcome);
+            change.record(&st, &key.service, e)?;
+            self.commit(&mut st, change).await?;
+            return Ok(status);
+        }
+        let mut i = inst.clone();
         take_back(&mut change, &key, &mut i)?;
         let detail = format!("{} by {}", op.verb(), caller.name);
-        match what {
+        match step {
             Step::Stop => i.set_status(InstanceStatus::Stopped, detail, now.unix),
             _ => {
                 i.set_status(InstanceStatus::Requested, detail, now.unix);
@@ -112,6 +125,9 @@ impl Root {
             }
         }
         let status = i.status;
+        let outcome = super::apps::placed(&i);
+        let e = event(now.unix, Some(key.number), op.name(), why, outcome);
+        change.record(&st, &key.service, e)?;
         change.put_instance(key, i)?;
         self.commit(&mut st, change).await?;
         Ok(status)

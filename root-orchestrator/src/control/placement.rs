@@ -219,6 +219,17 @@ impl Root {
                 self.stage(&st, &mut change, &mut inst, effect, now)?;
             }
             if inst.status != before.status || inst.cluster_id != before.cluster_id {
+                // A failover is an event of the service; so is a placement after one.
+                if let Some(from) = one.iter().find_map(|e| match e {
+                    PlacementEffect::TakeBack { from, .. } => Some(from),
+                    _ => None,
+                }) {
+                    let why = format!("cluster {from} stopped reporting");
+                    let outcome = super::apps::placed(&inst);
+                    let e =
+                        super::state::event(now.unix, Some(key.number), "failover", why, outcome);
+                    change.record(&st, &key.service, e)?;
+                }
                 change.put_instance(key.clone(), inst)?;
             }
         }

@@ -3,8 +3,8 @@
 
 use super::{Delivery, Now, Result};
 use crate::model::{
-    Application, Cluster, Instance, Organization, PendingCommand, Service, SubnetGrant, User,
-    collections as col, outbox_key,
+    Application, Cluster, Instance, Organization, PendingCommand, Service, ServiceEvent,
+    SubnetGrant, User, collections as col, outbox_key,
 };
 use canopy_core::addressing::{AddressError, Ipv4Pool};
 use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
@@ -89,6 +89,41 @@ pub(super) struct State {
     /// Worker subnets given out, by `<cluster>/<node>` ([`SubnetGrant::key`]).
     pub subnets: BTreeMap<String, SubnetGrant>,
     pub subnet_pool: Ipv4Pool,
+    /// The latest [`EVENTS_KEPT`] events of each service, oldest first.
+    pub events: BTreeMap<ServiceId, Vec<ServiceEvent>>,
+}
+
+/// A new event (its `seq` is given by [`Change::record`]).
+pub fn event(
+    at: f64,
+    instance: Option<InstanceNumber>,
+    what: &str,
+    why: impl Into<String>,
+    outcome: impl Into<String>,
+) -> ServiceEvent {
+    ServiceEvent {
+        seq: 0,
+        at,
+        instance: instance.map(|n| n.0),
+        what: what.into(),
+        why: why.into(),
+        outcome: outcome.into(),
+    }
+}
+
+/// How many events of one service are kept (older ones are deleted as new ones come).
+pub const EVENTS_KEPT: usize = 100;
+
+/// An event as stored (collection `events`, keyed `<service>:<seq>`).
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    service_id: String,
+    #[serde(flatten)]
+    event: ServiceEvent,
+}
+
+fn event_key(service: &ServiceId, seq: u64) -> String {
+    format!("{service}:{seq:020}")
 }
 
 /// An instance as stored: the instance and the service it belongs to.
@@ -122,6 +157,7 @@ impl State {
             pool: Ipv4Pool::service_addresses(),
             subnets: BTreeMap::new(),
             subnet_pool: Ipv4Pool::worker_subnets(),
+            events: BTreeMap::new(),
         };
         for (key, g) in Collection::<SubnetGrant>::new(store.clone(), col::SUBNETS)
             .list()
@@ -187,6 +223,22 @@ impl State {
                 None => tracing::warn!(key, "instance of an unknown service ignored"),
             }
         }
+        // Listed in key order: each service's events oldest first.
+        for (key, e) in Collection::<StoredEvent>::new(store.clone(), col::EVENTS)
+            .list()
+            .await?
+        {
+            match ServiceId::parse(e.service_id.as_str()) {
+                Ok(id) if st.services.contains_key(&id) => {
+                    st.events.entry(id).or_default().push(e.event);
+                }
+                _ => tracing::warn!(key, "event of an unknown service ignored"),
+            }
+        }
+        for list in st.events.values_mut() {
+            let extra = list.len().saturating_sub(EVENTS_KEPT);
+            list.drain(..extra);
+        }
         for (_, c) in Collection::<Cluster>::new(store.clone(), col::CLUSTERS)
             .list()
             .await?
@@ -231,7 +283,16 @@ impl State {
                     }
                     self.services.insert(id, *s);
                 }
-                Op::Service(id, None) => _ = self.services.remove(&id),
+                Op::Service(id, None) => {
+                    self.services.remove(&id);
+                    self.events.remove(&id);
+                }
+                Op::Event(id, e) => {
+                    let list = self.events.entry(id).or_default();
+                    list.push(e);
+                    let extra = list.len().saturating_sub(EVENTS_KEPT);
+                    list.drain(..extra);
+                }
                 Op::Instance(key, i) => {
                     if let Some(s) = self.services.get_mut(&key.service) {
                         match i {
@@ -283,6 +344,7 @@ enum Op {
     Cluster(Cluster, Instant),
     Outbox(u64, Option<PendingCommand>),
     Subnet(String, Option<SubnetGrant>),
+    Event(ServiceId, ServiceEvent),
 }
 
 /// The memory half of a [`Change`], applied by [`State::apply`] after the commit.
@@ -298,6 +360,8 @@ pub(super) struct Apply {
 pub(super) struct Change {
     tx: Tx<Delivery>,
     apply: Apply,
+    /// Events staged per service: (the next sequence number, how many are staged).
+    events: BTreeMap<ServiceId, (u64, usize)>,
 }
 
 impl Change {
@@ -311,7 +375,43 @@ impl Change {
                 pool: None,
                 released: Vec::new(),
             },
+            events: BTreeMap::new(),
         }
+    }
+
+    /// Records `event` on `service`, numbered after the ones in `st` and those staged (its
+    /// `seq` is set here), and deletes the oldest kept one when the service would hold more
+    /// than [`EVENTS_KEPT`].
+    pub fn record(
+        &mut self,
+        st: &State,
+        service: &ServiceId,
+        mut event: ServiceEvent,
+    ) -> Result<()> {
+        let kept = st.events.get(service).map_or(&[][..], Vec::as_slice);
+        let (next, staged) = self
+            .events
+            .entry(service.clone())
+            .or_insert_with(|| (kept.last().map_or(0, |e| e.seq + 1), 0));
+        event.seq = *next;
+        *next += 1;
+        *staged += 1;
+        if let Some(oldest) = (kept.len() + *staged)
+            .checked_sub(EVENTS_KEPT + 1)
+            .and_then(|i| kept.get(i))
+        {
+            self.tx.delete(col::EVENTS, &event_key(service, oldest.seq));
+        }
+        let stored = StoredEvent {
+            service_id: service.to_string(),
+            event,
+        };
+        self.tx
+            .put(col::EVENTS, &event_key(service, stored.event.seq), &stored)?;
+        self.apply
+            .ops
+            .push(Op::Event(service.clone(), stored.event));
+        Ok(())
     }
 
     pub fn split(self) -> (Tx<Delivery>, Apply) {
@@ -362,9 +462,13 @@ impl Change {
         Ok(())
     }
 
-    /// Removes a service with its instances, releasing their addresses. The caller undeploys.
-    pub fn delete_service(&mut self, id: &ServiceId, s: &Service) {
+    /// Removes a service with its instances and events, releasing their addresses. The
+    /// caller undeploys.
+    pub fn delete_service(&mut self, st: &State, id: &ServiceId, s: &Service) {
         self.tx.delete(col::SERVICES, id.as_str());
+        for e in st.events.get(id).into_iter().flatten() {
+            self.tx.delete(col::EVENTS, &event_key(id, e.seq));
+        }
         self.apply.released.push(s.rr_ip);
         self.apply.released.extend(s.spec.closest_ip);
         for i in s.instances.values() {

@@ -207,6 +207,17 @@ impl Api {
     }
 
     /// The one service of the application named `app`.
+    /// The `what` of each event of a service, oldest first.
+    pub async fn event_whats(&self, service_id: &str) -> Vec<String> {
+        let events = self.ok(&format!("/api/service/{service_id}/events")).await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["what"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn service_of(&self, app: &Value) -> Value {
         let id = app["applicationID"].as_str().unwrap();
         let list = self.ok(&format!("/api/services/{id}")).await;

@@ -163,7 +163,17 @@ async fn a_silent_cluster_loses_its_instance_after_the_grace_period() {
             (p.cluster_id, deploy)
         })
         .collect();
-    assert_eq!(actions, vec![(a.clone(), true), (a, false), (b, true)]);
+    assert_eq!(
+        actions,
+        vec![(a.clone(), true), (a.clone(), false), (b.clone(), true)]
+    );
+    // The move is an event of the service: why, and where it went.
+    let events = root.service_events(&admin(), id.as_str()).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.what, "failover");
+    assert_eq!(last.why, format!("cluster {a} stopped reporting"));
+    assert_eq!(last.outcome, format!("CLUSTER_SCHEDULED on cluster {b}"));
+    assert_eq!(last.instance, Some(0));
 }
 
 #[tokio::test(start_paused = true)]
