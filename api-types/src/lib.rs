@@ -433,3 +433,31 @@ pub struct ServiceEvent {
     pub why: String,
     pub outcome: String,
 }
+
+/// One change, as `GET /api/events` streams it (the SSE `data`; its `id` is the SSE id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FeedItem {
+    pub id: u64,
+    /// `application`, `service`, `instance` or `cluster`.
+    pub kind: String,
+    /// `put` (created or changed) or `delete`.
+    pub action: String,
+    /// The application's, service's or cluster's id; for an instance, its service's id.
+    pub object_id: String,
+    /// The user who owns it (none for clusters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u32>,
+    /// The application's name, the service's job name, the cluster's name.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

@@ -51,6 +51,10 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CANOPY_LOG", default_value = "info")]
     pub log: String,
+    /// How many changes the event stream (`GET /api/events`) keeps, so a client reconnecting
+    /// with `Last-Event-ID` misses nothing.
+    #[arg(long, env = "CANOPY_EVENTS_KEPT", default_value_t = 10_000)]
+    pub events_kept: usize,
     /// Largest request body the API reads, bytes (a larger one is refused with 413).
     #[arg(long, env = "CANOPY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

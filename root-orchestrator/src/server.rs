@@ -78,6 +78,7 @@ impl Server {
         let settings = Settings {
             cluster_grace: config.cluster_grace(),
             default_quota: config.default_quota(),
+            events_kept: config.events_kept,
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;
@@ -124,6 +125,13 @@ impl Server {
         let stopped = || stopper.stopped();
 
         let ticker = tokio::spawn(self.root.clone().run_ticker(stopped()));
+        // Event streams end when the root stops, so the API's connections can drain.
+        let feed_root = self.root.clone();
+        let feed_stop = stopped();
+        tokio::spawn(async move {
+            feed_stop.await;
+            feed_root.feed.close();
+        });
         let overlay = tokio::spawn(self.root.clone().run_overlay(stopped()));
 
         let state = ApiState {

@@ -3,6 +3,7 @@
 //! - [`accounts`]: login, refresh, users, organisations;
 //! - [`apps`]: applications, services, instances;
 //! - [`clusters`]: the cluster list and the workers of every cluster;
+//! - [`events`]: the change feed as server-sent events;
 //! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
@@ -14,6 +15,7 @@ pub mod accounts;
 pub mod apps;
 pub mod clusters;
 pub mod docs;
+pub mod events;
 pub mod views;
 
 use crate::auth::{TokenKeys, TokenType};
@@ -266,6 +268,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/clusters", get(clusters::list_clusters))
         .route("/api/clusters/active", get(clusters::list_active_clusters))
         .route("/api/nodes", get(clusters::list_nodes))
+        .route("/api/events", get(events::stream))
         .route("/health", get(health))
         .route("/docs/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::page))

@@ -9,6 +9,9 @@
 //! | `state.rs` | the in-memory model, its load from the store, [`InstanceKey`], and the staged change |
 //! | `accounts.rs` | users, organisations, passwords, login |
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
+//! | `operations.rs` | stop, start, restart one instance |
+//! | `quota.rs` | users' quotas, checked before a change that grows what they hold |
+//! | `feed.rs` | the change feed behind `GET /api/events` (kept items, resume, visibility) |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
 //! | `overlay.rs` | worker subnets of the address plan; the overlay view sent to every cluster when it changes |
 //! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
@@ -43,6 +46,7 @@
 
 mod accounts;
 mod apps;
+pub mod feed;
 mod operations;
 mod overlay;
 mod placement;
@@ -165,6 +169,8 @@ pub struct Settings {
     pub tick: Duration,
     /// The quota of users without one of their own (admins excepted).
     pub default_quota: canopy_api::Quota,
+    /// How many changes `GET /api/events` can resume across.
+    pub events_kept: usize,
 }
 
 impl Default for Settings {
@@ -173,6 +179,7 @@ impl Default for Settings {
             cluster_grace: Duration::from_secs(30),
             tick: Duration::from_millis(500),
             default_quota: canopy_api::Quota::UNLIMITED,
+            events_kept: 10_000,
         }
     }
 }
@@ -204,12 +211,15 @@ pub struct Root {
     /// The overlay view last sent to the clusters.
     overlay_sent: std::sync::Mutex<Arc<canopy_core::overlay::GlobalView>>,
     overlay_dirty: tokio::sync::Notify,
+    /// Every committed change, for `GET /api/events`.
+    pub feed: feed::Feed,
 }
 
 impl Root {
     /// Loads the state from `store`.
     pub async fn open(store: SharedStore, settings: Settings) -> Result<Arc<Root>> {
         let st = State::load(&store, Now::read()).await?;
+        let events_kept = settings.events_kept;
         let root = Arc::new(Root {
             store,
             state: Mutex::new(st),
@@ -219,6 +229,7 @@ impl Root {
             metrics: Metrics::default(),
             overlay_sent: std::sync::Mutex::new(Arc::default()),
             overlay_dirty: tokio::sync::Notify::new(),
+            feed: feed::Feed::new(events_kept, (Now::read().unix * 1e6) as u64),
         });
         root.overlay_changed();
         root.refresh_gauges().await;
@@ -234,7 +245,9 @@ impl Root {
     async fn commit(&self, st: &mut State, change: Change) -> Result<()> {
         let (tx, apply) = change.split();
         let sends = tx.commit(&*self.store).await?;
+        let feed = apply.feed(st);
         st.apply(apply);
+        self.feed.publish(feed);
         self.overlay_changed();
         if !sends.is_empty() {
             let sessions = self.sessions_lock();

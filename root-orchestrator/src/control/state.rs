@@ -6,6 +6,7 @@ use crate::model::{
     Application, Cluster, Instance, Organization, PendingCommand, Service, ServiceEvent,
     SubnetGrant, User, collections as col, outbox_key,
 };
+use canopy_api::FeedItem;
 use canopy_core::addressing::{AddressError, Ipv4Pool};
 use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, OrganizationId, ServiceId};
@@ -353,6 +354,103 @@ pub(super) struct Apply {
     next_command: u64,
     pool: Option<Ipv4Pool>,
     released: Vec<Ipv4Addr>,
+}
+
+impl Apply {
+    /// The change as feed items (unnumbered), read against `st` before it is applied: a
+    /// deleted object's owner is still there, a new instance's service may be in this change.
+    pub fn feed(&self, st: &State) -> Vec<FeedItem> {
+        let blank = |kind: &str, action: &str, id: String| FeedItem {
+            id: 0,
+            kind: kind.into(),
+            action: action.into(),
+            object_id: id,
+            owner: None,
+            application_id: None,
+            service_id: None,
+            instance: None,
+            name: String::new(),
+            status: None,
+            detail: None,
+        };
+        let action = |present: bool| if present { "put" } else { "delete" };
+        // A service's owner and application: staged in this change, or in `st`.
+        let service_of = |id: &ServiceId| -> Option<(String, String)> {
+            self.ops
+                .iter()
+                .find_map(|op| match op {
+                    Op::Service(sid, Some(s)) if sid == id => {
+                        Some((s.owner.clone(), s.application_id.clone()))
+                    }
+                    _ => None,
+                })
+                .or_else(|| {
+                    st.services
+                        .get(id)
+                        .map(|s| (s.owner.clone(), s.application_id.clone()))
+                })
+        };
+        let mut out = Vec::new();
+        for op in &self.ops {
+            let item = match op {
+                Op::App(id, a) => {
+                    let mut f = blank("application", action(a.is_some()), id.to_string());
+                    let doc = a.as_ref().or_else(|| st.apps.get(id));
+                    f.owner = doc.map(|a| a.owner.clone());
+                    f.name = doc.map(|a| a.name.clone()).unwrap_or_default();
+                    f.application_id = Some(id.to_string());
+                    f
+                }
+                Op::Service(id, None) => {
+                    // Its instances go with it.
+                    if let Some(gone) = st.services.get(id) {
+                        for n in gone.instances.keys() {
+                            let mut f = blank("instance", "delete", id.to_string());
+                            f.owner = Some(gone.owner.clone());
+                            f.application_id = Some(gone.application_id.clone());
+                            f.service_id = Some(id.to_string());
+                            f.instance = Some(n.0);
+                            out.push(f);
+                        }
+                    }
+                    let mut f = blank("service", "delete", id.to_string());
+                    let doc = st.services.get(id);
+                    f.owner = doc.map(|s| s.owner.clone());
+                    f.application_id = doc.map(|s| s.application_id.clone());
+                    f.name = doc.map(|s| s.spec.job_name.to_string()).unwrap_or_default();
+                    f.service_id = Some(id.to_string());
+                    f
+                }
+                Op::Service(id, s) => {
+                    let mut f = blank("service", action(s.is_some()), id.to_string());
+                    let doc = s.as_deref().or_else(|| st.services.get(id));
+                    f.owner = doc.map(|s| s.owner.clone());
+                    f.application_id = doc.map(|s| s.application_id.clone());
+                    f.name = doc.map(|s| s.spec.job_name.to_string()).unwrap_or_default();
+                    f.service_id = Some(id.to_string());
+                    f
+                }
+                Op::Instance(key, i) => {
+                    let mut f = blank("instance", action(i.is_some()), key.service.to_string());
+                    let (owner, app) = service_of(&key.service).unzip();
+                    (f.owner, f.application_id) = (owner, app);
+                    f.service_id = Some(key.service.to_string());
+                    f.instance = Some(key.number.0);
+                    f.status = i.as_ref().map(|i| i.status.to_string());
+                    f.detail = i.as_ref().map(|i| i.detail.clone());
+                    f
+                }
+                Op::Cluster(doc, _) => {
+                    let mut f = blank("cluster", "put", doc.id.to_string());
+                    f.name = doc.name.clone();
+                    f
+                }
+                _ => continue,
+            };
+            out.push(item);
+        }
+        out
+    }
 }
 
 /// A change being staged: every method stages a store write (or a command) in the [`Tx`] and
