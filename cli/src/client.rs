@@ -129,6 +129,8 @@ impl ApiError {
 /// A client of one root's API.
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no overall timeout.
+    stream_http: reqwest::Client,
     pub api: String,
     config: Config,
 }
@@ -149,7 +151,15 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Client { http, api, config })
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client {
+            http,
+            stream_http,
+            api,
+            config,
+        })
     }
 
     pub fn login_info(&self) -> Option<&Login> {
@@ -198,6 +208,44 @@ impl Client {
 
     pub async fn put<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T> {
         typed(path, self.send(Method::PUT, path, Some(body)).await?)
+    }
+
+    /// Opens the root's event stream (`GET /api/events{query}`), after event `after` when
+    /// resuming; the saved access token is refreshed once on 401.
+    pub async fn events(
+        &mut self,
+        query: &str,
+        after: Option<u64>,
+    ) -> Result<crate::events::EventStream> {
+        let Some(login) = self.login_info().cloned() else {
+            bail!("not logged in to {}: run `canopy login`", self.api);
+        };
+        let mut token = login.token.clone();
+        let mut refreshed = false;
+        loop {
+            let mut req = self
+                .stream_http
+                .get(format!("{}/api/events{query}", self.api))
+                .bearer_auth(&token);
+            if let Some(id) = after {
+                req = req.header("Last-Event-ID", id.to_string());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot reach the API at {}: {e}", self.api))?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                token = self.refresh(&login).await?;
+                refreshed = true;
+                continue;
+            }
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                return Err(ApiError::from_answer(status, &text).into());
+            }
+            return Ok(crate::events::EventStream::new(resp));
+        }
     }
 
     /// Deletes; the acknowledgement says nothing more than success.

@@ -128,6 +128,13 @@ struct Tracked {
 
 pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
     let (sla, replicas) = read_deployment(&args.file)?;
+    // Opened first, so no change of the new instances is missed; without it (an older root),
+    // --wait polls.
+    let mut events = if args.wait {
+        client.events("?kind=instance", None).await.ok()
+    } else {
+        None
+    };
     let apps: Vec<ApplicationView> = client.post("/api/application", Some(&sla)).await?;
     let mut tracked = Vec::new();
     for wanted in sla
@@ -164,7 +171,8 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
         }
     }
     if args.wait {
-        wait_running(client, &mut tracked, Duration::from_secs(args.timeout)).await?;
+        let timeout = Duration::from_secs(args.timeout);
+        wait_running(client, &mut tracked, &mut events, timeout).await?;
     }
     Ok(())
 }
@@ -196,6 +204,7 @@ pub fn read_deployment(file: &std::path::Path) -> Result<(Value, BTreeMap<String
 async fn wait_running(
     client: &mut Client,
     tracked: &mut [Tracked],
+    events: &mut Option<crate::events::EventStream>,
     timeout: Duration,
 ) -> Result<()> {
     let start = Instant::now();
@@ -253,7 +262,40 @@ async fn wait_running(
         if start.elapsed() > timeout {
             bail!("not every instance runs after {}s", timeout.as_secs());
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        next_change(events, tracked, timeout.saturating_sub(start.elapsed())).await;
+    }
+}
+
+/// Waits until a tracked instance changes, as the event stream says (at most 5 s: a safety
+/// net, and at most `left`), or 300 ms without a stream (one that fails is dropped).
+async fn next_change(
+    events: &mut Option<crate::events::EventStream>,
+    tracked: &[Tracked],
+    left: Duration,
+) {
+    let Some(stream) = events else {
+        tokio::time::sleep(Duration::from_millis(300).min(left)).await;
+        return;
+    };
+    let ours = async {
+        loop {
+            match stream.next_item().await {
+                Ok(Some(i)) => {
+                    let hit = tracked.iter().any(|t| {
+                        i.service_id.as_deref() == Some(&t.service_id)
+                            && i.instance == Some(t.number)
+                    });
+                    if hit {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5).min(left), ours).await {
+        Ok(true) | Err(_) => {}
+        Ok(false) => *events = None,
     }
 }
 

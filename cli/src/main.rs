@@ -11,6 +11,7 @@ mod commands;
 mod compose;
 mod describe;
 mod doctor;
+mod events;
 mod operations;
 mod quota;
 mod sla;
@@ -52,6 +53,8 @@ enum Command {
     Get(commands::GetArgs),
     /// Show a service, its instances and its events (what was done, why, how it ended).
     Describe(describe::DescribeArgs),
+    /// Print every change (applications, services, instances, clusters) as it happens.
+    Events(events::EventsArgs),
     /// Print a service instance's recent output.
     Logs(commands::LogsArgs),
     /// Set the number of instances of a service.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             Command::Delete(a) => commands::delete(&mut client, a).await,
             Command::Quota(a) => quota::run(&mut client, a).await,
             Command::Describe(a) => describe::run(&mut client, a).await,
+            Command::Events(a) => events::run(&mut client, a).await,
             Command::Stop(a) => operations::run(&mut client, "stop", a).await,
             Command::Start(a) => operations::run(&mut client, "start", a).await,
             Command::Restart(a) => operations::run(&mut client, "restart", a).await,

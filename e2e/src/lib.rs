@@ -379,6 +379,20 @@ impl Stack {
     }
 
     /// `canopy ARGS`, which must succeed.
+    /// Starts `canopy ARGS` (logged in like [`Stack::cli`]) with its stdout piped, for
+    /// commands that run until stopped (`canopy events`); killed on drop.
+    pub fn cli_spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(bin_dir().join("canopy"))
+            .args(args)
+            .env("CANOPY_CONFIG", self.dir.path().join("cli.json"))
+            .env_remove("CANOPY_API")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("canopy runs")
+    }
+
     pub async fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args).await;
         assert!(

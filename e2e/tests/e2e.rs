@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 fn work() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -122,6 +123,12 @@ async fn a_service_runs_scales_completes_and_leaves_nothing_behind() {
     }
     assert!(logs.contains("response:200"), "logs: {logs:?}");
 
+    // `canopy events` prints changes as they happen: the scale below shows as instance
+    // changes of pool.worker, up to RUNNING.
+    let mut events = stack.cli_spawn(&["events", "--kind", "instance"]);
+    let mut lines = tokio::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     // Scale 1 → 3 → 1 (a service without a host port: the instances share the host network).
     let sleepy = stack
         .deploy(&sla("pool", vec![sleeper("worker", &image)]))
@@ -130,6 +137,23 @@ async fn a_service_runs_scales_completes_and_leaves_nothing_behind() {
     stack.wait_all(&sleepy, 1, "RUNNING").await;
     stack.cli_ok(&["scale", "pool.worker", "3"]).await;
     stack.wait_all(&sleepy, 3, "RUNNING").await;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains(" RUNNING"))
+        .count()
+        < 3
+    {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("canopy events printed only {seen:#?}"))
+            .unwrap()
+            .expect("canopy events runs on");
+        assert!(line.contains(&format!("instance {sleepy}#")), "{line}");
+        seen.push(line);
+    }
+    drop(events);
     assert_eq!(ctr::tasks(&ns).len(), 4);
     let instances = stack.cli_ok(&["get", "instances"]).await;
     assert_eq!(instances.matches("pool.worker").count(), 3, "{instances}");

@@ -430,6 +430,15 @@ impl Apply {
                     f.service_id = Some(id.to_string());
                     f
                 }
+                Op::Instance(key, Some(i))
+                    if st.instance(key).is_some_and(|old| {
+                        (&old.status, &old.detail, &old.cluster_id, &old.node_id)
+                            == (&i.status, &i.detail, &i.cluster_id, &i.node_id)
+                    }) =>
+                {
+                    // A report with new usage figures only: not a change worth a message.
+                    continue;
+                }
                 Op::Instance(key, i) => {
                     let mut f = blank("instance", action(i.is_some()), key.service.to_string());
                     let (owner, app) = service_of(&key.service).unzip();
