@@ -61,6 +61,10 @@ pub struct GetArgs {
     pub kind: Kind,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
+    /// After the list, print it again at each change (from the root's event stream), until
+    /// interrupted.
+    #[arg(long, short)]
+    pub watch: bool,
 }
 
 #[derive(Args)]
@@ -300,6 +304,41 @@ async fn next_change(
 }
 
 pub async fn get(client: &mut Client, args: GetArgs) -> Result<()> {
+    // Opened before the first list, so no change after it is missed.
+    let mut events = if args.watch {
+        let kinds = match args.kind {
+            Kind::Apps => "application",
+            Kind::Services => "service,instance",
+            Kind::Instances => "instance",
+            Kind::Clusters | Kind::Nodes => "cluster",
+        };
+        Some(client.events(&format!("?kind={kinds}"), None).await?)
+    } else {
+        None
+    };
+    print_list(client, &args).await?;
+    let Some(stream) = events.as_mut() else {
+        return Ok(());
+    };
+    // Each list ends with a blank line.
+    println!();
+    loop {
+        match stream.next_item().await? {
+            Some(_) => {
+                // Changes come in bursts (a placement is several): one list per burst.
+                while let Ok(Ok(Some(_))) =
+                    tokio::time::timeout(Duration::from_millis(100), stream.next_item()).await
+                {
+                }
+                print_list(client, &args).await?;
+                println!();
+            }
+            None => bail!("the root closed the event stream"),
+        }
+    }
+}
+
+async fn print_list(client: &mut Client, args: &GetArgs) -> Result<()> {
     let path = match args.kind {
         Kind::Apps => "/api/applications",
         Kind::Services | Kind::Instances => "/api/services",

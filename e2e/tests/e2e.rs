@@ -14,6 +14,24 @@ fn work() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
+/// The next list `canopy get --watch` prints (its lines up to the blank line after it).
+async fn next_list(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Vec<String> {
+    let mut rows = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a list within 30 s")
+            .unwrap()
+            .expect("canopy get --watch runs on");
+        if line.is_empty() {
+            return rows;
+        }
+        rows.push(line);
+    }
+}
+
 fn sleeper(name: &str, image: &std::path::Path) -> Value {
     container(
         name,
@@ -157,7 +175,29 @@ async fn a_service_runs_scales_completes_and_leaves_nothing_behind() {
     assert_eq!(ctr::tasks(&ns).len(), 4);
     let instances = stack.cli_ok(&["get", "instances"]).await;
     assert_eq!(instances.matches("pool.worker").count(), 3, "{instances}");
+    // `canopy get instances --watch` lists them, and again when they change.
+    let mut watch = stack.cli_spawn(&["get", "instances", "--watch"]);
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = next_list(&mut lines).await;
+    assert_eq!(
+        first.iter().filter(|l| l.contains("pool.worker")).count(),
+        3,
+        "{first:?}"
+    );
     stack.cli_ok(&["scale", "pool.worker", "1"]).await;
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        last = next_list(&mut lines).await;
+        if last.iter().filter(|l| l.contains("pool.worker")).count() == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        last.iter().filter(|l| l.contains("pool.worker")).count(),
+        1,
+        "{last:?}"
+    );
+    drop(watch);
     stack.wait_all(&sleepy, 1, "RUNNING").await;
     for _ in 0..100 {
         if ctr::containers(&ns).len() == 2 {
