@@ -438,11 +438,11 @@ pub struct ServiceEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FeedItem {
     pub id: u64,
-    /// `application`, `service`, `instance` or `cluster`.
+    /// `application`, `service`, `instance`, `cluster` or `node`.
     pub kind: String,
     /// `put` (created or changed) or `delete`.
     pub action: String,
-    /// The application's, service's or cluster's id; for an instance, its service's id.
+    /// The application's, service's, cluster's or node's id; for an instance, its service's.
     pub object_id: String,
     /// The user who owns it (none for clusters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,7 +453,7 @@ pub struct FeedItem {
     pub service_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<u32>,
-    /// The application's name, the service's job name, the cluster's name.
+    /// The application's name, the service's job name, the cluster's or node's name.
     #[serde(default)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -310,7 +310,8 @@ pub async fn get(client: &mut Client, args: GetArgs) -> Result<()> {
             Kind::Apps => "application",
             Kind::Services => "service,instance",
             Kind::Instances => "instance",
-            Kind::Clusters | Kind::Nodes => "cluster",
+            Kind::Clusters => "cluster",
+            Kind::Nodes => "node",
         };
         Some(client.events(&format!("?kind={kinds}"), None).await?)
     } else {

@@ -93,7 +93,7 @@ impl EventStream {
 
 #[derive(clap::Args)]
 pub struct EventsArgs {
-    /// Only these kinds, comma-separated: application, service, instance, cluster.
+    /// Only these kinds, comma-separated: application, service, instance, cluster, node.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only this service (id or name) and its instances.

@@ -1,6 +1,6 @@
 //! `GET /api/events`: the change feed as server-sent events (a Canopy extension). Each event's
 //! SSE `id` is the change's id, its `event` the kind (`application`, `service`, `instance`,
-//! `cluster`), its `data` the [`FeedItem`] as JSON. A client that reconnects with
+//! `cluster`, `node`), its `data` the [`FeedItem`] as JSON. A client that reconnects with
 //! `Last-Event-ID` gets every change after that id; when some are no longer kept, the first
 //! event is `gap` (list again, then follow). A subscriber too slow for the live channel gets
 //! `gap` and the stream ends. Users see their own objects and the clusters; admins all.
@@ -17,11 +17,11 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use tokio::sync::broadcast::error::RecvError;
 
-const KINDS: [&str; 4] = ["application", "service", "instance", "cluster"];
+const KINDS: [&str; 5] = ["application", "service", "instance", "cluster", "node"];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EventsQuery {
-    /// Only these kinds, comma-separated: application, service, instance, cluster.
+    /// Only these kinds, comma-separated: application, service, instance, cluster, node.
     pub kind: Option<String>,
     /// Only changes of this application (its services and instances too).
     pub application: Option<String>,

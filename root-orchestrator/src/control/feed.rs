@@ -1,5 +1,6 @@
 //! The change feed behind `GET /api/events`: every committed change to an application, a
-//! service, an instance or a cluster becomes one [`FeedItem`] with the next id. The latest
+//! service, an instance or a cluster, and every worker that joins, leaves or changes activity
+//! in a cluster's report, becomes one [`FeedItem`] with the next id. The latest
 //! `--events-kept` items are kept, so a client that reconnects with `Last-Event-ID` gets
 //! exactly what it missed, or learns that the gap is too old and it must list again.
 //!
@@ -8,9 +9,46 @@
 //! so a subscriber sees each item once: from the backlog or from the live channel, never both.
 
 use canopy_api::FeedItem;
+use canopy_core::ClusterId;
+use canopy_core::link::NodeSummary;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
+
+/// The workers of `cluster` that joined, left or changed activity between two of its
+/// reports, as feed items of kind `node` (usage figures alone are no change).
+pub fn node_changes(
+    cluster: &ClusterId,
+    before: &[NodeSummary],
+    after: &[NodeSummary],
+) -> Vec<FeedItem> {
+    let item = |n: &NodeSummary, action: &str| FeedItem {
+        id: 0,
+        kind: "node".into(),
+        action: action.into(),
+        object_id: n.id.to_string(),
+        owner: None,
+        application_id: None,
+        service_id: None,
+        instance: None,
+        name: format!("{} (cluster {cluster})", n.name),
+        status: Some(if n.active { "active" } else { "inactive" }.into()),
+        detail: None,
+    };
+    let mut out = Vec::new();
+    for n in after {
+        match before.iter().find(|b| b.id == n.id) {
+            Some(b) if b.active == n.active && b.name == n.name => {}
+            _ => out.push(item(n, "put")),
+        }
+    }
+    for b in before {
+        if !after.iter().any(|n| n.id == b.id) {
+            out.push(item(b, "delete"));
+        }
+    }
+    out
+}
 
 /// Who may see an item: its owner and admins; items without an owner (clusters) everyone.
 pub fn visible(item: &FeedItem, user: &str, admin: bool) -> bool {
@@ -172,6 +210,46 @@ mod tests {
         assert_eq!(ids(&s), [12, 13, 14]);
         assert!(!feed.subscribe(Some(11)).gap);
         assert!(feed.subscribe(None).backlog.is_empty());
+    }
+
+    #[test]
+    fn workers_that_join_leave_or_change_activity_are_node_items() {
+        use canopy_core::{Architecture, NodeId};
+        let node = |id: &str, active: bool, cpu: f64| NodeSummary {
+            id: NodeId::parse(id).unwrap(),
+            name: id.into(),
+            active,
+            architecture: Architecture::Amd64,
+            virtualizations: Vec::new(),
+            cpu_percent: cpu,
+            memory_percent: 0.0,
+            instances: 0,
+            overlay: None,
+        };
+        let c = ClusterId::parse("c1").unwrap();
+        let before = [node("w1", true, 1.0), node("w2", true, 1.0)];
+        // Usage alone: nothing.
+        assert!(
+            node_changes(
+                &c,
+                &before,
+                &[node("w1", true, 50.0), node("w2", true, 9.0)]
+            )
+            .is_empty()
+        );
+        let after = [node("w1", false, 1.0), node("w3", true, 0.0)];
+        let got: Vec<(String, String, Option<String>)> = node_changes(&c, &before, &after)
+            .into_iter()
+            .map(|i| (i.object_id, i.action, i.status))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("w1".into(), "put".into(), Some("inactive".into())),
+                ("w3".into(), "put".into(), Some("active".into())),
+                ("w2".into(), "delete".into(), Some("active".into())),
+            ]
+        );
     }
 
     #[test]

@@ -177,7 +177,9 @@ impl Root {
             .iter()
             .map(|n| (&n.id, n.overlay))
             .ne(nodes.iter().map(|n| (&n.id, n.overlay)));
+        let changed = super::feed::node_changes(cluster, &e.nodes, &nodes);
         e.nodes = nodes;
+        self.feed.publish(changed);
         if overlay_moved {
             self.overlay_changed();
         }
