@@ -374,21 +374,22 @@ impl Apply {
             detail: None,
         };
         let action = |present: bool| if present { "put" } else { "delete" };
-        // A service's owner and application: staged in this change, or in `st`.
+        // A service's owner and application: staged in this change, or in `st` (one map of
+        // the staged ones: a commit can hold thousands of instances).
+        let staged: BTreeMap<&ServiceId, &Service> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Service(id, Some(s)) => Some((id, &**s)),
+                _ => None,
+            })
+            .collect();
         let service_of = |id: &ServiceId| -> Option<(String, String)> {
-            self.ops
-                .iter()
-                .find_map(|op| match op {
-                    Op::Service(sid, Some(s)) if sid == id => {
-                        Some((s.owner.clone(), s.application_id.clone()))
-                    }
-                    _ => None,
-                })
-                .or_else(|| {
-                    st.services
-                        .get(id)
-                        .map(|s| (s.owner.clone(), s.application_id.clone()))
-                })
+            staged
+                .get(id)
+                .copied()
+                .or_else(|| st.services.get(id))
+                .map(|s| (s.owner.clone(), s.application_id.clone()))
         };
         let mut out = Vec::new();
         for op in &self.ops {
