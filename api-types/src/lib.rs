@@ -461,3 +461,22 @@ pub struct FeedItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+impl FeedItem {
+    /// An unnumbered item of `kind` with only its action and object id set.
+    pub fn new(kind: &str, action: &str, object_id: impl Into<String>) -> FeedItem {
+        FeedItem {
+            id: 0,
+            kind: kind.into(),
+            action: action.into(),
+            object_id: object_id.into(),
+            owner: None,
+            application_id: None,
+            service_id: None,
+            instance: None,
+            name: String::new(),
+            status: None,
+            detail: None,
+        }
+    }
+}

@@ -362,15 +362,18 @@ impl Stack {
     }
 
     /// Runs `canopy ARGS` with this stack's CLI config.
-    pub async fn cli(&self, args: &[&str]) -> CliOut {
-        let out = tokio::process::Command::new(bin_dir().join("canopy"))
-            .args(args)
+    /// `canopy ARGS`, logged in as this stack's Admin (its own config file), no stdin.
+    fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin_dir().join("canopy"));
+        cmd.args(args)
             .env("CANOPY_CONFIG", self.dir.path().join("cli.json"))
             .env_remove("CANOPY_API")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("canopy runs");
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> CliOut {
+        let out = self.cli_command(args).output().await.expect("canopy runs");
         CliOut {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -382,11 +385,7 @@ impl Stack {
     /// Starts `canopy ARGS` (logged in like [`Stack::cli`]) with its stdout piped, for
     /// commands that run until stopped (`canopy events`); killed on drop.
     pub fn cli_spawn(&self, args: &[&str]) -> tokio::process::Child {
-        tokio::process::Command::new(bin_dir().join("canopy"))
-            .args(args)
-            .env("CANOPY_CONFIG", self.dir.path().join("cli.json"))
-            .env_remove("CANOPY_API")
-            .stdin(Stdio::null())
+        self.cli_command(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

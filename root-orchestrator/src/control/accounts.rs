@@ -35,7 +35,7 @@ pub struct UserRoles {
 }
 
 /// A copy of the user `name`, to change and stage.
-fn user_copy(st: &State, name: &str) -> Result<User> {
+pub(super) fn user_copy(st: &State, name: &str) -> Result<User> {
     st.users
         .get(name)
         .cloned()

@@ -26,7 +26,11 @@ fn owned_app<'a>(
 
 /// The service `id` names, if `caller` may see it; else it is not found (also when `id`
 /// cannot be an id at all).
-fn owned_service<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<(ServiceId, &'a Service)> {
+pub(super) fn owned_service<'a>(
+    st: &'a State,
+    caller: &Caller,
+    id: &str,
+) -> Result<(ServiceId, &'a Service)> {
     let key = ServiceId::parse(id).map_err(|_| not_found("service", id))?;
     match st.services.get(&key) {
         Some(s) if caller.may_touch(&s.owner) => Ok((key, s)),
@@ -66,6 +70,7 @@ impl Root {
         })?;
         let mut change = Change::new(&st);
         let mut taken = taken_names(&st);
+        let why = format!("SLA applied by {}", caller.name);
         for (i, app) in sla.applications.iter().enumerate() {
             let id: ApplicationId = new_id()?;
             let mut a = Application {
@@ -77,7 +82,6 @@ impl Root {
                 services: Vec::new(),
             };
             let path = format!("applications[{i}]");
-            let why = format!("SLA applied by {}", caller.name);
             add_services_to(
                 &st,
                 &mut change,

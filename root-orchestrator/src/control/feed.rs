@@ -9,9 +9,10 @@
 //! so a subscriber sees each item once: from the backlog or from the live channel, never both.
 
 use canopy_api::FeedItem;
-use canopy_core::ClusterId;
 use canopy_core::link::NodeSummary;
+use canopy_core::{ClusterId, NodeId};
 use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
@@ -22,31 +23,28 @@ pub fn node_changes(
     before: &[NodeSummary],
     after: &[NodeSummary],
 ) -> Vec<FeedItem> {
-    let item = |n: &NodeSummary, action: &str| FeedItem {
-        id: 0,
-        kind: "node".into(),
-        action: action.into(),
-        object_id: n.id.to_string(),
-        owner: None,
-        application_id: None,
-        service_id: None,
-        instance: None,
-        name: format!("{} (cluster {cluster})", n.name),
-        status: Some(if n.active { "active" } else { "inactive" }.into()),
-        detail: None,
+    let item = |n: &NodeSummary, action: &str| {
+        let mut f = FeedItem::new("node", action, n.id.to_string());
+        f.name = format!("{} (cluster {cluster})", n.name);
+        f.status = Some(if n.active { "active" } else { "inactive" }.into());
+        f
     };
-    let mut out = Vec::new();
-    for n in after {
-        match before.iter().find(|b| b.id == n.id) {
-            Some(b) if b.active == n.active && b.name == n.name => {}
-            _ => out.push(item(n, "put")),
-        }
-    }
-    for b in before {
-        if !after.iter().any(|n| n.id == b.id) {
-            out.push(item(b, "delete"));
-        }
-    }
+    let was: HashMap<&NodeId, &NodeSummary> = before.iter().map(|n| (&n.id, n)).collect();
+    let now: HashSet<&NodeId> = after.iter().map(|n| &n.id).collect();
+    let mut out: Vec<FeedItem> = after
+        .iter()
+        .filter(|n| {
+            was.get(&n.id)
+                .is_none_or(|b| b.active != n.active || b.name != n.name)
+        })
+        .map(|n| item(n, "put"))
+        .collect();
+    out.extend(
+        before
+            .iter()
+            .filter(|b| !now.contains(&b.id))
+            .map(|b| item(b, "delete")),
+    );
     out
 }
 
@@ -174,19 +172,10 @@ mod tests {
     use super::*;
 
     fn item(kind: &str, owner: Option<&str>) -> FeedItem {
-        FeedItem {
-            id: 0,
-            kind: kind.into(),
-            action: "put".into(),
-            object_id: "x".into(),
-            owner: owner.map(str::to_owned),
-            application_id: Some("a1".into()),
-            service_id: None,
-            instance: None,
-            name: String::new(),
-            status: None,
-            detail: None,
-        }
+        let mut f = FeedItem::new(kind, "put", "x");
+        f.owner = owner.map(str::to_owned);
+        f.application_id = Some("a1".into());
+        f
     }
 
     #[tokio::test]
@@ -214,7 +203,7 @@ mod tests {
 
     #[test]
     fn workers_that_join_leave_or_change_activity_are_node_items() {
-        use canopy_core::{Architecture, NodeId};
+        use canopy_core::Architecture;
         let node = |id: &str, active: bool, cpu: f64| NodeSummary {
             id: NodeId::parse(id).unwrap(),
             name: id.into(),

@@ -9,10 +9,11 @@
 //! undeploys it and places it anew in one step; the cluster's queue keeps the order, so the
 //! new copy starts after the old one is gone.
 
+use super::apps::owned_service;
 use super::state::{Change, InstanceKey, event};
 use super::{Caller, Error, Now, Result, Root, not_found};
 use crate::model::Instance;
-use canopy_core::{InstanceNumber, InstanceStatus, ServiceId};
+use canopy_core::{InstanceNumber, InstanceStatus};
 
 /// What to do to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +90,11 @@ impl Root {
     ) -> Result<InstanceStatus> {
         let now = Now::read();
         let mut st = self.state.lock().await;
-        let key = ServiceId::parse(id).map_err(|_| not_found("service", id))?;
-        let inst = match st.services.get(&key) {
-            Some(s) if caller.may_touch(&s.owner) => s
-                .instances
-                .get(&InstanceNumber(n))
-                .ok_or_else(|| not_found("instance", &n.to_string()))?,
-            _ => return Err(not_found("service", id)),
-        };
+        let (key, s) = owned_service(&st, caller, id)?;
+        let inst = s
+            .instances
+            .get(&InstanceNumber(n))
+            .ok_or_else(|| not_found("instance", &n.to_string()))?;
         let step = step(op, inst.status).map_err(|message| Error::Conflict {
             field: "instance".into(),
             message,

@@ -156,11 +156,7 @@ impl Root {
     ) -> Result<QuotaView> {
         caller.require_admin()?;
         let mut st = self.state.lock().await;
-        let mut u = st
-            .users
-            .get(name)
-            .cloned()
-            .ok_or_else(|| not_found("user", name))?;
+        let mut u = super::accounts::user_copy(&st, name)?;
         u.quota = quota;
         let mut change = Change::new(&st);
         change.put_user(u)?;

@@ -360,19 +360,6 @@ impl Apply {
     /// The change as feed items (unnumbered), read against `st` before it is applied: a
     /// deleted object's owner is still there, a new instance's service may be in this change.
     pub fn feed(&self, st: &State) -> Vec<FeedItem> {
-        let blank = |kind: &str, action: &str, id: String| FeedItem {
-            id: 0,
-            kind: kind.into(),
-            action: action.into(),
-            object_id: id,
-            owner: None,
-            application_id: None,
-            service_id: None,
-            instance: None,
-            name: String::new(),
-            status: None,
-            detail: None,
-        };
         let action = |present: bool| if present { "put" } else { "delete" };
         // A service's owner and application: staged in this change, or in `st` (one map of
         // the staged ones: a commit can hold thousands of instances).
@@ -395,38 +382,30 @@ impl Apply {
         for op in &self.ops {
             let item = match op {
                 Op::App(id, a) => {
-                    let mut f = blank("application", action(a.is_some()), id.to_string());
+                    let mut f = FeedItem::new("application", action(a.is_some()), id.to_string());
                     let doc = a.as_ref().or_else(|| st.apps.get(id));
                     f.owner = doc.map(|a| a.owner.clone());
                     f.name = doc.map(|a| a.name.clone()).unwrap_or_default();
                     f.application_id = Some(id.to_string());
                     f
                 }
-                Op::Service(id, None) => {
-                    // Its instances go with it.
-                    if let Some(gone) = st.services.get(id) {
-                        for n in gone.instances.keys() {
-                            let mut f = blank("instance", "delete", id.to_string());
-                            f.owner = Some(gone.owner.clone());
-                            f.application_id = Some(gone.application_id.clone());
+                Op::Service(id, s) => {
+                    let doc = s.as_deref().or_else(|| st.services.get(id));
+                    let (owner, app) = doc
+                        .map(|d| (d.owner.clone(), d.application_id.clone()))
+                        .unzip();
+                    // A deleted service's instances go with it.
+                    if s.is_none() {
+                        for n in doc.into_iter().flat_map(|d| d.instances.keys()) {
+                            let mut f = FeedItem::new("instance", "delete", id.to_string());
+                            (f.owner, f.application_id) = (owner.clone(), app.clone());
                             f.service_id = Some(id.to_string());
                             f.instance = Some(n.0);
                             out.push(f);
                         }
                     }
-                    let mut f = blank("service", "delete", id.to_string());
-                    let doc = st.services.get(id);
-                    f.owner = doc.map(|s| s.owner.clone());
-                    f.application_id = doc.map(|s| s.application_id.clone());
-                    f.name = doc.map(|s| s.spec.job_name.to_string()).unwrap_or_default();
-                    f.service_id = Some(id.to_string());
-                    f
-                }
-                Op::Service(id, s) => {
-                    let mut f = blank("service", action(s.is_some()), id.to_string());
-                    let doc = s.as_deref().or_else(|| st.services.get(id));
-                    f.owner = doc.map(|s| s.owner.clone());
-                    f.application_id = doc.map(|s| s.application_id.clone());
+                    let mut f = FeedItem::new("service", action(s.is_some()), id.to_string());
+                    (f.owner, f.application_id) = (owner, app);
                     f.name = doc.map(|s| s.spec.job_name.to_string()).unwrap_or_default();
                     f.service_id = Some(id.to_string());
                     f
@@ -441,7 +420,8 @@ impl Apply {
                     continue;
                 }
                 Op::Instance(key, i) => {
-                    let mut f = blank("instance", action(i.is_some()), key.service.to_string());
+                    let mut f =
+                        FeedItem::new("instance", action(i.is_some()), key.service.to_string());
                     let (owner, app) = service_of(&key.service).unzip();
                     (f.owner, f.application_id) = (owner, app);
                     f.service_id = Some(key.service.to_string());
@@ -451,7 +431,7 @@ impl Apply {
                     f
                 }
                 Op::Cluster(doc, _) => {
-                    let mut f = blank("cluster", "put", doc.id.to_string());
+                    let mut f = FeedItem::new("cluster", "put", doc.id.to_string());
                     f.name = doc.name.clone();
                     f
                 }
