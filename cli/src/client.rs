@@ -217,6 +217,20 @@ impl Client {
         query: &str,
         after: Option<u64>,
     ) -> Result<crate::events::EventStream> {
+        let resume = after.map(|id| ("Last-Event-ID", id.to_string()));
+        let resp = self
+            .open_stream(&format!("/api/events{query}"), resume)
+            .await?;
+        Ok(crate::events::EventStream::new(resp))
+    }
+
+    /// `GET path` for a response read as it comes (no overall timeout), with the saved access
+    /// token, refreshed once on 401, and `header` if given. An error status is an [`ApiError`].
+    pub async fn open_stream(
+        &mut self,
+        path: &str,
+        header: Option<(&str, String)>,
+    ) -> Result<reqwest::Response> {
         let Some(login) = self.login_info().cloned() else {
             bail!("not logged in to {}: run `canopy login`", self.api);
         };
@@ -225,10 +239,10 @@ impl Client {
         loop {
             let mut req = self
                 .stream_http
-                .get(format!("{}/api/events{query}", self.api))
+                .get(format!("{}{path}", self.api))
                 .bearer_auth(&token);
-            if let Some(id) = after {
-                req = req.header("Last-Event-ID", id.to_string());
+            if let Some((name, value)) = &header {
+                req = req.header(*name, value);
             }
             let resp = req
                 .send()
@@ -244,7 +258,7 @@ impl Client {
                 let text = resp.text().await.unwrap_or_default();
                 return Err(ApiError::from_answer(status, &text).into());
             }
-            return Ok(crate::events::EventStream::new(resp));
+            return Ok(resp);
         }
     }
 

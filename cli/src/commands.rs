@@ -74,9 +74,12 @@ pub struct LogsArgs {
     /// Instance number; default: the lowest.
     #[arg(long)]
     pub instance: Option<u32>,
-    /// Keep printing new output.
+    /// Keep printing new output until the instance is removed.
     #[arg(long, short)]
     pub follow: bool,
+    /// Start this many lines before the end (default: the whole log).
+    #[arg(long)]
+    pub tail: Option<u32>,
 }
 
 #[derive(Args)]
@@ -506,46 +509,38 @@ fn nodes_table(list: &[NodeView]) -> Table {
     t
 }
 
+/// Prints an instance's log as its worker streams it (through the cluster and the root).
 pub async fn logs(client: &mut Client, args: LogsArgs) -> Result<()> {
     let id = resolve_service(client, &args.service).await?;
-    let mut shown = String::new();
-    loop {
-        let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
-        let inst = match args.instance {
-            Some(n) => instance(&svc, n)
-                .ok_or_else(|| anyhow!("service {} has no instance {n}", args.service))?,
-            None => svc
-                .instance_list
+    let n = match args.instance {
+        Some(n) => n,
+        None => {
+            let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
+            svc.instance_list
                 .iter()
-                .min_by_key(|i| i.instance_number)
-                .ok_or_else(|| anyhow!("service {} has no instance", args.service))?,
-        };
-        let text = inst.logs.clone();
-        let new = unseen(&shown, &text);
-        if !new.is_empty() {
-            print!("{new}");
-            std::io::stdout().flush().ok();
+                .map(|i| i.instance_number)
+                .min()
+                .ok_or_else(|| anyhow!("service {} has no instance", args.service))?
         }
-        shown = text;
-        if !args.follow {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut path = format!("/api/service/{id}/instance/{n}/logs?follow={}", args.follow);
+    if let Some(t) = args.tail {
+        path.push_str(&format!("&tail={t}"));
     }
-}
-
-/// The part of `now` (a log tail) not yet in `shown` (the previous tail): what follows the
-/// longest end of `shown` that `now` starts with.
-fn unseen<'a>(shown: &str, now: &'a str) -> &'a str {
-    if shown.is_empty() {
-        return now;
-    }
-    for (start, _) in shown.char_indices() {
-        if let Some(rest) = now.strip_prefix(&shown[start..]) {
-            return rest;
+    let mut resp = client.open_stream(&path, None).await?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => bail!(
+                "the log of instance {n} broke off before its end (the worker was lost, the root stopped, or the log is longer than the root's --max-log-bytes): {e}"
+            ),
         }
     }
-    now
 }
 
 pub async fn scale(client: &mut Client, args: ScaleArgs) -> Result<()> {
@@ -659,16 +654,6 @@ fn text(v: Option<&Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn followed_logs_print_only_what_is_new() {
-        assert_eq!(unseen("", "a\nb\n"), "a\nb\n");
-        assert_eq!(unseen("a\nb\n", "a\nb\nc\n"), "c\n");
-        // The tail window moved: the old start is gone.
-        assert_eq!(unseen("a\nb\nc\n", "b\nc\nd\n"), "d\n");
-        assert_eq!(unseen("a\n", "a\n"), "");
-        assert_eq!(unseen("xyz", "new"), "new");
-    }
 
     /// A service as the root answers, with fields the CLI does not know.
     fn service() -> Value {

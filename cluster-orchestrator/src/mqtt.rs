@@ -7,7 +7,7 @@ use crate::broker::{DYNSEC_RESPONSE_TOPIC, DynsecWaiters, dynsec_response};
 use crate::control::{Cluster, Publish, UsageReport};
 use canopy_core::InstanceNumber;
 use canopy_proto::worker::topics::{self, Incoming};
-use canopy_proto::worker::{JobStatus, NodeInformation, ResourcesReport};
+use canopy_proto::worker::{JobStatus, LogDataMessage, NodeInformation, ResourcesReport};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +159,13 @@ pub async fn dispatch(cluster: &Cluster, topic: &str, payload: &[u8]) {
             count("will");
             cluster.on_will(&node).await;
         }
+        Incoming::LogData(node) => match serde_json::from_slice::<LogDataMessage>(payload) {
+            Ok(m) => {
+                count("log_data");
+                cluster.on_log_data(&node, m.chunk());
+            }
+            Err(e) => tracing::warn!(%node, error = %e, "bad log chunk dropped"),
+        },
     }
 }
 
@@ -168,6 +175,8 @@ fn topic_kind(topic: &str) -> &'static str {
         "deploy"
     } else if topic.ends_with("/control/delete") {
         "delete"
+    } else if topic.contains("/logs/") {
+        "logs"
     } else {
         "other"
     }

@@ -8,6 +8,7 @@
 
 use crate::control::{AddressPlan, Cluster};
 use canopy_core::link::{ClusterLocation, Command, CommandAck, Registration};
+use canopy_core::logs::{LogChunk, LogOpen};
 use canopy_core::overlay::GlobalView;
 use canopy_core::{ClusterId, NodeId};
 use canopy_proto::pb::cluster_link_client::ClusterLinkClient;
@@ -192,6 +193,7 @@ impl Uplink {
         let closed = || LinkError::Protocol("session closed".into());
         let mut last_sent = welcome.last_acked_seq;
         let mut reports = tokio::time::interval(self.report_every);
+        let mut log_chunks = cluster.attach_log_uplink();
         loop {
             // Everything queued and not sent yet goes first.
             for r in cluster.pending_reports().await {
@@ -206,6 +208,11 @@ impl Uplink {
             }
             tokio::select! {
                 _ = cluster.reports_ready().notified() => {}
+                Some(chunk) = log_chunks.recv() => {
+                    tx.send(send(cluster_message::Body::LogChunk(pb::LogChunk::from(&chunk))))
+                        .await
+                        .map_err(|_| closed())?;
+                }
                 _ = reports.tick() => {
                     let r = cluster.resource_report().await;
                     tx.send(send(cluster_message::Body::Report(pb::ClusterReport::from(&r))))
@@ -235,6 +242,20 @@ impl Uplink {
                             Ok(v) => cluster.set_global_overlay(v).await,
                             Err(e) => tracing::warn!(error = %e, "invalid overlay view from the root ignored"),
                         },
+                        Some(root_message::Body::LogOpen(o)) => {
+                            let stream = o.stream;
+                            match LogOpen::try_from(o) {
+                                Ok(o) => cluster.open_log(o).await,
+                                Err(e) => {
+                                    let refused = LogChunk::failed(stream, 0, format!("invalid log request: {e}"));
+                                    tx.send(send(cluster_message::Body::LogChunk(pb::LogChunk::from(&refused))))
+                                        .await
+                                        .map_err(|_| closed())?;
+                                }
+                            }
+                        }
+                        Some(root_message::Body::LogCredit(c)) => cluster.log_credit(c.into()),
+                        Some(root_message::Body::LogClose(c)) => cluster.log_close(c.into()),
                         Some(root_message::Body::Welcome(_)) | None => {
                             tracing::warn!("unexpected message from the root ignored");
                         }

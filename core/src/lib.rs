@@ -7,6 +7,7 @@ pub mod addressing;
 pub mod ids;
 pub mod job;
 pub mod link;
+pub mod logs;
 pub mod naming;
 pub mod overlay;
 pub mod resources;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod logs;
 pub mod metrics;
 pub mod overlay;
 pub mod runtime;

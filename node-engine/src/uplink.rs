@@ -15,10 +15,12 @@
 
 use crate::engine::{Engine, Refused};
 use crate::host::{self, CpuMeter};
+use crate::logs::LogStreams;
 use canopy_core::NodeId;
+use canopy_core::logs::{LogClose, LogCredit};
 use canopy_proto::worker::{
-    DeleteMessage, DeployMessage, JobStatus, NodeInformation, NodeRegistration, RegistrationAnswer,
-    WillMessage, topics,
+    DeleteMessage, DeployMessage, JobStatus, LogDataMessage, LogOpenMessage, NodeInformation,
+    NodeRegistration, RegistrationAnswer, WillMessage, topics,
 };
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
@@ -299,6 +301,7 @@ impl Uplink {
         let mut pending_subacks = 0usize;
         let mut backoff = Duration::from_millis(100);
         let views = self.engine.net_manager().cloned().map(relay_views);
+        let (logs, mut log_chunks) = LogStreams::new(crate::logs::POLL);
         let end = loop {
             tokio::select! {
                 _ = shutdown.as_mut() => break SessionEnd::Shutdown,
@@ -307,6 +310,11 @@ impl Uplink {
                         Some(status) if connected => self.publish(&client, topics::job(id), &status, "job"),
                         Some(_) => {} // sent with the full status list on reconnect
                         None => break SessionEnd::Shutdown,
+                    }
+                }
+                Some(chunk) = log_chunks.recv() => {
+                    if connected {
+                        self.publish(&client, topics::log_data(id), &LogDataMessage::new(&chunk), "log_data");
                     }
                 }
                 _ = ticker.tick(), if connected => {
@@ -324,7 +332,15 @@ impl Uplink {
                         backoff = Duration::from_millis(100);
                         tracing::info!(node = %id, "connected to the cluster's broker");
                         pending_subacks = 0;
-                        let mut wanted = vec![topics::deploy(id), topics::delete(id)];
+                        // Streams of the last connection went with it (their readers were told).
+                        logs.close_all();
+                        let mut wanted = vec![
+                            topics::deploy(id),
+                            topics::delete(id),
+                            topics::log_open(id),
+                            topics::log_credit(id),
+                            topics::log_close(id),
+                        ];
                         if views.is_some() {
                             wanted.push(topics::net_view(id));
                         }
@@ -373,6 +389,26 @@ impl Uplink {
                             if let Some(m) = decode_delete(&p.payload) {
                                 tokio::spawn(async move { engine.delete(&m.job_name, m.instance_number).await });
                             }
+                        } else if p.topic == topics::log_open(id) {
+                            engine.metrics.mqtt_message("in", "log_open");
+                            if let Some(m) = decode::<LogOpenMessage>(&p.payload, "log open") {
+                                let file = engine.log_file(&m.job_name, m.instance_number).await;
+                                logs.open(crate::logs::Request {
+                                    stream: m.stream,
+                                    tail_lines: m.tail,
+                                    follow: m.follow,
+                                    limit: m.limit,
+                                    window: m.window,
+                                }, file);
+                            }
+                        } else if p.topic == topics::log_credit(id) {
+                            if let Some(c) = decode::<LogCredit>(&p.payload, "log credit") {
+                                logs.credit(c.stream, c.chunks);
+                            }
+                        } else if p.topic == topics::log_close(id)
+                            && let Some(c) = decode::<LogClose>(&p.payload, "log close")
+                        {
+                            logs.close(c.stream);
                         }
                     }
                     Ok(_) => {}
@@ -450,8 +486,6 @@ impl Uplink {
     }
 }
 
-/// Small messages go out at once: with Nagle's algorithm a status sent right after another
-/// waits for the broker's delayed ACK (about 40 ms).
 /// A `control/deploy` payload. A payload that does not decode is `Err`: with the refusal to
 /// report when it names its instance (a detail naming the bad field), `None` when it does not
 /// even do that (it is logged and dropped).
@@ -478,7 +512,6 @@ fn decode_deploy(payload: &[u8]) -> Result<DeployMessage, Option<Refused>> {
     })
 }
 
-/// A `control/delete` payload; one that does not decode is logged and dropped.
 /// Starts the task that hands overlay views to the net manager: the newest first, each one
 /// once (a view equal to the last applied is skipped); it ends when the sender is dropped.
 fn relay_views(net: crate::overlay::NetManager) -> watch::Sender<Option<Vec<u8>>> {
@@ -503,14 +536,22 @@ fn relay_views(net: crate::overlay::NetManager) -> watch::Sender<Option<Vec<u8>>
     tx
 }
 
+/// A `control/delete` payload; one that does not decode is logged and dropped.
 fn decode_delete(payload: &[u8]) -> Option<DeleteMessage> {
-    canopy_daemon::json_body::<DeleteMessage>(payload)
+    decode(payload, "delete")
+}
+
+/// A payload of type `T`; one that does not decode is logged (as `what`) and dropped.
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8], what: &str) -> Option<T> {
+    canopy_daemon::json_body::<T>(payload)
         .map_err(
-            |e| tracing::warn!(field = %e.field, error = %e.message, "bad delete message dropped"),
+            |e| tracing::warn!(field = %e.field, error = %e.message, "bad {what} message dropped"),
         )
         .ok()
 }
 
+/// Small messages go out at once: with Nagle's algorithm a status sent right after another
+/// waits for the broker's delayed ACK (about 40 ms).
 pub fn nodelay() -> rumqttc::NetworkOptions {
     let mut n = rumqttc::NetworkOptions::new();
     n.set_tcp_nodelay(true);

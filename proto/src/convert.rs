@@ -7,6 +7,7 @@ use canopy_core::link::{
     ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
     InstanceUsage, NodeSummary, Registration, ResourceAggregate,
 };
+use canopy_core::logs::{LogChunk, LogClose, LogCredit, LogOpen};
 use canopy_core::overlay::{GlobalEndpoint, GlobalPeer, GlobalService, GlobalView, Peer};
 use canopy_core::{
     Architecture, ClusterId, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
@@ -383,6 +384,95 @@ impl TryFrom<pb::InstanceReport> for InstanceReport {
             memory_mb: r.memory_mb,
             ns_ip: optional_ip(r.ns_ip, "ns_ip")?,
         })
+    }
+}
+
+// ---- streamed logs ----
+
+impl From<&LogOpen> for pb::LogOpen {
+    fn from(o: &LogOpen) -> Self {
+        pb::LogOpen {
+            stream: o.stream,
+            service_id: o.service.to_string(),
+            instance_number: o.instance.0,
+            tail_lines: o.tail_lines,
+            follow: o.follow,
+            limit_bytes: o.limit_bytes,
+            window: o.window,
+        }
+    }
+}
+
+impl TryFrom<pb::LogOpen> for LogOpen {
+    type Error = ConvertError;
+    fn try_from(o: pb::LogOpen) -> Result<Self> {
+        if o.window == 0 {
+            return Err(ConvertError::new("window", "must be at least 1"));
+        }
+        Ok(LogOpen {
+            stream: o.stream,
+            service: ServiceId::parse(o.service_id)
+                .map_err(|e| ConvertError::new("service_id", e))?,
+            instance: InstanceNumber(o.instance_number),
+            tail_lines: o.tail_lines,
+            follow: o.follow,
+            limit_bytes: o.limit_bytes,
+            window: o.window,
+        })
+    }
+}
+
+impl From<&LogCredit> for pb::LogCredit {
+    fn from(c: &LogCredit) -> Self {
+        pb::LogCredit {
+            stream: c.stream,
+            chunks: c.chunks,
+        }
+    }
+}
+
+impl From<pb::LogCredit> for LogCredit {
+    fn from(c: pb::LogCredit) -> Self {
+        LogCredit {
+            stream: c.stream,
+            chunks: c.chunks,
+        }
+    }
+}
+
+impl From<&LogClose> for pb::LogClose {
+    fn from(c: &LogClose) -> Self {
+        pb::LogClose { stream: c.stream }
+    }
+}
+
+impl From<pb::LogClose> for LogClose {
+    fn from(c: pb::LogClose) -> Self {
+        LogClose { stream: c.stream }
+    }
+}
+
+impl From<&LogChunk> for pb::LogChunk {
+    fn from(c: &LogChunk) -> Self {
+        pb::LogChunk {
+            stream: c.stream,
+            seq: c.seq,
+            data: c.data.clone(),
+            end: c.end,
+            error: c.error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::LogChunk> for LogChunk {
+    fn from(c: pb::LogChunk) -> Self {
+        LogChunk {
+            stream: c.stream,
+            seq: c.seq,
+            data: c.data,
+            end: c.end,
+            error: optional_text(c.error),
+        }
     }
 }
 

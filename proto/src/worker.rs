@@ -50,13 +50,30 @@ pub mod topics {
     pub fn will(node: &NodeId) -> String {
         format!("nodes/{node}/will")
     }
+    /// Cluster → node: stream an instance's log ([`super::LogOpenMessage`]).
+    pub fn log_open(node: &NodeId) -> String {
+        format!("nodes/{node}/logs/open")
+    }
+    /// Cluster → node: more chunks may be sent ([`canopy_core::logs::LogCredit`]).
+    pub fn log_credit(node: &NodeId) -> String {
+        format!("nodes/{node}/logs/credit")
+    }
+    /// Cluster → node: the reader went away ([`canopy_core::logs::LogClose`]).
+    pub fn log_close(node: &NodeId) -> String {
+        format!("nodes/{node}/logs/close")
+    }
+    /// Node → cluster: part of a streamed log ([`super::LogDataMessage`]).
+    pub fn log_data(node: &NodeId) -> String {
+        format!("nodes/{node}/logs/data")
+    }
 
     /// What the cluster subscribes to.
-    pub const CLUSTER_FILTERS: [&str; 4] = [
+    pub const CLUSTER_FILTERS: [&str; 5] = [
         "nodes/+/information",
         "nodes/+/job",
         "nodes/+/jobs/resources",
         "nodes/+/will",
+        "nodes/+/logs/data",
     ];
 
     /// What a node publishes and subscribes under: `nodes/<id>/#`.
@@ -71,6 +88,7 @@ pub mod topics {
         Job(NodeId),
         Resources(NodeId),
         Will(NodeId),
+        LogData(NodeId),
     }
 
     pub fn parse(topic: &str) -> Option<Incoming> {
@@ -82,6 +100,7 @@ pub mod topics {
             "job" => Incoming::Job(node),
             "jobs/resources" => Incoming::Resources(node),
             "will" => Incoming::Will(node),
+            "logs/data" => Incoming::LogData(node),
             _ => return None,
         })
     }
@@ -554,6 +573,60 @@ pub struct WillMessage {
     pub connected: bool,
 }
 
+/// `nodes/<id>/logs/open`: stream one instance's log (Canopy's addition; see
+/// [`canopy_core::logs`]). The cluster names the instance by its job name, as in deploys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogOpenMessage {
+    pub stream: u64,
+    pub job_name: String,
+    pub instance_number: u32,
+    /// Lines before the end to start at; absent: the whole log.
+    #[serde(default)]
+    pub tail: Option<u32>,
+    #[serde(default)]
+    pub follow: bool,
+    /// Bytes to send at most.
+    pub limit: u64,
+    /// Chunks to send before the first credit.
+    pub window: u32,
+}
+
+/// `nodes/<id>/logs/data`: part of a streamed log. `data` is text: a chunk ends at a line or
+/// a whole character; bytes that are not UTF-8 arrive as U+FFFD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogDataMessage {
+    pub stream: u64,
+    pub seq: u64,
+    #[serde(default)]
+    pub data: String,
+    #[serde(default)]
+    pub end: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LogDataMessage {
+    pub fn new(c: &canopy_core::logs::LogChunk) -> LogDataMessage {
+        LogDataMessage {
+            stream: c.stream,
+            seq: c.seq,
+            data: String::from_utf8_lossy(&c.data).into_owned(),
+            end: c.end,
+            error: c.error.clone(),
+        }
+    }
+
+    pub fn chunk(self) -> canopy_core::logs::LogChunk {
+        canopy_core::logs::LogChunk {
+            stream: self.stream,
+            seq: self.seq,
+            data: self.data.into_bytes(),
+            end: self.end,
+            error: self.error,
+        }
+    }
+}
+
 /// Checks a node id from a topic against the registry's form.
 pub fn node_id(s: &str) -> Result<NodeId, ConvertError> {
     NodeId::parse(s).map_err(|e| ConvertError::new("node_id", e))
@@ -579,6 +652,11 @@ mod tests {
             topics::parse(&topics::will(&n)),
             Some(topics::Incoming::Will(n.clone()))
         );
+        assert_eq!(
+            topics::parse(&topics::log_data(&n)),
+            Some(topics::Incoming::LogData(n.clone()))
+        );
+        assert_eq!(topics::parse(&topics::log_open(&n)), None);
         assert_eq!(topics::parse(&topics::deploy(&n)), None);
         assert_eq!(topics::parse("nodes/x y/job"), None);
         assert_eq!(topics::parse("other/x/job"), None);

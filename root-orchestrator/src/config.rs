@@ -55,6 +55,10 @@ pub struct Config {
     /// with `Last-Event-ID` misses nothing.
     #[arg(long, env = "CANOPY_EVENTS_KEPT", default_value_t = 10_000)]
     pub events_kept: usize,
+    /// Most bytes of log one request (`GET /api/service/<id>/instance/<n>/logs`) streams; a
+    /// longer log ends with a note that it goes on.
+    #[arg(long, env = "CANOPY_MAX_LOG_BYTES", default_value_t = 64 << 20)]
+    pub max_log_bytes: u64,
     /// Largest request body the API reads, bytes (a larger one is refused with 413).
     #[arg(long, env = "CANOPY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -147,6 +147,9 @@ impl ClusterLink for LinkService {
                         let m = match cmd {
                             Some(Outbound::Command(c)) => message(root_message::Body::Command(pb::Command::from(&c))),
                             Some(Outbound::Overlay(v)) => message(root_message::Body::Overlay(pb::OverlayView::from(&*v))),
+                            Some(Outbound::LogOpen(o)) => message(root_message::Body::LogOpen(pb::LogOpen::from(&o))),
+                            Some(Outbound::LogCredit(c)) => message(root_message::Body::LogCredit(pb::LogCredit::from(&c))),
+                            Some(Outbound::LogClose(c)) => message(root_message::Body::LogClose(pb::LogClose::from(&c))),
                             None => break,
                         };
                         if out_tx.send(Ok(m)).await.is_err() { break; }
@@ -232,6 +235,10 @@ async fn apply(
             root.command_ack(cluster, CommandAck::from(a))
                 .await
                 .map_err(status_of)?;
+            Ok(None)
+        }
+        Some(cluster_message::Body::LogChunk(c)) => {
+            root.log_chunk(cluster, c.into());
             Ok(None)
         }
         Some(cluster_message::Body::Hello(_)) => Err(Status::invalid_argument(

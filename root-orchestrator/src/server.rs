@@ -79,6 +79,7 @@ impl Server {
             cluster_grace: config.cluster_grace(),
             default_quota: config.default_quota(),
             events_kept: config.events_kept,
+            max_log_bytes: config.max_log_bytes,
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;

@@ -987,20 +987,7 @@ async fn stop_start_and_restart_an_instance() {
     let root = TestRoot::start().await;
     let alice = root.user("alice").await;
     let bob = root.user("bob").await;
-    let app = alice.create_app(sla("ops", "web")).await.remove(0);
-    let id = alice.service_of(&app).await["microserviceID"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut cluster =
-        TestCluster::join(root.grpc, &root.cluster_token, "c1", capacity(8, 8000)).await;
-    alice.wait_active_clusters(1).await;
-    alice.scale_up(&id).await;
-    let deploy = cluster.command().await;
-    assert!(matches!(deploy.action, CommandAction::Deploy { .. }));
-    cluster.ack(deploy.id, Ok(())).await;
-    cluster.report(&id, 0, InstanceStatus::Running).await;
-    alice.wait_instance(&id, 0, "RUNNING").await;
+    let (mut cluster, id) = common::running_instance(&root, &alice, "ops").await;
     let ip =
         alice.ok(&format!("/api/service/{id}")).await["instance_list"][0]["instance_ip"].clone();
     let op = |who: &common::Api, n: u32, what: &str| {

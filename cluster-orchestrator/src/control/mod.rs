@@ -14,6 +14,7 @@
 //!   instances, the root's deploy/undeploy commands;
 //! - `overlay.rs`: worker subnets from the root's address plan; the overlay view published to
 //!   every worker when it changes;
+//! - `logs.rs`: streamed instance logs relayed between the root session and the workers;
 //! - `reports.rs`: the report outbox to the root, the
 //!   [`ClusterReport`](canopy_core::link::ClusterReport) aggregation;
 //! - `tests.rs`: the façade end to end on an embedded store (paused time, a failing store).
@@ -35,6 +36,7 @@
 //! tests can pause and advance it.
 
 mod instances;
+mod logs;
 mod overlay;
 mod placement;
 mod reports;
@@ -132,6 +134,8 @@ pub struct Cluster {
     global_overlay: std::sync::Mutex<Arc<canopy_core::overlay::GlobalView>>,
     overlay_dirty: Notify,
     overlay_sent: std::sync::Mutex<overlay::Sent>,
+    /// Streamed logs in flight (not stored).
+    logs: std::sync::Mutex<logs::LogRelay>,
 }
 
 impl Cluster {
@@ -161,6 +165,7 @@ impl Cluster {
             global_overlay: std::sync::Mutex::new(Arc::default()),
             overlay_dirty: Notify::new(),
             overlay_sent: std::sync::Mutex::new(overlay::Sent::default()),
+            logs: std::sync::Mutex::default(),
         });
         Ok((cluster, rx))
     }

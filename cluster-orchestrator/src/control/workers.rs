@@ -225,6 +225,8 @@ impl Cluster {
         }
         self.metrics.worker_lost(since);
         tracing::warn!(node = %node, why, "worker lost; moving its instances");
+        // Not state: the logs it was streaming end now, whatever the commit does.
+        self.end_logs_of(node, why);
         let keys: Vec<_> = ch
             .instances
             .iter()

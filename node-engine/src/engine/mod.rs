@@ -541,6 +541,17 @@ impl Engine {
         m
     }
 
+    /// The log file of instance `n` of `job`; `Err` says why there is none to stream.
+    pub async fn log_file(&self, job: &str, n: u32) -> Result<std::path::PathBuf, String> {
+        let name = instance_name(job, n)?;
+        self.slots
+            .lock()
+            .await
+            .get(&name)
+            .map(|s| s.workload.log_path.clone())
+            .ok_or_else(|| format!("no instance {name} on this worker"))
+    }
+
     /// An instance's log (the last `max` bytes, or all); `None` for an unknown instance.
     pub async fn logs(
         &self,

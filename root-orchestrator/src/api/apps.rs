@@ -294,7 +294,7 @@ pub async fn service_events(
     Ok(Json(s.root.service_events(&caller, &id).await?))
 }
 
-fn instance_number(n: &str) -> ApiResult<u32> {
+pub(super) fn instance_number(n: &str) -> ApiResult<u32> {
     n.parse().map_err(|_| {
         ApiError::field(
             StatusCode::BAD_REQUEST,

@@ -41,7 +41,7 @@ impl Modify for BearerAuth {
         apps::add_services, apps::get_service, apps::update_service, apps::delete_service,
         apps::list_services, apps::list_all_services, apps::scale_up, apps::scale_down, apps::operate, apps::service_events,
         clusters::list_clusters, clusters::list_active_clusters, clusters::list_nodes,
-        super::events::stream,
+        super::events::stream, super::logs::stream,
     ),
     components(schemas(Role, Member, ErrorBody, ProblemView, MessageBody, Oid)),
     modifiers(&BearerAuth)

@@ -4,6 +4,7 @@
 //! - [`apps`]: applications, services, instances;
 //! - [`clusters`]: the cluster list and the workers of every cluster;
 //! - [`events`]: the change feed as server-sent events;
+//! - [`logs`]: an instance's log streamed from its worker;
 //! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
@@ -16,6 +17,7 @@ pub mod apps;
 pub mod clusters;
 pub mod docs;
 pub mod events;
+pub mod logs;
 pub mod views;
 
 use crate::auth::{TokenKeys, TokenType};
@@ -261,6 +263,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/service/{id}/instance", post(ap::scale_up))
         .route("/api/service/{id}/events", get(ap::service_events))
         .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
+        .route("/api/service/{id}/instance/{n}/logs", get(logs::stream))
         .route(
             "/api/service/{id}/instance/{n}/{operation}",
             post(ap::operate),

@@ -118,6 +118,12 @@ impl Feed {
         self.closed.send_replace(true);
     }
 
+    /// Turns true when the root shuts down: every long-lived response (this feed's streams,
+    /// followed logs) ends then, so the server can stop.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept
             .lock()

@@ -11,6 +11,7 @@
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
 //! | `operations.rs` | stop, start, restart one instance |
 //! | `quota.rs` | users' quotas, checked before a change that grows what they hold |
+//! | `logs.rs` | streamed instance logs: open through the instance's cluster, chunks in order to the reader, credit back |
 //! | `feed.rs` | the change feed behind `GET /api/events` (kept items, resume, visibility) |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
 //! | `overlay.rs` | worker subnets of the address plan; the overlay view sent to every cluster when it changes |
@@ -47,6 +48,7 @@
 mod accounts;
 mod apps;
 pub mod feed;
+pub mod logs;
 mod operations;
 mod overlay;
 mod placement;
@@ -171,6 +173,8 @@ pub struct Settings {
     pub default_quota: canopy_api::Quota,
     /// How many changes `GET /api/events` can resume across.
     pub events_kept: usize,
+    /// Bytes one log request gets at most.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Settings {
@@ -180,6 +184,7 @@ impl Default for Settings {
             tick: Duration::from_millis(500),
             default_quota: canopy_api::Quota::UNLIMITED,
             events_kept: 10_000,
+            max_log_bytes: 64 << 20,
         }
     }
 }
@@ -190,6 +195,10 @@ pub enum Outbound {
     Command(Command),
     /// The whole overlay, when it changed (each replaces the one before).
     Overlay(Arc<canopy_core::overlay::GlobalView>),
+    /// Streamed logs ([`logs`]).
+    LogOpen(canopy_core::logs::LogOpen),
+    LogCredit(canopy_core::logs::LogCredit),
+    LogClose(canopy_core::logs::LogClose),
 }
 
 /// What a committed change sends: a command for a cluster.
@@ -213,6 +222,8 @@ pub struct Root {
     overlay_dirty: tokio::sync::Notify,
     /// Every committed change, for `GET /api/events`.
     pub feed: feed::Feed,
+    /// Log streams open to readers.
+    logs: std::sync::Mutex<logs::LogStreams>,
 }
 
 impl Root {
@@ -230,6 +241,7 @@ impl Root {
             overlay_sent: std::sync::Mutex::new(Arc::default()),
             overlay_dirty: tokio::sync::Notify::new(),
             feed: feed::Feed::new(events_kept, (Now::read().unix * 1e6) as u64),
+            logs: std::sync::Mutex::default(),
         });
         root.overlay_changed();
         root.refresh_gauges().await;

@@ -159,6 +159,8 @@ impl Root {
             .is_some_and(|s| s.generation == generation)
         {
             sessions.remove(cluster);
+            drop(sessions);
+            self.end_logs_of(cluster);
         }
     }
 

@@ -131,6 +131,29 @@ impl TestRoot {
     }
 }
 
+/// `user`'s application `app` with one service whose instance 0 runs on a test cluster `c1`
+/// (deployed, acknowledged, reported RUNNING): the cluster and the service id.
+pub async fn running_instance(root: &TestRoot, user: &Api, app: &str) -> (TestCluster, String) {
+    let app = user.create_app(sla(app, "web")).await.remove(0);
+    let id = user.service_of(&app).await["microserviceID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut cluster =
+        TestCluster::join(root.grpc, &root.cluster_token, "c1", capacity(8, 8000)).await;
+    user.wait_active_clusters(1).await;
+    user.scale_up(&id).await;
+    let deploy = cluster.command().await;
+    assert!(matches!(
+        deploy.action,
+        canopy_core::link::CommandAction::Deploy { .. }
+    ));
+    cluster.ack(deploy.id, Ok(())).await;
+    cluster.report(&id, 0, InstanceStatus::Running).await;
+    user.wait_instance(&id, 0, "RUNNING").await;
+    (cluster, id)
+}
+
 impl Drop for TestRoot {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
@@ -304,6 +327,14 @@ pub fn sla(app: &str, svc: &str) -> Value {
     })
 }
 
+/// A log-stream message the root sent a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RootLog {
+    Open(canopy_core::logs::LogOpen),
+    Credit(canopy_core::logs::LogCredit),
+    Close(canopy_core::logs::LogClose),
+}
+
 /// A cluster that speaks the real gRPC link: registers, reports resources every 200 ms, and
 /// hands received commands to the test.
 pub struct TestCluster {
@@ -312,6 +343,8 @@ pub struct TestCluster {
     tx: mpsc::Sender<pb::ClusterMessage>,
     commands: mpsc::UnboundedReceiver<Command>,
     acks: mpsc::UnboundedReceiver<u64>,
+    /// Log-stream messages from the root.
+    pub logs: mpsc::UnboundedReceiver<RootLog>,
     reporter: tokio::task::JoinHandle<()>,
     reader: tokio::task::JoinHandle<()>,
     seq: u64,
@@ -401,6 +434,7 @@ impl TestCluster {
         };
         let (cmd_tx, commands) = mpsc::unbounded_channel();
         let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (log_tx, logs) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 match m.body {
@@ -409,6 +443,15 @@ impl TestCluster {
                     }
                     Some(root_message::Body::StatusAck(a)) => {
                         let _ = ack_tx.send(a.seq);
+                    }
+                    Some(root_message::Body::LogOpen(o)) => {
+                        let _ = log_tx.send(RootLog::Open(o.try_into().unwrap()));
+                    }
+                    Some(root_message::Body::LogCredit(c)) => {
+                        let _ = log_tx.send(RootLog::Credit(c.into()));
+                    }
+                    Some(root_message::Body::LogClose(c)) => {
+                        let _ = log_tx.send(RootLog::Close(c.into()));
                     }
                     other => panic!("unexpected {other:?}"),
                 }
@@ -433,6 +476,7 @@ impl TestCluster {
             tx,
             commands,
             acks,
+            logs,
             reporter,
             reader,
             seq: welcome.last_acked_seq,
@@ -488,6 +532,22 @@ impl TestCluster {
             .expect("status ack within 10 s")
             .unwrap();
         assert_eq!(acked, self.seq);
+    }
+
+    /// The next log-stream message from the root (fails after 10 s).
+    pub async fn log_message(&mut self) -> RootLog {
+        tokio::time::timeout(Duration::from_secs(10), self.logs.recv())
+            .await
+            .expect("a log message within 10 s")
+            .expect("session open")
+    }
+
+    /// Sends a log chunk up, as a worker's answer relayed.
+    pub async fn log_chunk(&self, chunk: &canopy_core::logs::LogChunk) {
+        let m = pb::ClusterMessage {
+            body: Some(cluster_message::Body::LogChunk(pb::LogChunk::from(chunk))),
+        };
+        self.tx.send(m).await.unwrap();
     }
 
     /// Stops reporting and closes the session (the cluster "dies").
