@@ -101,7 +101,9 @@ pub struct AccessToken {
 /// A new user (admin only), added to the caller's organisation with `roles`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(pattern = r"^[a-zA-Z0-9_-]{1,63}$")]
     pub name: String,
+    #[schema(min_length = 4, max_length = 1024)]
     pub password: String,
     #[serde(default)]
     pub email: String,
@@ -115,6 +117,7 @@ pub struct RegisterRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ChangePasswordRequest {
     pub old_password: String,
+    #[schema(min_length = 4, max_length = 1024)]
     pub new_password: String,
 }
 
@@ -143,6 +146,7 @@ pub struct PermissionView {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct OrganizationRequest {
+    #[schema(pattern = r"^[a-zA-Z0-9_-]{1,63}$")]
     pub name: String,
     #[serde(default)]
     pub member: Vec<Member>,
@@ -174,14 +178,42 @@ pub struct ApplicationView {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct UpdateApplicationRequest {
     #[serde(default)]
+    #[schema(pattern = "^[a-zA-Z0-9]{1,30}$")]
     pub application_name: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[a-zA-Z0-9]{1,30}$")]
     pub application_namespace: Option<String>,
     #[serde(default)]
     pub application_desc: Option<String>,
+    /// The application's current service ids, in order: each an id or an object with
+    /// `microserviceID` (as `GET` answers them).
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(schema_with = service_refs)]
     pub microservices: Option<Vec<serde_json::Value>>,
+}
+
+/// The schema of [`UpdateApplicationRequest::microservices`]: null, or a list whose items are
+/// service ids or objects carrying one as `microserviceID`.
+fn service_refs() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+    };
+    let by_id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("a service id"));
+    let by_object = ObjectBuilder::new()
+        .property(
+            "microserviceID",
+            ObjectBuilder::new().schema_type(Type::String),
+        )
+        .required("microserviceID");
+    let item = OneOfBuilder::new().item(by_id).item(by_object);
+    Schema::Array(
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(item)
+            .build(),
+    )
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -463,9 +463,10 @@ async fn applications_belong_to_their_owner() {
             Some(json!({"application_name": "no-dash!"})),
         )
         .await;
+    // The name rule is in the OpenAPI schema of the body, checked before anything else.
     assert_eq!(
         (s, b["field"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("application_name"))
+        (StatusCode::BAD_REQUEST, Some("application_name"))
     );
     assert_eq!(
         bob.call(
@@ -666,18 +667,16 @@ async fn services_instances_and_addresses() {
     assert_eq!(svc["instance_list"].as_array().unwrap().len(), 1);
     assert_ne!(svc["instance_list"][0]["instance_ip"], ip1);
 
-    // PUT on a service is not supported (as in Oakestra).
-    assert_eq!(
-        alice
-            .call(
-                Method::PUT,
-                &format!("/api/service/{web_id}"),
-                Some(json!({}))
-            )
-            .await
-            .0,
-        StatusCode::NOT_IMPLEMENTED
-    );
+    // PUT on a service is not supported (as in Oakestra): 405, saying what to do instead.
+    let (s, b) = alice
+        .call(
+            Method::PUT,
+            &format!("/api/service/{web_id}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
+    assert!(b["message"].as_str().unwrap().contains("delete it"), "{b}");
 
     // Delete a service: undeployed everywhere, gone from its application, address free again.
     assert_eq!(

@@ -11,4 +11,4 @@ pub mod types;
 pub mod validate;
 
 pub use types::{Application, Microservice, SLA_VERSION, Sla};
-pub use validate::{Problem, SlaError, Validated, parse, validate_value};
+pub use validate::{Problem, SlaError, Validated, parse, schema_problems, validate_value};

@@ -104,10 +104,7 @@ fn syntax_message(e: &serde_json::Error) -> String {
 
 /// Validates an already parsed JSON value.
 pub fn validate_value(value: &Value) -> Result<Validated, SlaError> {
-    let mut problems: Vec<Problem> = validator()
-        .iter_errors(value)
-        .map(|e| schema_problem(&e))
-        .collect();
+    let mut problems = schema_problems(validator(), value);
     // Unknown fields are collected as warnings whether or not the structure holds.
     let mut warnings = Vec::new();
     let typed: Result<Sla, _> =
@@ -137,6 +134,16 @@ pub fn validate_value(value: &Value) -> Result<Validated, SlaError> {
     } else {
         Err(SlaError::Invalid { problems, warnings })
     }
+}
+
+/// Every way `value` breaks the schema `validator` was built from, each with its path
+/// (`a[0].b`; `$` for the value itself) and a message — the form SLA problems take, for any
+/// JSON Schema.
+pub fn schema_problems(validator: &jsonschema::Validator, value: &Value) -> Vec<Problem> {
+    validator
+        .iter_errors(value)
+        .map(|e| schema_problem(&e))
+        .collect()
 }
 
 /// Formats a JSON pointer location as `a[0].b`.

@@ -9,8 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, description = "unknown organization", body = ErrorBody)))]
+    responses((status = 200, body = TokenPair),
+        (status = 401, description = "wrong user name or password", body = ErrorBody),
+        (status = 404, description = "unknown organization", body = ErrorBody)))]
 pub async fn login(
     State(s): State<ApiState>,
     Body(req): Body<LoginRequest>,
@@ -39,7 +40,7 @@ pub async fn login(
 
 /// A new access token for the refresh token in the `Authorization: Bearer` header.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
-    responses((status = 200, body = AccessToken), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = AccessToken)),
     security(("bearerAuth" = [])))]
 pub async fn refresh(
     State(s): State<ApiState>,
@@ -62,8 +63,10 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "users", request_body = RegisterRequest,
-    responses((status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = UserView),
+        (status = 400, description = "the name or the password breaks its rule", body = ErrorBody),
+        (status = 403, description = "only admins add users", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn register(
     State(s): State<ApiState>,
@@ -89,7 +92,7 @@ pub async fn register(
 
 #[utoipa::path(get, path = "/api/permission/{username}", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = PermissionView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = PermissionView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn permission(
@@ -103,7 +106,7 @@ pub async fn permission(
 
 #[utoipa::path(get, path = "/api/user/{username}", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn get_user(
@@ -118,8 +121,10 @@ pub async fn get_user(
 /// Changes one's own password.
 #[utoipa::path(post, path = "/api/user/{username}", tag = "users", request_body = ChangePasswordRequest,
     params(("username" = String, Path)),
-    responses((status = 200, body = MessageBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)),
+    responses((status = 200, body = MessageBody),
+        (status = 400, description = "the new password breaks its rule", body = ErrorBody),
+        (status = 401, description = "no valid bearer token, or oldPassword is wrong", body = ErrorBody),
+        (status = 403, description = "not one's own user", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn change_password(
     State(s): State<ApiState>,
@@ -135,7 +140,7 @@ pub async fn change_password(
 
 #[utoipa::path(put, path = "/api/user/{username}", tag = "users", request_body = UpdateUserRequest,
     params(("username" = String, Path)),
-    responses((status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = UserView),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn update_user(
@@ -154,7 +159,7 @@ pub async fn update_user(
 /// Deletes a user; answers with the users that remain.
 #[utoipa::path(delete, path = "/api/user/{username}", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = Vec<UserView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn delete_user(
@@ -169,7 +174,7 @@ pub async fn delete_user(
 /// A user's quota (theirs, or the root's default) and what they hold (Canopy extension).
 #[utoipa::path(get, path = "/api/user/{username}/quota", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = QuotaView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = QuotaView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn get_quota(
@@ -184,7 +189,7 @@ pub async fn get_quota(
 /// already stays, even above it; only growth is refused (403 naming `quota.<what>`).
 #[utoipa::path(put, path = "/api/user/{username}/quota", tag = "users", request_body = Quota,
     params(("username" = String, Path)),
-    responses((status = 200, body = QuotaView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = QuotaView),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn put_quota(
@@ -201,7 +206,7 @@ pub async fn put_quota(
 /// Removes a user's own quota: the root's default applies again (admins only).
 #[utoipa::path(delete, path = "/api/user/{username}/quota", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = QuotaView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = QuotaView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn delete_quota(
@@ -213,7 +218,7 @@ pub async fn delete_quota(
 }
 
 #[utoipa::path(get, path = "/api/users", tag = "users",
-    responses((status = 200, body = Vec<UserView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn list_users(
     State(s): State<ApiState>,
@@ -229,7 +234,7 @@ pub async fn list_users(
 }
 
 #[utoipa::path(get, path = "/api/organization", tag = "organizations",
-    responses((status = 200, body = Vec<OrganizationView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Vec<OrganizationView>), (status = 403, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn list_organizations(
     State(s): State<ApiState>,
@@ -240,8 +245,10 @@ pub async fn list_organizations(
 }
 
 #[utoipa::path(post, path = "/api/organization", tag = "organizations", request_body = OrganizationRequest,
-    responses((status = 200, body = OrganizationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = OrganizationView),
+        (status = 400, description = "the name breaks its rule", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 422, description = "a member names no user", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn create_organization(
     State(s): State<ApiState>,
@@ -257,8 +264,11 @@ pub async fn create_organization(
 
 #[utoipa::path(put, path = "/api/organization/{id}", tag = "organizations", request_body = OrganizationRequest,
     params(("id" = String, Path)),
-    responses((status = 200, body = OrganizationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = OrganizationView),
+        (status = 400, description = "the name breaks its rule", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 422, description = "a member names no user", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn update_organization(
     State(s): State<ApiState>,
@@ -275,7 +285,7 @@ pub async fn update_organization(
 
 #[utoipa::path(delete, path = "/api/organization/{id}", tag = "organizations",
     params(("id" = String, Path)),
-    responses((status = 200, body = MessageBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = MessageBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn delete_organization(

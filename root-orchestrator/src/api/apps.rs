@@ -1,11 +1,12 @@
 //! Applications, services and instances. A user sees and changes only their own; an admin any.
 
 use super::views::*;
-use super::{ApiError, ApiResult, ApiState, Body};
+use super::{ApiError, ApiResult, ApiState, Body, SlaBody, problem_views};
 use crate::control::{Caller, Operation};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use canopy_sla::{Sla, SlaError};
 
 /// Validates an SLA body: 422 with every problem when it is not a valid SLA.
@@ -13,14 +14,7 @@ fn validated(value: &serde_json::Value) -> ApiResult<Sla> {
     match canopy_sla::validate_value(value) {
         Ok(v) => Ok(v.sla),
         Err(e) => {
-            let problems: Vec<ProblemView> = e
-                .problems()
-                .into_iter()
-                .map(|p| ProblemView {
-                    path: p.path,
-                    message: p.message,
-                })
-                .collect();
+            let problems = problem_views(e.problems());
             let message = match &e {
                 SlaError::Syntax { .. } => "the SLA is not valid JSON".to_owned(),
                 SlaError::Invalid { .. } => format!("the SLA is not valid: {e}"),
@@ -40,14 +34,17 @@ fn validated(value: &serde_json::Value) -> ApiResult<Sla> {
 /// Registers the applications of a full SLA with their services (no instance is deployed:
 /// that is `POST /api/service/<id>/instance`). Answers with every application of the caller.
 #[utoipa::path(post, path = "/api/application", tag = "applications",
-    request_body(content = Object, description = "An SLA v2.0 document (see /docs/sla-v2.0.schema.json in the repository)"),
-    responses((status = 200, body = Vec<ApplicationView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, description = "invalid SLA; every problem listed", body = ErrorBody)),
+    request_body(content = ref("#/components/schemas/Sla"), description = "An SLA v2.0 document"),
+    responses((status = 200, body = Vec<ApplicationView>),
+        (status = 400, description = "the body is not JSON, or not a JSON object", body = ErrorBody),
+        (status = 403, description = "over the caller's quota (`field`: `quota.<what>`)", body = ErrorBody),
+        (status = 409, description = "an application of that name exists", body = ErrorBody),
+        (status = 422, description = "not a valid SLA (its schema or its rules): every problem listed", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn create_applications(
     State(s): State<ApiState>,
     caller: Caller,
-    Body(body): Body<serde_json::Value>,
+    SlaBody(body): SlaBody,
 ) -> ApiResult<Json<Vec<ApplicationView>>> {
     let sla = validated(&body)?;
     s.root.create_applications(&caller, &sla).await?;
@@ -56,7 +53,7 @@ pub async fn create_applications(
 }
 
 #[utoipa::path(get, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
-    responses((status = 200, body = ApplicationView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ApplicationView), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn get_application(
     State(s): State<ApiState>,
@@ -69,8 +66,10 @@ pub async fn get_application(
 
 #[utoipa::path(put, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
     request_body = UpdateApplicationRequest,
-    responses((status = 200, body = ApplicationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ApplicationView),
+        (status = 400, description = "the body does not fit its schema, or microservices is not the current list", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "renaming an application with services, or to a name in use", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn update_application(
     State(s): State<ApiState>,
@@ -115,7 +114,7 @@ pub async fn update_application(
 
 /// Deletes an application, its services and their instances.
 #[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", params(("id" = String, Path)),
-    responses((status = 200, body = MessageBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = MessageBody), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn delete_application(
     State(s): State<ApiState>,
@@ -128,7 +127,7 @@ pub async fn delete_application(
 
 /// The caller's applications (every application for an admin).
 #[utoipa::path(get, path = "/api/applications", tag = "applications",
-    responses((status = 200, body = Vec<ApplicationView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ApplicationView>)),
     security(("bearerAuth" = [])))]
 pub async fn list_applications(
     State(s): State<ApiState>,
@@ -140,7 +139,7 @@ pub async fn list_applications(
 
 /// The applications of one user, by user id (the caller's own, or any for an admin).
 #[utoipa::path(get, path = "/api/applications/{userid}", tag = "applications", params(("userid" = String, Path)),
-    responses((status = 200, body = Vec<ApplicationView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = Vec<ApplicationView>), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn list_user_applications(
@@ -161,14 +160,19 @@ pub async fn list_user_applications(
 /// Adds services to an existing application: the body is an SLA whose one application carries
 /// `applicationID`.
 #[utoipa::path(post, path = "/api/service", tag = "services",
-    request_body(content = Object, description = "An SLA v2.0 document with one application that has applicationID set"),
-    responses((status = 200, body = AddServicesView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    request_body(content = ref("#/components/schemas/SlaServices"),
+        description = "An SLA v2.0 document with one application that has applicationID set"),
+    responses((status = 200, body = AddServicesView),
+        (status = 400, description = "the body is not JSON, or not a JSON object", body = ErrorBody),
+        (status = 403, description = "over the owner's quota (`field`: `quota.<what>`)", body = ErrorBody),
+        (status = 404, description = "no such application of the caller", body = ErrorBody),
+        (status = 409, description = "a service of that name exists", body = ErrorBody),
+        (status = 422, description = "not a valid SLA, or not one application with its applicationID, name and namespace: every problem listed", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn add_services(
     State(s): State<ApiState>,
     caller: Caller,
-    Body(body): Body<serde_json::Value>,
+    SlaBody(body): SlaBody,
 ) -> ApiResult<Json<AddServicesView>> {
     let sla = validated(&body)?;
     let ids = s.root.add_services(&caller, &sla).await?;
@@ -188,7 +192,7 @@ pub async fn add_services(
 }
 
 #[utoipa::path(get, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
-    responses((status = 200, body = ServiceView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn get_service(
     State(s): State<ApiState>,
@@ -199,19 +203,21 @@ pub async fn get_service(
     Ok(Json(ServiceView::from(&svc)))
 }
 
-/// Not supported, as in Oakestra: delete the service and add it again.
-#[utoipa::path(put, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
-    responses((status = 501, body = ErrorBody)), security(("bearerAuth" = [])))]
-pub async fn update_service(_caller: Caller, Path(_id): Path<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "changing a service is not supported: delete it and add it again",
+/// `PUT` on a service: not supported, as in Oakestra (delete the service and add it again).
+/// Not in the OpenAPI document; answers 405 as any other method a path lacks, with a hint.
+pub async fn update_service() -> impl IntoResponse {
+    (
+        [(header::ALLOW, "GET, DELETE")],
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "changing a service is not supported: delete it and add it again",
+        ),
     )
 }
 
 /// Deletes a service and undeploys its instances.
 #[utoipa::path(delete, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
-    responses((status = 200, body = MessageBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = MessageBody), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn delete_service(
     State(s): State<ApiState>,
@@ -224,7 +230,7 @@ pub async fn delete_service(
 
 /// The services of one application.
 #[utoipa::path(get, path = "/api/services/{appid}", tag = "services", params(("appid" = String, Path)),
-    responses((status = 200, body = Vec<ServiceView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<ServiceView>), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn list_services(
     State(s): State<ApiState>,
@@ -237,7 +243,7 @@ pub async fn list_services(
 
 /// Every service the caller may see (all for an admin).
 #[utoipa::path(get, path = "/api/services", tag = "services",
-    responses((status = 200, body = Vec<ServiceView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ServiceView>)),
     security(("bearerAuth" = [])))]
 pub async fn list_all_services(
     State(s): State<ApiState>,
@@ -249,7 +255,9 @@ pub async fn list_all_services(
 
 /// Deploys one more instance of a service.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "services", params(("id" = String, Path)),
-    responses((status = 200, body = ScaleUpView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = ScaleUpView),
+        (status = 403, description = "over the owner's quota (`field`: `quota.<what>`)", body = ErrorBody),
+        (status = 404, body = ErrorBody),
         (status = 409, description = "no instance address left", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn scale_up(
@@ -267,7 +275,8 @@ pub async fn scale_up(
 /// Removes one instance of a service.
 #[utoipa::path(delete, path = "/api/service/{id}/instance/{n}", tag = "services",
     params(("id" = String, Path), ("n" = u32, Path, description = "instance number")),
-    responses((status = 200, body = MessageBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = MessageBody),
+        (status = 400, description = "n is not an instance number", body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn scale_down(
@@ -284,7 +293,7 @@ pub async fn scale_down(
 /// What was done to a service: its latest events (at most 100), oldest first (a Canopy
 /// extension).
 #[utoipa::path(get, path = "/api/service/{id}/events", tag = "services", params(("id" = String, Path)),
-    responses((status = 200, body = Vec<ServiceEvent>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<ServiceEvent>), (status = 404, body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn service_events(
     State(s): State<ApiState>,
@@ -309,8 +318,10 @@ pub(super) fn instance_number(n: &str) -> ApiResult<u32> {
 #[utoipa::path(post, path = "/api/service/{id}/instance/{n}/{operation}", tag = "services",
     params(("id" = String, Path), ("n" = u32, Path, description = "instance number"),
         ("operation" = String, Path, description = "stop, start or restart")),
-    responses((status = 200, body = OperationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "the instance is COMPLETED or UNDEPLOYED", body = ErrorBody)),
+    responses((status = 200, body = OperationView),
+        (status = 400, description = "n is not an instance number", body = ErrorBody),
+        (status = 404, description = "no such service, instance or operation", body = ErrorBody),
+        (status = 409, description = "the instance is COMPLETED or UNDEPLOYED", body = ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn operate(
     State(s): State<ApiState>,

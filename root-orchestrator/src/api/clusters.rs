@@ -1,6 +1,6 @@
 //! The clusters known to the root, with their last report, and their workers.
 
-use super::views::{ClusterInfo, ErrorBody, NewView, NodeView};
+use super::views::{ClusterInfo, NewView, NodeView};
 use super::{ApiResult, ApiState};
 use crate::control::Caller;
 use axum::Json;
@@ -8,7 +8,7 @@ use axum::extract::State;
 
 /// Every registered cluster.
 #[utoipa::path(get, path = "/api/clusters", tag = "clusters",
-    responses((status = 200, body = Vec<ClusterInfo>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ClusterInfo>)),
     security(("bearerAuth" = [])))]
 pub async fn list_clusters(
     State(s): State<ApiState>,
@@ -20,7 +20,7 @@ pub async fn list_clusters(
 
 /// Clusters that reported within the grace period.
 #[utoipa::path(get, path = "/api/clusters/active", tag = "clusters",
-    responses((status = 200, body = Vec<ClusterInfo>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<ClusterInfo>)),
     security(("bearerAuth" = [])))]
 pub async fn list_active_clusters(
     State(s): State<ApiState>,
@@ -32,7 +32,7 @@ pub async fn list_active_clusters(
 
 /// Every worker of every cluster, as the clusters last reported them.
 #[utoipa::path(get, path = "/api/nodes", tag = "clusters",
-    responses((status = 200, body = Vec<NodeView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<NodeView>)),
     security(("bearerAuth" = [])))]
 pub async fn list_nodes(
     State(s): State<ApiState>,

@@ -20,6 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 const KINDS: [&str; 5] = ["application", "service", "instance", "cluster", "node"];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only these kinds, comma-separated: application, service, instance, cluster, node.
     pub kind: Option<String>,
@@ -45,8 +46,10 @@ fn gap(message: &str) -> Event {
 /// The change feed, streamed (server-sent events).
 #[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event id")),
-    responses((status = 200, description = "text/event-stream of FeedItem (event: kind; id: its id), or `gap`", body = FeedItem),
-        (status = 400, body = super::views::ErrorBody), (status = 401, body = super::views::ErrorBody)),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+            description = "Server-sent events: `event` is the kind, `id` the change's id, `data` a FeedItem \
+                (components.schemas.FeedItem) as JSON; or `event: gap`, `data: {\"message\"}`"),
+        (status = 400, description = "kind or Last-Event-ID is not valid", body = super::views::ErrorBody)),
     security(("bearerAuth" = [])))]
 pub async fn stream(
     State(s): State<ApiState>,

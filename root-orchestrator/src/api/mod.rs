@@ -9,8 +9,10 @@
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
 //! `{"message", "field"?, "problems"?}` with one mapping from [`control::Error`] to a status
-//! ([`ApiError`]). Nothing but login, refresh, `/health` and the docs is reachable without a
-//! bearer access token.
+//! ([`ApiError`]); the framework's own (unknown path, wrong method, bad path parameter) are
+//! rewritten to that shape. Request bodies are checked against the OpenAPI document before
+//! they are read ([`Body`]), so the document is what the API accepts. Nothing but login,
+//! refresh, `/health` and the docs is reachable without a bearer access token.
 
 pub mod accounts;
 pub mod apps;
@@ -24,14 +26,14 @@ use crate::auth::{TokenKeys, TokenType};
 use crate::control::{self, Caller, Root};
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use views::ErrorBody;
+use views::{ErrorBody, ProblemView};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -112,27 +114,88 @@ impl From<control::Error> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A JSON body of type `T`. Any content type is accepted (Oakestra's clients are not strict);
-/// a body that does not fit answers 400 naming the first field at fault.
+/// A JSON body of type `T`. Any content type is accepted (Oakestra's clients are not strict).
+/// The body must fit the schema the OpenAPI document gives `T` (so a JSON array is no object,
+/// and every documented rule holds), then serde reads it; either failing answers 400 naming
+/// the first field at fault, every problem listed.
 pub struct Body<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned + utoipa::ToSchema, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                // Over `--max-body-bytes`: 413; anything else about reading it: 400.
-                let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                ApiError::field(status, "body", e.body_text())
-            })?;
+        let (bytes, value) = read_json(req, state).await?;
+        let problems = docs::body_problems(&T::name(), &value).unwrap_or_default();
+        if let Some(first) = problems.first() {
+            let field = if first.path == "$" {
+                "body"
+            } else {
+                first.path.as_str()
+            };
+            let mut e = ApiError::field(StatusCode::BAD_REQUEST, field, first.message.clone());
+            e.body.problems = problem_views(problems);
+            return Err(e);
+        }
         parse_body(&bytes).map(Body)
     }
+}
+
+/// Problems found in a body (against its schema, or as an SLA), as an error lists them.
+pub fn problem_views(problems: Vec<canopy_sla::Problem>) -> Vec<ProblemView> {
+    problems
+        .into_iter()
+        .map(|p| ProblemView {
+            path: p.path,
+            message: p.message,
+        })
+        .collect()
+}
+
+/// An SLA document as sent: any JSON object, which the handler validates as an SLA (422 with
+/// every problem); anything else is 400.
+pub struct SlaBody(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for SlaBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (_, value) = read_json(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "body",
+                "must be a JSON object (an SLA document)",
+            ));
+        }
+        Ok(SlaBody(value))
+    }
+}
+
+/// A request's body, whole (413 above `--max-body-bytes`), and as JSON (400 if it is not).
+async fn read_json<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> ApiResult<(axum::body::Bytes, serde_json::Value)> {
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            // Over `--max-body-bytes`: 413; anything else about reading it: 400.
+            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::field(status, "body", e.body_text())
+        })?;
+    // One JSON value, then nothing but white space (`parse_body` alone stops after the value).
+    let value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("not valid JSON: {e}"),
+        )
+    })?;
+    Ok((bytes, value))
 }
 
 /// Decodes a JSON body, naming the field at fault.
@@ -208,6 +271,37 @@ async fn no_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Every error answer is an [`ErrorBody`]: those the framework makes itself as text (a path
+/// parameter that is not UTF-8, a query that does not fit, a method the path lacks: 405 with
+/// `Allow`) are rewritten, keeping their status and headers.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (json, body) = ApiError::new(status, message).into_response().into_parts();
+    parts.headers.extend(json.headers);
+    Response::from_parts(parts, body)
+}
+
 /// The API's routes (paths without trailing slash; [`service`] adds the slash-less rewrite).
 pub fn router(state: ApiState) -> Router {
     use accounts as ac;
@@ -281,6 +375,7 @@ pub fn router(state: ApiState) -> Router {
             count_requests,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(json_errors))
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
 }

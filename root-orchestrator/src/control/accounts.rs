@@ -359,7 +359,9 @@ pub(super) fn check_label(field: &str, value: &str) -> Result<()> {
 }
 
 fn check_password(field: &str, p: &str) -> Result<()> {
-    if p.len() < 4 || p.len() > 1024 {
+    // Characters, not bytes, as the OpenAPI document's minLength/maxLength count them.
+    let n = p.chars().count();
+    if !(4..=1024).contains(&n) {
         return Err(Error::BadRequest {
             field: field.into(),
             message: "must be 4 to 1024 characters".into(),

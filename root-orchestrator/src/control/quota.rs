@@ -11,7 +11,8 @@ use crate::model::{ROOT_ORGANIZATION, Role};
 use canopy_api::{Quota, QuotaView, Usage};
 use canopy_core::Resources;
 
-/// What `owner` holds in `st`.
+/// What `owner` holds in `st`. Sums saturate: an SLA may ask for up to `u64::MAX` MB per
+/// instance, and counting must not overflow (a limit is below the saturated sum anyway).
 pub(super) fn usage(st: &State, owner: &str) -> Usage {
     let mut u = Usage {
         applications: st.apps.values().filter(|a| a.owner == owner).count() as u64,
@@ -19,10 +20,12 @@ pub(super) fn usage(st: &State, owner: &str) -> Usage {
     };
     for s in st.services.values().filter(|s| s.owner == owner) {
         let n = s.instances.len() as u64;
-        u.services += 1;
-        u.instances += n;
-        u.vcpus += n * u64::from(s.spec.resources.vcpus);
-        u.memory_mb += n * s.spec.resources.memory_mb;
+        u.services = u.services.saturating_add(1);
+        u.instances = u.instances.saturating_add(n);
+        let vcpus = n.saturating_mul(u64::from(s.spec.resources.vcpus));
+        u.vcpus = u.vcpus.saturating_add(vcpus);
+        let memory = n.saturating_mul(s.spec.resources.memory_mb);
+        u.memory_mb = u.memory_mb.saturating_add(memory);
     }
     u
 }
@@ -30,8 +33,8 @@ pub(super) fn usage(st: &State, owner: &str) -> Usage {
 /// `before` plus `services` new services (no instances yet) and `applications` applications.
 pub(super) fn with_services(before: Usage, applications: u64, services: u64) -> Usage {
     Usage {
-        applications: before.applications + applications,
-        services: before.services + services,
+        applications: before.applications.saturating_add(applications),
+        services: before.services.saturating_add(services),
         ..before
     }
 }
@@ -39,9 +42,9 @@ pub(super) fn with_services(before: Usage, applications: u64, services: u64) -> 
 /// `before` plus one instance asking for `r`.
 pub(super) fn with_instance(before: Usage, r: &Resources) -> Usage {
     Usage {
-        instances: before.instances + 1,
-        vcpus: before.vcpus + u64::from(r.vcpus),
-        memory_mb: before.memory_mb + r.memory_mb,
+        instances: before.instances.saturating_add(1),
+        vcpus: before.vcpus.saturating_add(u64::from(r.vcpus)),
+        memory_mb: before.memory_mb.saturating_add(r.memory_mb),
         ..before
     }
 }
