@@ -20,6 +20,7 @@ use std::time::Duration;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// `true`: keep streaming what the instance writes.
     pub follow: Option<String>,

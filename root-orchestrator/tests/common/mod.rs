@@ -550,6 +550,32 @@ impl TestCluster {
         self.tx.send(m).await.unwrap();
     }
 
+    /// From now on answers every log open with `text` and the end, as a worker holding that
+    /// whole log would; the cluster goes on reporting until the root stops.
+    pub fn answer_logs(mut self, text: &'static str) {
+        tokio::spawn(async move {
+            while let Some(m) = self.logs.recv().await {
+                if let RootLog::Open(o) = m {
+                    let s = o.stream;
+                    let chunk = |seq, data: &str, end| canopy_core::logs::LogChunk {
+                        stream: s,
+                        seq,
+                        data: data.as_bytes().to_vec(),
+                        end,
+                        error: None,
+                    };
+                    for c in [
+                        chunk(0, "", false),
+                        chunk(1, text, false),
+                        chunk(2, "", true),
+                    ] {
+                        self.log_chunk(&c).await;
+                    }
+                }
+            }
+        });
+    }
+
     /// Stops reporting and closes the session (the cluster "dies").
     pub fn kill(self) {
         self.reporter.abort();
