@@ -4,16 +4,18 @@
 //! - [`apps`]: applications, services, instances;
 //! - [`clusters`]: the cluster list and the workers of every cluster;
 //! - [`events`]: the change feed as server-sent events;
+//! - [`dashboard`]: the web dashboard at `/` (its files built into the binary);
 //! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
 //! `{"message", "field"?, "problems"?}` with one mapping from [`control::Error`] to a status
-//! ([`ApiError`]). Nothing but login, refresh, `/health` and the docs is reachable without a
-//! bearer access token.
+//! ([`ApiError`]). Nothing but login, refresh, `/health`, the docs and the dashboard's files
+//! is reachable without a bearer access token.
 
 pub mod accounts;
 pub mod apps;
 pub mod clusters;
+pub mod dashboard;
 pub mod docs;
 pub mod events;
 pub mod views;
@@ -272,6 +274,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/docs/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::page))
+        .merge(dashboard::router())
         .fallback(no_route)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
