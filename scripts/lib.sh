@@ -78,6 +78,25 @@ ensure_rust() {
   fi
 }
 
+# ensure_browser_test DIR: what the dashboard's browser test (e2e/tests/dashboard.rs) needs:
+# Debian's Chromium, Node.js 20+ with npm (the machine's own; Debian's where there is none),
+# and the npm packages pinned in DIR/package-lock.json (playwright-core, which drives that
+# Chromium and downloads no browser of its own), installed afresh by `npm ci`.
+ensure_browser_test() {
+  local dir=$1 t0
+  t0=$(date +%s)
+  apt_install chromium
+  note "chromium ready after $(( $(date +%s) - t0 )) s: $(/usr/bin/chromium --version 2>/dev/null)"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 20 ] || die "the browser test's playwright-core needs Node.js 20 or later; this is $(node --version)"
+  step "npm ci in $dir (node $(node --version), npm $(npm --version))"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 # free_port: an unused TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

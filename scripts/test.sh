@@ -24,6 +24,8 @@ apt_install ca-certificates build-essential pkg-config protobuf-compiler python3
   docker.io docker-compose
 ensure_rust
 ensure_qemu
+# The dashboard's browser test: Chromium, Node.js and playwright-core.
+ensure_browser_test "$REPO/e2e/browser"
 
 VENV="$CANOPY_CACHE_DIR/venv"
 if [ ! -x "$VENV/bin/nx-27017" ]; then

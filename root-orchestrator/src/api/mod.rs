@@ -5,6 +5,7 @@
 //! - [`clusters`]: the cluster list and the workers of every cluster;
 //! - [`events`]: the change feed as server-sent events;
 //! - [`logs`]: an instance's log streamed from its worker;
+//! - [`dashboard`]: the web dashboard at `/` (its files built into the binary);
 //! - [`docs`]: the OpenAPI document (generated from the types in [`views`]) and its page.
 //!
 //! Every path answers with and without a trailing slash. Errors are JSON
@@ -12,11 +13,13 @@
 //! ([`ApiError`]); the framework's own (unknown path, wrong method, bad path parameter) are
 //! rewritten to that shape. Request bodies are checked against the OpenAPI document before
 //! they are read ([`Body`]), so the document is what the API accepts. Nothing but login,
-//! refresh, `/health` and the docs is reachable without a bearer access token.
+//! refresh, `/health`, the docs and the dashboard's files is reachable without a bearer
+//! access token.
 
 pub mod accounts;
 pub mod apps;
 pub mod clusters;
+pub mod dashboard;
 pub mod docs;
 pub mod events;
 pub mod logs;
@@ -369,6 +372,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/docs/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::page))
+        .merge(dashboard::router())
         .fallback(no_route)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
