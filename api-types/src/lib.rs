@@ -230,6 +230,10 @@ pub struct InstanceView {
     /// The last lines of its output (at most 1024 bytes), from its worker's last report.
     pub logs: String,
     pub last_modified_timestamp: f64,
+    /// The revision of its service's spec it runs (a Canopy extension; 0 until the service
+    /// is updated).
+    #[serde(default)]
+    pub revision: u32,
 }
 
 /// A service (Oakestra's job document): the microservice as submitted, plus these fields.
@@ -448,6 +452,32 @@ pub struct QuotaView {
 pub struct OperationView {
     pub instance_number: u32,
     pub status: String,
+}
+
+/// A service's latest rolling update (a Canopy extension): the answer to
+/// `PUT /api/service/<id>` and `GET /api/service/<id>/rollout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    pub service_id: String,
+    /// The revision of the service's spec now current (0 when created).
+    pub revision: u32,
+    /// `none` (never updated), `progressing`, `rolling_back`, `complete`, `rolled_back` or
+    /// `failed`.
+    pub state: String,
+    /// In the answer to `PUT`: whether it changed anything (`false`: the service was as
+    /// asked already, and nothing happens).
+    pub changed: bool,
+    /// Instances the service keeps throughout.
+    pub replicas: u32,
+    /// Instances of the current revision that are RUNNING.
+    pub updated: u32,
+    /// Instances of another revision still there.
+    pub old: u32,
+    /// Why it rolled back or failed.
+    pub reason: String,
+    /// Unix seconds.
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
 }
 
 /// One thing done to a service (a Canopy extension): when, what, why, and how it ended.

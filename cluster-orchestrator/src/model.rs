@@ -86,6 +86,11 @@ pub struct Instance {
     #[serde(default)]
     pub logs: String,
     pub updated_at: f64,
+    /// The spec it runs, as the root's deploy gave it (instances of one service may run
+    /// different revisions during a rolling update); `None` in documents from before
+    /// revisions: the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<ServiceSpec>>,
 }
 
 impl Instance {
@@ -111,6 +116,7 @@ impl Instance {
             ns_ip: None,
             logs: String::new(),
             updated_at: now,
+            spec: None,
         }
     }
 

@@ -59,6 +59,13 @@ pub struct Config {
     /// longer log ends with a note that it goes on.
     #[arg(long, env = "CANOPY_MAX_LOG_BYTES", default_value_t = 64 << 20)]
     pub max_log_bytes: u64,
+    /// A rolling update's new instance must be ready within this many seconds of being
+    /// added, or the update rolls back.
+    #[arg(long, env = "CANOPY_ROLLOUT_DEADLINE_SECS", default_value_t = 120.0)]
+    pub rollout_deadline_secs: f64,
+    /// A new instance is ready once it has been RUNNING this many seconds.
+    #[arg(long, env = "CANOPY_ROLLOUT_MIN_READY_SECS", default_value_t = 5.0)]
+    pub rollout_min_ready_secs: f64,
     /// Largest request body the API reads, bytes (a larger one is refused with 413).
     #[arg(long, env = "CANOPY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -103,9 +103,86 @@ pub struct Service {
     pub rr_ip: Ipv4Addr,
     /// The number the next instance gets (Oakestra's `next_instance_progressive_number`).
     pub next_instance: u32,
+    /// Which version of its spec `spec` is: 0 when created, one more with each update
+    /// (`PUT /api/service/<id>`).
+    #[serde(default)]
+    pub revision: u32,
+    /// The latest rolling update, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
     /// Stored apart, one document per instance (collection `instances`).
     #[serde(skip)]
     pub instances: BTreeMap<InstanceNumber, Instance>,
+}
+
+/// A rolling update of a service: its instances replaced one at a time by instances of the
+/// service's current revision, each new one ready before an old one goes. Stored on the
+/// service, so it goes on after a restart of the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The revision instances are moved away from, with its spec and SLA: what a rollback
+    /// returns to (after a rollback: the revision that failed).
+    pub from: u32,
+    pub from_spec: ServiceSpec,
+    pub from_sla: serde_json::Value,
+    /// Instances the service keeps throughout (not counting stopped ones).
+    pub replicas: u32,
+    pub state: RolloutState,
+    /// Unix seconds.
+    pub started_at: f64,
+    #[serde(default)]
+    pub finished_at: Option<f64>,
+    /// Why it rolled back or failed.
+    #[serde(default)]
+    pub reason: String,
+    /// Old instances replaced so far.
+    #[serde(default)]
+    pub replaced: u32,
+    /// A new instance must be ready within this many seconds of being added.
+    pub deadline_secs: f64,
+    /// ... and RUNNING for this long to be ready.
+    pub min_ready_secs: f64,
+    /// The instance added last, and when (Unix seconds).
+    #[serde(default)]
+    pub waiting: Option<(u32, f64)>,
+}
+
+/// Where a rolling update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Replacing the old revision's instances with the new one's.
+    Progressing,
+    /// A new instance failed or was late: going back to the old revision the same way.
+    RollingBack,
+    /// Every instance runs the new revision.
+    Complete,
+    /// Every instance runs the old revision again.
+    RolledBack,
+    /// The rollback itself could not finish; nothing more is done until the next update.
+    Failed,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::RollingBack => "rolling_back",
+            RolloutState::Complete => "complete",
+            RolloutState::RolledBack => "rolled_back",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
+impl Rollout {
+    /// Still replacing instances.
+    pub fn active(&self) -> bool {
+        matches!(
+            self.state,
+            RolloutState::Progressing | RolloutState::RollingBack
+        )
+    }
 }
 
 /// One instance of a service.
@@ -131,6 +208,9 @@ pub struct Instance {
     pub logs: String,
     /// Unix seconds of the last status change.
     pub updated_at: f64,
+    /// The revision of its service's spec it runs ([`Service::spec_of`]).
+    #[serde(default)]
+    pub revision: u32,
     /// Clusters that answered they have no worker for it; not tried again until it runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_by: Vec<ClusterId>,
@@ -151,6 +231,7 @@ impl Instance {
             ns_ip: None,
             logs: String::new(),
             updated_at: at,
+            revision: 0,
             refused_by: Vec::new(),
         }
     }
@@ -181,7 +262,20 @@ impl Service {
             spec: self.spec.clone(),
             rr_ip: self.rr_ip,
             next_instance: self.next_instance,
+            revision: self.revision,
+            rollout: self.rollout.clone(),
             instances: BTreeMap::new(),
+        }
+    }
+
+    /// The spec instances of `revision` run: the current one, or during a rolling update
+    /// the one being replaced.
+    pub fn spec_of(&self, revision: u32) -> &ServiceSpec {
+        match &self.rollout {
+            Some(r) if r.active() && r.from == revision && revision != self.revision => {
+                &r.from_spec
+            }
+            _ => &self.spec,
         }
     }
 
@@ -277,6 +371,8 @@ mod tests {
             spec,
             rr_ip: Ipv4Addr::new(10, 30, 0, 1),
             next_instance: 0,
+            revision: 0,
+            rollout: None,
             instances: BTreeMap::new(),
         };
         assert_eq!(s.status().0, InstanceStatus::Undeployed);

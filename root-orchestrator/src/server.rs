@@ -80,6 +80,12 @@ impl Server {
             default_quota: config.default_quota(),
             events_kept: config.events_kept,
             max_log_bytes: config.max_log_bytes,
+            rollout_deadline: Duration::from_secs_f64(
+                config.rollout_deadline_secs.clamp(1.0, 86_400.0),
+            ),
+            rollout_min_ready: Duration::from_secs_f64(
+                config.rollout_min_ready_secs.clamp(0.0, 3_600.0),
+            ),
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;

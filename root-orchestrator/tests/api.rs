@@ -406,12 +406,7 @@ async fn applications_belong_to_their_owner() {
         .call(Method::POST, "/api/application", Some(bad))
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-    let paths: Vec<&str> = b["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["path"].as_str().unwrap())
-        .collect();
+    let paths = common::problem_paths(&b);
     assert!(
         paths.iter().any(|p| p.ends_with("virtualization")),
         "{paths:?}"
@@ -667,16 +662,19 @@ async fn services_instances_and_addresses() {
     assert_eq!(svc["instance_list"].as_array().unwrap().len(), 1);
     assert_ne!(svc["instance_list"][0]["instance_ip"], ip1);
 
-    // PUT on a service is not supported (as in Oakestra): 405, saying what to do instead.
+    // PUT on a service takes a microservice (a rolling update: tests/rollout.rs); one that
+    // is not valid is refused with every problem at its path within the body.
     let (s, b) = alice
         .call(
             Method::PUT,
             &format!("/api/service/{web_id}"),
-            Some(json!({})),
+            Some(json!({"microservice_name": "web"})),
         )
         .await;
-    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("delete it"), "{b}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let paths = common::problem_paths(&b);
+    assert!(paths.iter().any(|p| p == "code" || p == "body"), "{b}");
+    assert!(paths.iter().all(|p| !p.starts_with("applications")), "{b}");
 
     // Delete a service: undeployed everywhere, gone from its application, address free again.
     assert_eq!(

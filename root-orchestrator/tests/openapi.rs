@@ -353,6 +353,11 @@ impl Op {
     /// Runs first reads, then changes, then deletes (children before parents), so the objects
     /// the path parameters name exist for as many operations as can be.
     fn order(&self) -> (u8, u8, String) {
+        // An update starts a rolling update, which replaces the instances other operations
+        // use: it goes after the instances' own deletes.
+        if self.method == Method::PUT && self.path == "/api/service/{id}" {
+            return (2, 0, "~".into());
+        }
         let rank = if self.method == Method::GET {
             0
         } else if self.method == Method::DELETE {
@@ -718,11 +723,24 @@ async fn every_operation_answers_as_the_document_says() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     // … and for one operation only.
-    let op_hints = [(
-        "PUT /api/organization/{id}",
-        "OrganizationRequest.name",
-        json!("lab"),
-    )];
+    let op_hints = [
+        (
+            "PUT /api/organization/{id}",
+            "OrganizationRequest.name",
+            json!("lab"),
+        ),
+        // An update keeps the service's name.
+        (
+            "PUT /api/service/{id}",
+            "SlaMicroservice.microservice_name",
+            json!("web"),
+        ),
+        (
+            "PUT /api/service/{id}",
+            "SlaMicroservice.microservice_namespace",
+            json!("test"),
+        ),
+    ];
     let max_body = root.config.max_body_bytes;
 
     for op in &ops {

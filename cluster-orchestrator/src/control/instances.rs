@@ -281,8 +281,10 @@ impl Cluster {
                         number: *instance,
                     };
                     if !ch.instances.contains_key(&k) {
-                        let i =
+                        let mut i =
                             Instance::new(service_id.clone(), *instance, *instance_ip, now.unix);
+                        // Its own: a later deploy of another revision changes the service's.
+                        i.spec = Some(spec.clone());
                         ch.instances.insert(k.clone(), i);
                         store_instance(ch, &k)?;
                         self.report(ch, &k)?;

@@ -5,10 +5,18 @@
 use super::Cluster;
 use super::state::{Change, InstanceKey};
 use crate::lifecycle::Event;
+use crate::model::Instance;
 use crate::scheduler::{self, WorkerCandidate};
-use canopy_core::{InstanceStatus, NodeId, Resources, StatusClass};
+use canopy_core::{InstanceStatus, NodeId, Resources, ServiceSpec, StatusClass};
 use canopy_proto::worker::{DeployMessage, topics};
 use std::collections::{BTreeSet, HashMap};
+
+/// The spec instance `i` runs: its own, else its service's.
+pub(super) fn spec_of<'a>(ch: &'a Change<'_>, i: &'a Instance) -> Option<&'a ServiceSpec> {
+    i.spec
+        .as_deref()
+        .or_else(|| ch.services.get(&i.service_id).map(|s| &s.spec))
+}
 
 impl Cluster {
     /// Every worker as the scheduler sees it, in worker order: free capacity is its offer less
@@ -18,10 +26,10 @@ impl Cluster {
         for i in ch.instances.values() {
             if let Some(n) = &i.node
                 && i.status.occupies_worker()
-                && let Some(s) = ch.services.get(&i.service_id)
+                && let Some(spec) = spec_of(ch, i)
             {
                 let u = used.entry(n).or_insert(Resources::ZERO);
-                *u = u.saturating_add(&s.spec.resources);
+                *u = u.saturating_add(&spec.resources);
             }
         }
         ch.workers
@@ -63,7 +71,9 @@ impl Cluster {
         }
         let mut candidates = self.candidates(ch);
         for k in waiting {
-            let Some(spec) = ch.services.get(&k.service).map(|s| s.spec.clone()) else {
+            let spec: Option<ServiceSpec> =
+                ch.instances.get(&k).and_then(|i| spec_of(ch, i)).cloned();
+            let Some(spec) = spec else {
                 continue;
             };
             let decision = scheduler::schedule(&spec, &candidates, &BTreeSet::new());

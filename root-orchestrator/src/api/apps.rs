@@ -2,11 +2,11 @@
 
 use super::views::*;
 use super::{ApiError, ApiResult, ApiState, Body, SlaBody, problem_views};
+use crate::control::rollout::Updated;
 use crate::control::{Caller, Operation};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use canopy_sla::{Sla, SlaError};
 
 /// Validates an SLA body: 422 with every problem when it is not a valid SLA.
@@ -203,16 +203,81 @@ pub async fn get_service(
     Ok(Json(ServiceView::from(&svc)))
 }
 
-/// `PUT` on a service: not supported, as in Oakestra (delete the service and add it again).
-/// Not in the OpenAPI document; answers 405 as any other method a path lacks, with a hint.
-pub async fn update_service() -> impl IntoResponse {
-    (
-        [(header::ALLOW, "GET, DELETE")],
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "changing a service is not supported: delete it and add it again",
-        ),
-    )
+/// Validates a microservice body as part of its application's SLA: 422 with every problem,
+/// at paths within the body.
+fn validated_microservice(
+    app: &crate::model::Application,
+    owner: &str,
+    body: serde_json::Value,
+) -> ApiResult<Sla> {
+    const WITHIN: &str = "applications[0].microservices[0]";
+    let doc = serde_json::json!({
+        "sla_version": "v2.0",
+        "customerID": owner,
+        "applications": [{
+            "application_name": app.name,
+            "application_namespace": app.namespace,
+            "application_desc": app.description,
+            "microservices": [body],
+        }]
+    });
+    validated(&doc).map_err(|mut e| {
+        let within = |p: &str| match p.strip_prefix(WITHIN) {
+            Some("") => "body".to_owned(),
+            Some(rest) => rest.trim_start_matches('.').to_owned(),
+            None => p.to_owned(),
+        };
+        for p in &mut e.body.problems {
+            p.path = within(&p.path);
+        }
+        e.body.field = e.body.problems.first().map(|p| p.path.clone());
+        e.body.message = e.body.message.replace(WITHIN, "body");
+        e
+    })
+}
+
+/// Updates a service in place (a Canopy extension; Oakestra answers 501): the body is the
+/// microservice as an SLA gives it. A change starts a rolling update (one instance at a
+/// time, each new one ready before an old one goes; rolled back by itself when a new one
+/// fails or is late); the same service again changes nothing. Its name, namespace and pinned
+/// addresses cannot change.
+#[utoipa::path(put, path = "/api/service/{id}", tag = "services", params(("id" = String, Path)),
+    request_body(content = ref("#/components/schemas/SlaMicroservice"), description = "the microservice, as in an SLA"),
+    responses((status = 200, body = RolloutView, description = "the rollout it started (`changed`), or the latest one when nothing changed"),
+        (status = 400, description = "the body is not JSON, or not a JSON object", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "an update of the service is in progress, or the name or a pinned address would change", body = ErrorBody),
+        (status = 422, description = "not a valid microservice: every problem listed, at paths within the body", body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn update_service(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    SlaBody(body): SlaBody,
+) -> ApiResult<Json<RolloutView>> {
+    let svc = s.root.service(&caller, &id).await?;
+    let app = s.root.application(&caller, &svc.application_id).await?;
+    let sla = validated_microservice(&app, &svc.owner, body)?;
+    let a = &sla.applications[0];
+    let updated = s
+        .root
+        .update_service(&caller, &id, a, &a.microservices[0])
+        .await?;
+    let svc = s.root.service(&caller, &id).await?;
+    Ok(Json(rollout_view(&svc, updated != Updated::Unchanged)))
+}
+
+/// A service's latest rolling update: where it stands, or `none`.
+#[utoipa::path(get, path = "/api/service/{id}/rollout", tag = "services", params(("id" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody)),
+    security(("bearerAuth" = [])))]
+pub async fn rollout_status(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
+    let svc = s.root.rollout(&caller, &id).await?;
+    Ok(Json(rollout_view(&svc, false)))
 }
 
 /// Deletes a service and undeploys its instances.

@@ -55,7 +55,7 @@ impl Modify for BearerAuth {
         accounts::update_organization, accounts::delete_organization,
         apps::create_applications, apps::get_application, apps::update_application,
         apps::delete_application, apps::list_applications, apps::list_user_applications,
-        apps::add_services, apps::get_service, apps::delete_service,
+        apps::add_services, apps::get_service, apps::update_service, apps::rollout_status, apps::delete_service,
         apps::list_services, apps::list_all_services, apps::scale_up, apps::scale_down, apps::operate, apps::service_events,
         clusters::list_clusters, clusters::list_active_clusters, clusters::list_nodes,
         super::events::stream, super::logs::stream,

@@ -359,6 +359,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/services/{appid}", get(ap::list_services))
         .route("/api/service/{id}/instance", post(ap::scale_up))
         .route("/api/service/{id}/events", get(ap::service_events))
+        .route("/api/service/{id}/rollout", get(ap::rollout_status))
         .route("/api/service/{id}/instance/{n}", delete(ap::scale_down))
         .route("/api/service/{id}/instance/{n}/logs", get(logs::stream))
         .route(

@@ -60,6 +60,7 @@ impl From<&Instance> for InstanceView {
             memory: i.memory_mb,
             logs: i.logs.clone(),
             last_modified_timestamp: i.updated_at,
+            revision: i.revision,
         }
     }
 }
@@ -141,5 +142,31 @@ impl NewView<&ClusterView, &NodeSummary> for NodeView {
             memory_percent: n.memory_percent,
             instances: n.instances,
         }
+    }
+}
+
+/// A service's latest rollout as the API shows it; `changed`: what the `PUT` did.
+pub fn rollout_view(s: &Service, changed: bool) -> RolloutView {
+    let live = || {
+        s.instances
+            .values()
+            .filter(|i| i.status != canopy_core::InstanceStatus::Stopped)
+    };
+    let updated = live()
+        .filter(|i| i.revision == s.revision && i.status == canopy_core::InstanceStatus::Running)
+        .count() as u32;
+    let old = live().filter(|i| i.revision != s.revision).count() as u32;
+    let r = s.rollout.as_ref();
+    RolloutView {
+        service_id: s.id.clone(),
+        revision: s.revision,
+        state: r.map_or("none", |r| r.state.as_str()).to_owned(),
+        changed,
+        replicas: r.map_or(live().count() as u32, |r| r.replicas),
+        updated,
+        old,
+        reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
+        started_at: r.map(|r| r.started_at),
+        finished_at: r.and_then(|r| r.finished_at),
     }
 }

@@ -306,18 +306,16 @@ impl Root {
         self.admit(&st, &s.owner, |u| {
             quota::with_instance(u, &s.spec.resources)
         })?;
-        let n = InstanceNumber(s.next_instance);
         let mut change = Change::new(&st);
-        let ip = change.allocate(&st).map_err(|e| Error::Conflict {
-            field: "instance_ip".into(),
-            message: e.to_string(),
-        })?;
+        let (key, instance) = stage_new_instance(self, &st, &mut change, &key, s, now)?;
+        let n = key.number;
         let mut doc = s.document();
         doc.next_instance = n.0 + 1;
-        change.put_service(key.clone(), doc)?;
-        let key = InstanceKey::new(key, n);
-        let mut instance = Instance::new(n, ip, now.unix);
-        self.place_copy(&st, &mut change, &key, &mut instance, None, now)?;
+        // A rolling update keeps the new count.
+        if let Some(r) = doc.rollout.as_mut().filter(|r| r.active()) {
+            r.replicas += 1;
+        }
+        change.put_service(key.service.clone(), doc)?;
         let why = format!("requested by {}", caller.name);
         let outcome = placed(&instance);
         change.record(
@@ -339,9 +337,20 @@ impl Root {
             .get(&InstanceNumber(n))
             .ok_or_else(|| not_found("instance", &n.to_string()))?;
         let mut change = Change::new(&st);
-        change.delete_instance(InstanceKey::new(key.clone(), inst.number), inst);
-        if let Some(c) = &inst.cluster_id {
-            change.undeploy(c.clone(), &key, Some(inst.number))?;
+        stage_removal(
+            &mut change,
+            &InstanceKey::new(key.clone(), inst.number),
+            inst,
+        )?;
+        if let Some(r) = s.rollout.as_ref().filter(|r| r.active())
+            && inst.status != canopy_core::InstanceStatus::Stopped
+        {
+            let mut doc = s.document();
+            doc.rollout = Some(crate::model::Rollout {
+                replicas: r.replicas.saturating_sub(1),
+                ..r.clone()
+            });
+            change.put_service(key.clone(), doc)?;
         }
         let why = format!("requested by {}", caller.name);
         let outcome = format!("removed (it was {})", inst.status);
@@ -350,6 +359,39 @@ impl Root {
         change.record(&st, &key, e)?;
         self.commit(&mut st, change).await
     }
+}
+
+/// Stages a new instance of service `id` (`s`), of its current revision, with the next
+/// number and an address, placed at once if a cluster fits. The caller stages the service's
+/// `next_instance` (the number + 1) and the instance.
+pub(super) fn stage_new_instance(
+    root: &Root,
+    st: &State,
+    change: &mut Change,
+    id: &ServiceId,
+    s: &Service,
+    now: Now,
+) -> Result<(InstanceKey, Instance)> {
+    let n = InstanceNumber(s.next_instance);
+    let ip = change.allocate(st).map_err(|e| Error::Conflict {
+        field: "instance_ip".into(),
+        message: e.to_string(),
+    })?;
+    let key = InstanceKey::new(id.clone(), n);
+    let mut instance = Instance::new(n, ip, now.unix);
+    instance.revision = s.revision;
+    root.place_copy(st, change, &key, &mut instance, None, now)?;
+    Ok((key, instance))
+}
+
+/// Stages the removal of instance `key` (`inst`): it is forgotten, its address released, and
+/// its cluster told to undeploy it.
+pub(super) fn stage_removal(change: &mut Change, key: &InstanceKey, inst: &Instance) -> Result<()> {
+    change.delete_instance(key.clone(), inst);
+    if let Some(c) = &inst.cluster_id {
+        change.undeploy(c.clone(), &key.service, Some(inst.number))?;
+    }
+    Ok(())
 }
 
 /// Where an instance stands after a placement, for an event's outcome.
@@ -422,6 +464,8 @@ fn add_services_to(
             spec,
             rr_ip,
             next_instance: 0,
+            revision: 0,
+            rollout: None,
             instances: BTreeMap::new(),
         };
         a.services.push(s.id.clone());

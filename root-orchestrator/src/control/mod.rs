@@ -10,6 +10,7 @@
 //! | `accounts.rs` | users, organisations, passwords, login |
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
 //! | `operations.rs` | stop, start, restart one instance |
+//! | `rollout.rs` | rolling updates: the next revision, instance by instance, rolled back by itself when a new instance fails (the pure [`rollout::step`]) |
 //! | `quota.rs` | users' quotas, checked before a change that grows what they hold |
 //! | `logs.rs` | streamed instance logs: open through the instance's cluster, chunks in order to the reader, credit back |
 //! | `feed.rs` | the change feed behind `GET /api/events` (kept items, resume, visibility) |
@@ -53,6 +54,7 @@ mod operations;
 mod overlay;
 mod placement;
 mod quota;
+pub mod rollout;
 mod sessions;
 mod state;
 #[cfg(test)]
@@ -175,6 +177,10 @@ pub struct Settings {
     pub events_kept: usize,
     /// Bytes one log request gets at most.
     pub max_log_bytes: u64,
+    /// A rolling update's new instance must be ready within this long of being added...
+    pub rollout_deadline: Duration,
+    /// ... and ready means RUNNING for this long.
+    pub rollout_min_ready: Duration,
 }
 
 impl Default for Settings {
@@ -185,6 +191,8 @@ impl Default for Settings {
             default_quota: canopy_api::Quota::UNLIMITED,
             events_kept: 10_000,
             max_log_bytes: 64 << 20,
+            rollout_deadline: Duration::from_secs(120),
+            rollout_min_ready: Duration::from_secs(5),
         }
     }
 }
@@ -305,6 +313,9 @@ impl Root {
         canopy_daemon::every(self.settings.tick, shutdown, || async {
             if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "control loop tick failed");
+            }
+            if let Err(e) = self.advance_rollouts().await {
+                tracing::error!(error = %e, "rolling updates could not go on");
             }
         })
         .await;

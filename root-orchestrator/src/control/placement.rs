@@ -298,7 +298,7 @@ fn deploy(
     inst.set_status(InstanceStatus::ClusterScheduled, "", now.unix);
     // The cluster learns the service's address (pinned or allocated) with the order, so its
     // workers can reach the instance through it even while the root is away.
-    let mut spec = s.spec.clone();
+    let mut spec = s.spec_of(inst.revision).clone();
     spec.rr_ip = Some(s.rr_ip);
     let action = CommandAction::Deploy {
         service_id: key.service.clone(),

@@ -303,6 +303,16 @@ impl Api {
     }
 }
 
+/// The paths of the problems an error answer lists.
+pub fn problem_paths(answer: &Value) -> Vec<String> {
+    answer["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// An SLA with one application `app` and one container service `svc`.
 pub fn sla(app: &str, svc: &str) -> Value {
     json!({

@@ -120,6 +120,8 @@ async fn service(root: &Root) -> ServiceId {
         spec,
         rr_ip: std::net::Ipv4Addr::new(10, 30, 0, 1),
         next_instance: 0,
+        revision: 0,
+        rollout: None,
         instances: BTreeMap::new(),
     };
     let mut st = root.state.lock().await;
