@@ -34,6 +34,9 @@ pub struct ApplyArgs {
     /// How long `--wait` waits, seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Delete the services of the file's applications that the file no longer has.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,7 +127,7 @@ pub async fn login(client: &mut Client, args: LoginArgs) -> Result<()> {
 }
 
 /// An instance this command deployed and follows.
-struct Tracked {
+pub struct Tracked {
     service_id: String,
     label: String,
     number: u32,
@@ -133,55 +136,17 @@ struct Tracked {
     last: String,
 }
 
-pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
-    let (sla, replicas) = read_deployment(&args.file)?;
-    // Opened first, so no change of the new instances is missed; without it (an older root),
-    // --wait polls.
-    let mut events = if args.wait {
-        client.events("?kind=instance", None).await.ok()
-    } else {
-        None
-    };
-    let apps: Vec<ApplicationView> = client.post("/api/application", Some(&sla)).await?;
-    let mut tracked = Vec::new();
-    for wanted in sla
-        .get("applications")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = str_of(wanted, "application_name");
-        let ns = str_of(wanted, "application_namespace");
-        let app = apps
-            .iter()
-            .find(|a| a.application_name == name && a.application_namespace == ns)
-            .ok_or_else(|| anyhow!("the API did not return application {name:?}"))?;
-        println!("application {ns}/{name}: {}", app.applicationID);
-        for id in &app.microservices {
-            let svc: ServiceView = client.get(&format!("/api/service/{id}")).await?;
-            let label = format!("{name}.{}", svc.service_name);
-            let wanted = replicas.get(&svc.service_name).copied().unwrap_or(1);
-            for _ in 0..wanted {
-                let answer: ScaleUpView = client
-                    .post(&format!("/api/service/{id}/instance"), None)
-                    .await?;
-                let number = answer.instance_number;
-                println!("  service {label} ({id}): instance {number} requested");
-                tracked.push(Tracked {
-                    service_id: id.clone(),
-                    label: label.clone(),
-                    number,
-                    one_shot: svc.sla.get("one_shot").and_then(Value::as_bool) == Some(true),
-                    last: String::new(),
-                });
-            }
+impl Tracked {
+    /// Instance `number` of `svc`, shown as `label`.
+    pub fn new(svc: &ServiceView, label: &str, number: u32) -> Tracked {
+        Tracked {
+            service_id: svc.microserviceID.clone(),
+            label: label.to_owned(),
+            number,
+            one_shot: svc.sla.get("one_shot").and_then(Value::as_bool) == Some(true),
+            last: String::new(),
         }
     }
-    if args.wait {
-        let timeout = Duration::from_secs(args.timeout);
-        wait_running(client, &mut tracked, &mut events, timeout).await?;
-    }
-    Ok(())
 }
 
 /// The SLA in `file` (JSON), or a compose file (`.yml`, `.yaml`) converted to one, with the
@@ -208,7 +173,7 @@ pub fn read_deployment(file: &std::path::Path) -> Result<(Value, BTreeMap<String
 }
 
 /// Prints every status change until all run; fails on a failure status or the timeout.
-async fn wait_running(
+pub async fn wait_running(
     client: &mut Client,
     tracked: &mut [Tracked],
     events: &mut Option<crate::events::EventStream>,

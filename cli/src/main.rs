@@ -2,10 +2,12 @@
 //! arguments and maps the outcome to an exit code.
 //!
 //! - [`sla`]: offline SLA checks;
-//! - [`commands`] over [`client`]: login, apply, get, logs, scale, delete against a root's API;
+//! - [`commands`] over [`client`]: login, get, logs, scale, delete against a root's API;
+//! - [`apply`]: declarative apply and `diff` (what a file changes), `rollout status`;
 //! - [`up`]: a whole Canopy on this machine;
 //! - [`doctor`]: whether this machine can run a worker, a cluster or a root.
 
+mod apply;
 mod client;
 mod commands;
 mod compose;
@@ -47,8 +49,15 @@ enum Command {
     Up(up::UpArgs),
     /// Log in to a root; the tokens are kept in the user's config directory.
     Login(commands::LoginArgs),
-    /// Create the applications and services of an SLA file and deploy one instance of each.
+    /// Make the root hold what an SLA (or compose) file says: new applications and services
+    /// are created with one instance each, changed services updated in place (a rolling
+    /// update), unchanged ones left alone; --prune deletes services the file no longer has.
     Apply(commands::ApplyArgs),
+    /// Show what `apply` would do with a file (exit status 1 when it would change something).
+    Diff(DiffArgs),
+    /// Follow a service's rolling update until it is complete (or rolled back: exit 1).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// List apps, services, instances, clusters or nodes.
     Get(commands::GetArgs),
     /// Show a service, its instances and its events (what was done, why, how it ended).
@@ -94,14 +103,21 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let command = match command {
-            Command::Up(args) => return up::run(args).await,
-            Command::Doctor(args) => return doctor::run(args).await,
+            Command::Up(args) => return up::run(args).await.map(|()| None),
+            Command::Doctor(args) => return doctor::run(args).await.map(|()| None),
             other => other,
         };
         let mut client = client::Client::new(cli.api.as_deref())?;
         match command {
             Command::Login(a) => commands::login(&mut client, a).await,
-            Command::Apply(a) => commands::apply(&mut client, a).await,
+            Command::Apply(a) => apply::apply(&mut client, a).await,
+            Command::Diff(a) => match apply::diff(&mut client, &a.file, a.prune).await {
+                Ok(true) => return Ok(Some(ExitCode::from(1))),
+                other => other.map(drop),
+            },
+            Command::Rollout(RolloutCommand::Status(a)) => {
+                apply::rollout_status(&mut client, &a.service, a.timeout).await
+            }
             Command::Get(a) => commands::get(&mut client, a).await,
             Command::Logs(a) => commands::logs(&mut client, a).await,
             Command::Scale(a) => commands::scale(&mut client, a).await,
@@ -114,14 +130,40 @@ fn main() -> ExitCode {
             Command::Restart(a) => operations::run(&mut client, "restart", a).await,
             Command::Sla(_) | Command::Convert(_) | Command::Up(_) | Command::Doctor(_) => Ok(()),
         }
+        .map(|()| None)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(code)) => code,
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args)]
+struct DiffArgs {
+    /// An SLA file, or a docker-compose file.
+    file: std::path::PathBuf,
+    /// Also show the services `apply --prune` would delete.
+    #[arg(long)]
+    prune: bool,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Wait for the service's rolling update to end, showing its progress.
+    Status(RolloutArgs),
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// Service id or name (`service`, or `app.service`).
+    service: String,
+    /// How long to wait, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
 }
 
 #[derive(clap::Args)]
