@@ -61,6 +61,11 @@ pub struct Config {
     /// A worker silent this long is lost (its last will usually says so sooner).
     #[arg(long, env = "CANOPY_WORKER_TIMEOUT_SECS", default_value_t = 3.0)]
     pub worker_timeout_secs: f64,
+    /// A RUNNING instance on the overlay that is undeployed leaves its service's addresses at
+    /// once, and is stopped on its worker this many seconds later (requests on their way to
+    /// it are answered; 0: at once).
+    #[arg(long, env = "CANOPY_DRAIN_SECS", default_value_t = 2.0)]
+    pub drain_secs: f64,
     /// How often the cluster reports its resources to the root.
     #[arg(long, env = "CANOPY_REPORT_INTERVAL_SECS", default_value_t = 2.0)]
     pub report_interval_secs: f64,

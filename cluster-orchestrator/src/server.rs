@@ -61,6 +61,7 @@ impl Server {
                 })?;
         let settings = Settings {
             worker_timeout: config.worker_timeout(),
+            drain: std::time::Duration::from_secs_f64(config.drain_secs.clamp(0.0, 600.0)),
             ..Settings::default()
         };
         let client_id = format!("canopy-cluster-{}", secrets::random_token(4));

@@ -219,6 +219,15 @@ impl Stack {
         Self::start(workers, extra_args, &[]).await
     }
 
+    /// [`Stack::up_overlay`] with these environment variables for every daemon.
+    pub async fn up_overlay_with_env(
+        workers: u32,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Stack {
+        Self::start(workers, extra_args, env).await
+    }
+
     async fn start(workers: u32, extra_args: &[&str], env: &[(&str, &str)]) -> Stack {
         let bins = bin_dir();
         let dir = tempfile::Builder::new()

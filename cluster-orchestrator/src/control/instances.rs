@@ -2,7 +2,7 @@
 //! what workers report about them, and the root's deploy/undeploy commands.
 
 use super::state::{Change, InstanceKey};
-use super::{Cluster, Result, logged};
+use super::{Cluster, Effect, Publish, Result, logged};
 use crate::lifecycle::{self, Event, Next};
 use crate::model::{Instance, Service, collections as col, report_key};
 use canopy_core::link::{Command, CommandAction};
@@ -70,6 +70,31 @@ fn delete_stray(
     stage_delete(ch, node, service, job, n);
 }
 
+/// The delete message telling `node` to stop and remove instance `n` of `job`.
+fn delete_message(
+    node: &NodeId,
+    service: Option<&ServiceId>,
+    job: &str,
+    n: InstanceNumber,
+) -> Option<Publish> {
+    let body = DeleteMessage {
+        id: service.map(ToString::to_string).unwrap_or_default(),
+        job_name: job.to_owned(),
+        virtualization: String::new(),
+        instance_number: n.0,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(payload) => Some(Publish {
+            topic: topics::delete(node),
+            payload,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a delete message");
+            None
+        }
+    }
+}
+
 /// Stages a delete message: `node` stops and removes instance `n` of `job`.
 fn stage_delete(
     ch: &mut Change,
@@ -78,24 +103,22 @@ fn stage_delete(
     job: &str,
     n: InstanceNumber,
 ) {
-    ch.publish(
-        topics::delete(node),
-        &DeleteMessage {
-            id: service.map(ToString::to_string).unwrap_or_default(),
-            job_name: job.to_owned(),
-            virtualization: String::new(),
-            instance_number: n.0,
-        },
-    );
+    if let Some(p) = delete_message(node, service, job, n) {
+        ch.tx.effect(Effect::Publish(p));
+    }
+}
+
+/// The job name of service `service`, as the change knows it.
+fn job_of(ch: &Change, service: &ServiceId) -> String {
+    ch.services
+        .get(service)
+        .map(|s| s.spec.job_name.to_string())
+        .unwrap_or_default()
 }
 
 /// Stages telling `node` to stop and remove instance `k`.
 fn tell_delete(ch: &mut Change, node: &NodeId, k: &InstanceKey) {
-    let job = ch
-        .services
-        .get(&k.service)
-        .map(|s| s.spec.job_name.to_string())
-        .unwrap_or_default();
+    let job = job_of(ch, &k.service);
     stage_delete(ch, node, Some(&k.service), &job, k.number);
 }
 
@@ -256,6 +279,17 @@ impl Cluster {
     /// Applies a command from the root. Idempotent: a deploy of an instance the cluster already
     /// has, or an undeploy of one it does not, changes nothing.
     pub async fn apply_command(&self, cmd: &Command) -> Result<()> {
+        if let CommandAction::Deploy {
+            service_id,
+            instance,
+            ..
+        } = &cmd.action
+        {
+            self.end_drain(&InstanceKey {
+                service: service_id.clone(),
+                number: *instance,
+            });
+        }
         let mut st = self.state.lock().await;
         let now = self.now();
         self.change(&mut st, now, |ch| {
@@ -337,9 +371,22 @@ fn remove_instance(ch: &mut Change, k: &InstanceKey) {
         ch.outbox.remove(&seq);
         ch.tx.delete(col::REPORTS, &report_key(seq));
     }
-    if let Some(node) = &i.node {
-        tell_delete(ch, node, k);
+    let Some(node) = &i.node else {
+        return;
+    };
+    if i.status == InstanceStatus::Running && i.ns_ip.is_some() {
+        // On the overlay: it leaves its service's addresses with this change, and is
+        // stopped after the drain time, so requests on their way to it are still answered.
+        let job = job_of(ch, &k.service);
+        if let Some(publish) = delete_message(node, Some(&k.service), &job, k.number) {
+            ch.tx.effect(Effect::Drain {
+                key: k.clone(),
+                publish,
+            });
+        }
+        return;
     }
+    tell_delete(ch, node, k);
 }
 
 /// The last `max` bytes of `s` (at a character boundary).

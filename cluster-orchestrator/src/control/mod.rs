@@ -54,8 +54,8 @@ use crate::model::unix_now;
 use async_trait::async_trait;
 use canopy_core::{ClusterId, InstanceStatus, NodeId};
 use canopy_store::{SharedStore, StoreError};
-use state::{Change, Now, State};
-use std::collections::BTreeMap;
+use state::{Change, InstanceKey, Now, State};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify, mpsc};
@@ -88,6 +88,9 @@ pub struct Settings {
     pub worker_timeout: Duration,
     /// How often [`Cluster::tick`] runs.
     pub tick: Duration,
+    /// An undeployed RUNNING instance on the overlay is stopped this long after it left its
+    /// service's addresses.
+    pub drain: Duration,
 }
 
 impl Default for Settings {
@@ -95,6 +98,7 @@ impl Default for Settings {
         Settings {
             worker_timeout: Duration::from_secs(3),
             tick: Duration::from_millis(200),
+            drain: Duration::from_secs(2),
         }
     }
 }
@@ -113,6 +117,8 @@ pub enum Effect {
     Publish(Publish),
     /// A report was queued for the root.
     ReportsReady,
+    /// Stop instance `key` on its worker after the drain time (`publish`: the delete).
+    Drain { key: InstanceKey, publish: Publish },
 }
 
 /// The cluster control plane.
@@ -136,6 +142,10 @@ pub struct Cluster {
     overlay_sent: std::sync::Mutex<overlay::Sent>,
     /// Streamed logs in flight (not stored).
     logs: std::sync::Mutex<logs::LogRelay>,
+    /// Deletes waiting out the drain time, by instance (with a number telling each wait
+    /// apart): whoever takes one out of here sends it.
+    draining: Arc<std::sync::Mutex<HashMap<InstanceKey, (u64, Publish)>>>,
+    drain_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -166,6 +176,8 @@ impl Cluster {
             overlay_dirty: Notify::new(),
             overlay_sent: std::sync::Mutex::new(overlay::Sent::default()),
             logs: std::sync::Mutex::default(),
+            draining: Arc::default(),
+            drain_seq: std::sync::atomic::AtomicU64::new(0),
         });
         Ok((cluster, rx))
     }
@@ -200,12 +212,55 @@ impl Cluster {
                     let _ = self.outgoing.send(p);
                 }
                 Effect::ReportsReady => reported = true,
+                Effect::Drain { key, publish } => self.drain(key, publish),
             }
         }
         if reported {
             self.reports_ready.notify_one();
         }
         Ok(out)
+    }
+
+    fn draining(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, (u64, Publish)>> {
+        self.draining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `delete` (instance `key`'s) after the drain time. Not stored: a delete lost to a
+    /// crash is found again as a copy the worker should not hold.
+    fn drain(&self, key: InstanceKey, delete: Publish) {
+        let seq = self
+            .drain_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, older)) = self.draining().insert(key.clone(), (seq, delete)) {
+            let _ = self.outgoing.send(older);
+        }
+        let (out, map, wait) = (
+            self.outgoing.clone(),
+            self.draining.clone(),
+            self.settings.drain,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let mut m = map
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if m.get(&key).is_some_and(|(s, _)| *s == seq)
+                && let Some((_, delete)) = m.remove(&key)
+            {
+                let _ = out.send(delete);
+            }
+        });
+    }
+
+    /// Instance `key` is deployed again while its old copy drains: the old copy's delete goes
+    /// now, before the new deploy.
+    fn end_drain(&self, key: &InstanceKey) {
+        let waiting = self.draining().remove(key);
+        if let Some((_, delete)) = waiting {
+            let _ = self.outgoing.send(delete);
+        }
     }
 
     // ------------------------------------------------------------------ identity

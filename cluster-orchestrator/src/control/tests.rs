@@ -382,3 +382,48 @@ async fn a_worker_on_the_overlay_keeps_its_subnet_and_returns_it_when_removed() 
     assert_ne!(fresh.id, first.id);
     assert_eq!(plan.given.lock().unwrap().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_undeployed_instance_on_the_overlay_drains_before_it_is_stopped() {
+    let mut f = fixture().await;
+    let w = f.join("a").await;
+    let svc = ServiceId::parse("svc").unwrap();
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    let mut running = status(InstanceStatus::Running);
+    running.ns_ip = Some(std::net::Ipv4Addr::new(10, 18, 0, 2));
+    f.cluster.on_job_status(&w, running.clone()).await;
+    published(&mut f.out);
+    let undeploy = Command {
+        id: 2,
+        action: CommandAction::Undeploy {
+            service_id: svc.clone(),
+            instance: Some(InstanceNumber(0)),
+        },
+    };
+    let delete = canopy_proto::worker::topics::delete(&w);
+
+    // Gone from the cluster (and so from the service's addresses) at once; stopped on its
+    // worker only after the drain time.
+    f.cluster.apply_command(&undeploy).await.unwrap();
+    assert!(f.cluster.instances().await.is_empty());
+    assert!(published(&mut f.out).is_empty(), "not stopped yet");
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert!(published(&mut f.out).is_empty(), "not before 2 s");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(published(&mut f.out), std::slice::from_ref(&delete));
+
+    // Deployed again while its old copy drains (a restart): the old copy's delete goes first,
+    // then the deploy, and no late delete follows.
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    f.cluster.on_job_status(&w, running).await;
+    published(&mut f.out);
+    f.cluster.apply_command(&undeploy).await.unwrap();
+    f.cluster.apply_command(&deploy("svc")).await.unwrap();
+    let deploy_topic = canopy_proto::worker::topics::deploy(&w);
+    assert_eq!(published(&mut f.out), [delete, deploy_topic]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(published(&mut f.out).is_empty(), "no late delete");
+    // An instance that is not on the overlay is stopped at once.
+    f.cluster.apply_command(&undeploy).await.unwrap();
+    assert_eq!(published(&mut f.out).len(), 1);
+}
