@@ -103,6 +103,9 @@ pub struct Service {
     pub rr_ip: Ipv4Addr,
     /// The number the next instance gets (Oakestra's `next_instance_progressive_number`).
     pub next_instance: u32,
+    /// The SLA's `autoscale` (the root's alone: not part of the spec clusters get).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<canopy_core::autoscale::Autoscale>,
     /// Stored apart, one document per instance (collection `instances`).
     #[serde(skip)]
     pub instances: BTreeMap<InstanceNumber, Instance>,
@@ -181,6 +184,7 @@ impl Service {
             spec: self.spec.clone(),
             rr_ip: self.rr_ip,
             next_instance: self.next_instance,
+            autoscale: self.autoscale.clone(),
             instances: BTreeMap::new(),
         }
     }
@@ -277,6 +281,7 @@ mod tests {
             spec,
             rr_ip: Ipv4Addr::new(10, 30, 0, 1),
             next_instance: 0,
+            autoscale: None,
             instances: BTreeMap::new(),
         };
         assert_eq!(s.status().0, InstanceStatus::Undeployed);

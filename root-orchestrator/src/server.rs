@@ -80,6 +80,7 @@ impl Server {
             default_quota: config.default_quota(),
             events_kept: config.events_kept,
             max_log_bytes: config.max_log_bytes,
+            autoscale: config.autoscale_windows(),
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;

@@ -302,54 +302,84 @@ impl Root {
     pub async fn scale_up(&self, caller: &Caller, id: &str) -> Result<InstanceNumber> {
         let now = Now::read();
         let mut st = self.state.lock().await;
-        let (key, s) = owned_service(&st, caller, id)?;
-        self.admit(&st, &s.owner, |u| {
-            quota::with_instance(u, &s.spec.resources)
-        })?;
-        let n = InstanceNumber(s.next_instance);
+        let (key, _) = owned_service(&st, caller, id)?;
         let mut change = Change::new(&st);
-        let ip = change.allocate(&st).map_err(|e| Error::Conflict {
+        let why = format!("requested by {}", caller.name);
+        let n = self.stage_scale_up(&st, &mut change, &key, ("scale up", why), now)?;
+        self.commit(&mut st, change).await?;
+        Ok(n)
+    }
+
+    /// Stages one more instance of service `key` (within its owner's quota), placed at once,
+    /// and the event `(what, why)` saying so. Returns its number.
+    pub(super) fn stage_scale_up(
+        &self,
+        st: &State,
+        change: &mut Change,
+        key: &ServiceId,
+        (what, why): (&str, String),
+        now: Now,
+    ) -> Result<InstanceNumber> {
+        let s = st
+            .services
+            .get(key)
+            .ok_or_else(|| not_found("service", key.as_str()))?;
+        self.admit(st, &s.owner, |u| quota::with_instance(u, &s.spec.resources))?;
+        let n = InstanceNumber(s.next_instance);
+        let ip = change.allocate(st).map_err(|e| Error::Conflict {
             field: "instance_ip".into(),
             message: e.to_string(),
         })?;
         let mut doc = s.document();
         doc.next_instance = n.0 + 1;
         change.put_service(key.clone(), doc)?;
-        let key = InstanceKey::new(key, n);
+        let key = InstanceKey::new(key.clone(), n);
         let mut instance = Instance::new(n, ip, now.unix);
-        self.place_copy(&st, &mut change, &key, &mut instance, None, now)?;
-        let why = format!("requested by {}", caller.name);
+        self.place_copy(st, change, &key, &mut instance, None, now)?;
         let outcome = placed(&instance);
         change.record(
-            &st,
+            st,
             &key.service,
-            event(now.unix, Some(n), "scale up", why, outcome),
+            event(now.unix, Some(n), what, why, outcome),
         )?;
         change.put_instance(key, instance)?;
-        self.commit(&mut st, change).await?;
         Ok(n)
     }
 
     /// Removes one instance of a service (undeploying it where it runs).
     pub async fn scale_down(&self, caller: &Caller, id: &str, n: u32) -> Result<()> {
         let mut st = self.state.lock().await;
-        let (key, s) = owned_service(&st, caller, id)?;
-        let inst = s
-            .instances
-            .get(&InstanceNumber(n))
-            .ok_or_else(|| not_found("instance", &n.to_string()))?;
+        let (key, _) = owned_service(&st, caller, id)?;
         let mut change = Change::new(&st);
-        change.delete_instance(InstanceKey::new(key.clone(), inst.number), inst);
-        if let Some(c) = &inst.cluster_id {
-            change.undeploy(c.clone(), &key, Some(inst.number))?;
-        }
         let why = format!("requested by {}", caller.name);
-        let outcome = format!("removed (it was {})", inst.status);
         let at = Now::read().unix;
-        let e = event(at, Some(inst.number), "scale down", why, outcome);
-        change.record(&st, &key, e)?;
+        let n = InstanceNumber(n);
+        stage_scale_down(&st, &mut change, &key, n, ("scale down", why), at)?;
         self.commit(&mut st, change).await
     }
+}
+
+/// Stages the removal of instance `n` of service `key` (undeployed where it is placed) and the
+/// event `(what, why)` saying so.
+pub(super) fn stage_scale_down(
+    st: &State,
+    change: &mut Change,
+    key: &ServiceId,
+    n: InstanceNumber,
+    (what, why): (&str, String),
+    at: f64,
+) -> Result<()> {
+    let inst = st
+        .services
+        .get(key)
+        .and_then(|s| s.instances.get(&n))
+        .ok_or_else(|| not_found("instance", &n.to_string()))?;
+    change.delete_instance(InstanceKey::new(key.clone(), inst.number), inst);
+    if let Some(c) = &inst.cluster_id {
+        change.undeploy(c.clone(), key, Some(inst.number))?;
+    }
+    let outcome = format!("removed (it was {})", inst.status);
+    change.record(st, key, event(at, Some(n), what, why, outcome))
 }
 
 /// Where an instance stands after a placement, for an event's outcome.
@@ -422,6 +452,7 @@ fn add_services_to(
             spec,
             rr_ip,
             next_instance: 0,
+            autoscale: canopy_sla::spec::autoscale(ms),
             instances: BTreeMap::new(),
         };
         a.services.push(s.id.clone());

@@ -11,6 +11,7 @@
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
 //! | `operations.rs` | stop, start, restart one instance |
 //! | `quota.rs` | users' quotas, checked before a change that grows what they hold |
+//! | `autoscale.rs` | the pure autoscaling step ([`autoscale::step`]): a service's instances and use → one more, one fewer, or nothing, with why; run on every tick |
 //! | `logs.rs` | streamed instance logs: open through the instance's cluster, chunks in order to the reader, credit back |
 //! | `feed.rs` | the change feed behind `GET /api/events` (kept items, resume, visibility) |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
@@ -40,6 +41,12 @@
 //! [`placement::plan`] over a snapshot and `now`; the async code gathers the snapshot and
 //! stages the effects it returns.
 //!
+//! # Autoscaling
+//!
+//! After placement, each tick runs the pure [`autoscale::step`] for every service with an
+//! SLA `autoscale` and carries out what it decides through the same staging as a user's
+//! scale up or down, recorded as an `autoscale up`/`autoscale down` event with the reason.
+//!
 //! # Time
 //!
 //! Each operation reads the clocks once ([`Now::read`]) and passes that `now` on: liveness is
@@ -47,6 +54,7 @@
 
 mod accounts;
 mod apps;
+mod autoscale;
 pub mod feed;
 pub mod logs;
 mod operations;
@@ -175,6 +183,8 @@ pub struct Settings {
     pub events_kept: usize,
     /// Bytes one log request gets at most.
     pub max_log_bytes: u64,
+    /// The autoscaling windows of services whose SLA sets none.
+    pub autoscale: canopy_core::autoscale::ResolvedWindows,
 }
 
 impl Default for Settings {
@@ -185,6 +195,7 @@ impl Default for Settings {
             default_quota: canopy_api::Quota::UNLIMITED,
             events_kept: 10_000,
             max_log_bytes: 64 << 20,
+            autoscale: Default::default(),
         }
     }
 }
@@ -224,6 +235,8 @@ pub struct Root {
     pub feed: feed::Feed,
     /// Log streams open to readers.
     logs: std::sync::Mutex<logs::LogStreams>,
+    /// The autoscaler's windows per service (memory only: [`autoscale`]).
+    autoscale: std::sync::Mutex<BTreeMap<canopy_core::ServiceId, autoscale::Track>>,
 }
 
 impl Root {
@@ -242,6 +255,7 @@ impl Root {
             overlay_dirty: tokio::sync::Notify::new(),
             feed: feed::Feed::new(events_kept, (Now::read().unix * 1e6) as u64),
             logs: std::sync::Mutex::default(),
+            autoscale: std::sync::Mutex::default(),
         });
         root.overlay_changed();
         root.refresh_gauges().await;
