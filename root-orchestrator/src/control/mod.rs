@@ -17,7 +17,7 @@
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
 //! | `overlay.rs` | worker subnets of the address plan; the overlay view sent to every cluster when it changes |
 //! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
-//! | `tests/` | `plan.rs`: the placement step case by case; `mod.rs`: the whole `Root` on a paused clock |
+//! | `tests/` | `plan.rs`: the placement step case by case; `autoscale.rs`: the autoscaling step as scenarios, and through the tick; `mod.rs`: the whole `Root` on a paused clock |
 //!
 //! (The gRPC server the clusters talk to is [`crate::link`]; it calls into `sessions.rs`.)
 //!
