@@ -4,6 +4,7 @@
 //! (ids, statuses, resources, names, jobs) and the rules that belong to them.
 
 pub mod addressing;
+pub mod autoscale;
 pub mod ids;
 pub mod job;
 pub mod link;

@@ -1,6 +1,7 @@
 //! Settings of the root orchestrator: defaults, a TOML file (`--config`), environment, flags
 //! (`canopy_daemon::config`; later layers win).
 
+use canopy_core::autoscale::ResolvedWindows;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +86,18 @@ pub struct Config {
     /// Default quota: memory asked for by all instances together, MiB (0: no limit).
     #[arg(long, env = "CANOPY_QUOTA_MEMORY_MB", default_value_t = 0)]
     pub quota_memory_mb: u64,
+    /// Autoscaling (SLA `autoscale`): seconds a service's use must stay above its target
+    /// before an instance is added, unless its SLA sets `up_window_secs`.
+    #[arg(long, env = "CANOPY_AUTOSCALE_UP_SECS", default_value_t = ResolvedWindows::default().up.as_secs())]
+    pub autoscale_up_secs: u64,
+    /// Autoscaling: seconds one instance fewer must have been enough before one is removed,
+    /// unless the SLA sets `down_window_secs`.
+    #[arg(long, env = "CANOPY_AUTOSCALE_DOWN_SECS", default_value_t = ResolvedWindows::default().down.as_secs())]
+    pub autoscale_down_secs: u64,
+    /// Autoscaling: seconds after a change (or a refused one) before the next, unless the SLA
+    /// sets `cooldown_secs`.
+    #[arg(long, env = "CANOPY_AUTOSCALE_COOLDOWN_SECS", default_value_t = ResolvedWindows::default().cooldown.as_secs())]
+    pub autoscale_cooldown_secs: u64,
 }
 
 impl Config {
@@ -105,6 +118,15 @@ impl Config {
             instances: limit(self.quota_instances),
             vcpus: limit(self.quota_vcpus),
             memory_mb: limit(self.quota_memory_mb),
+        }
+    }
+
+    /// The `--autoscale-*-secs` flags: the windows of services whose SLA sets none.
+    pub fn autoscale_windows(&self) -> ResolvedWindows {
+        ResolvedWindows {
+            up: Duration::from_secs(self.autoscale_up_secs),
+            down: Duration::from_secs(self.autoscale_down_secs),
+            cooldown: Duration::from_secs(self.autoscale_cooldown_secs),
         }
     }
 

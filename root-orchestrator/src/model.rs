@@ -110,6 +110,9 @@ pub struct Service {
     /// The latest rolling update, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The SLA's `autoscale` (the root's alone: not part of the spec clusters get).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<canopy_core::autoscale::Autoscale>,
     /// Stored apart, one document per instance (collection `instances`).
     #[serde(skip)]
     pub instances: BTreeMap<InstanceNumber, Instance>,
@@ -264,6 +267,7 @@ impl Service {
             next_instance: self.next_instance,
             revision: self.revision,
             rollout: self.rollout.clone(),
+            autoscale: self.autoscale.clone(),
             instances: BTreeMap::new(),
         }
     }
@@ -373,6 +377,7 @@ mod tests {
             next_instance: 0,
             revision: 0,
             rollout: None,
+            autoscale: None,
             instances: BTreeMap::new(),
         };
         assert_eq!(s.status().0, InstanceStatus::Undeployed);

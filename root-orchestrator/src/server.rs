@@ -86,6 +86,7 @@ impl Server {
             rollout_min_ready: Duration::from_secs_f64(
                 config.rollout_min_ready_secs.clamp(0.0, 3_600.0),
             ),
+            autoscale: config.autoscale_windows(),
             ..Settings::default()
         };
         let root = Root::open(store, settings).await?;

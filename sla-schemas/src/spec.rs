@@ -1,6 +1,8 @@
-//! From an accepted SLA to the domain's [`ServiceSpec`]: what the root stores and deploys.
+//! From an accepted SLA to the domain's [`ServiceSpec`] (what the root stores and deploys) and
+//! [`Autoscale`](canopy_core::autoscale::Autoscale) policy (what only the root keeps).
 
 use crate::types::{Application, ConstraintType, Microservice};
+use canopy_core::autoscale::{self, Windows};
 use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, ServiceSpec};
 use canopy_core::{JobName, Resources};
 
@@ -102,5 +104,21 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
         rr_ip,
         rr_ip_v6,
         closest_ip,
+    })
+}
+
+/// The autoscaling policy of `ms`, if it has one (kept by the root, not part of the spec the
+/// clusters get).
+pub fn autoscale(ms: &Microservice) -> Option<autoscale::Autoscale> {
+    ms.autoscale.as_ref().map(|a| autoscale::Autoscale {
+        min: a.min,
+        max: a.max,
+        target_cpu_percent: a.target_cpu_percent,
+        target_memory_percent: a.target_memory_percent,
+        windows: Windows {
+            up_secs: a.up_window_secs,
+            down_secs: a.down_window_secs,
+            cooldown_secs: a.cooldown_secs,
+        },
     })
 }

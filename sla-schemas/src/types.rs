@@ -124,6 +124,47 @@ pub struct Microservice {
     /// Image platform for containerd pulls, e.g. `linux/arm64`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub platform: String,
+    /// Canopy extension (Oakestra's clients ignore it): the root adds and removes instances
+    /// from the use workers report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Autoscale")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// `autoscale`: keep a deployed service between `min` and `max` instances, adding one when
+/// the running instances' average use stays above a target for `up_window_secs`, removing one
+/// when it would stay below every target with one instance fewer for `down_window_secs`, and
+/// changing nothing for `cooldown_secs` after a change. At least one target is needed; unset
+/// windows take the root's defaults (`--autoscale-*-secs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Autoscale {
+    /// Fewest instances once the service is deployed.
+    #[schemars(range(min = 1))]
+    pub min: u32,
+    /// Most instances; at least `min`.
+    #[schemars(range(min = 1))]
+    pub max: u32,
+    /// Average CPU of the running instances, in percent of their worker machine (as workers
+    /// report it: one busy core of a 4-core worker is 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_percent: Option<u32>,
+    /// Average memory of the running instances, in percent of the service's `memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory_percent: Option<u32>,
+    /// Seconds above a target before an instance is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub up_window_secs: Option<u64>,
+    /// Seconds below every target before an instance is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub down_window_secs: Option<u64>,
+    /// Seconds after a change during which nothing else changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub cooldown_secs: Option<u64>,
 }
 
 /// Addresses the user asks for.

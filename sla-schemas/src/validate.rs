@@ -3,12 +3,13 @@
 //! 1. JSON syntax (line and column of the first error; nothing else can be checked without it);
 //! 2. structure, against the JSON Schema generated from [`crate::types`];
 //! 3. meaning: what Oakestra leaves to the worker (port syntax, addresses, `KEY=VALUE`
-//!    environment), per-type constraint fields, duplicate names.
+//!    environment), per-type constraint fields, duplicate names, `autoscale`'s bounds and
+//!    targets.
 //!
 //! Unknown fields are accepted, as Oakestra accepts them, and reported as warnings.
 
 use crate::schema::validator;
-use crate::types::{Application, ConstraintSpec, ConstraintType, Microservice, Sla};
+use crate::types::{Application, Autoscale, ConstraintSpec, ConstraintType, Microservice, Sla};
 use canopy_core::Virtualization;
 use canopy_core::job::{EnvVar, GeoPoint, PortMapping};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
@@ -382,6 +383,9 @@ fn check_microservice(ms: &Microservice, path: &str, problems: &mut Vec<Problem>
         }
     }
     check_code(ms, &mut push);
+    if let Some(a) = &ms.autoscale {
+        check_autoscale(ms, a, &mut push);
+    }
     for (k, c) in ms.constraints.iter().enumerate() {
         for (field, msg) in constraint_problems(c) {
             push(format!("constraints[{k}].{field}"), msg);
@@ -425,6 +429,35 @@ fn check_code(ms: &Microservice, push: &mut impl FnMut(String, String)) {
             }
         }
         Virtualization::Wasm => {}
+    }
+}
+
+/// What the schema cannot say about `autoscale`: the order of `min` and `max`, a target to
+/// aim for, something to measure memory against.
+fn check_autoscale(ms: &Microservice, a: &Autoscale, push: &mut impl FnMut(String, String)) {
+    if a.max < a.min {
+        push(
+            "autoscale.max".into(),
+            format!("must be at least min ({})", a.min),
+        );
+    }
+    if a.target_cpu_percent.is_none() && a.target_memory_percent.is_none() {
+        push(
+            "autoscale".into(),
+            "needs target_cpu_percent and/or target_memory_percent".into(),
+        );
+    }
+    if a.target_memory_percent.is_some() && ms.memory == 0 {
+        push(
+            "autoscale.target_memory_percent".into(),
+            "is a percentage of the service's memory; set memory (MB)".into(),
+        );
+    }
+    if ms.one_shot {
+        push(
+            "autoscale".into(),
+            "does not apply to a one_shot service (its instances end by themselves)".into(),
+        );
     }
 }
 

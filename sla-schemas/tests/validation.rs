@@ -241,6 +241,56 @@ fn semantic_checks_name_the_field() {
             "microservice_name",
             "already appears at microservices[0]",
         ),
+        (
+            r#","autoscale":{"min":3,"max":2,"target_cpu_percent":50}"#,
+            "autoscale.max",
+            "at least min (3)",
+        ),
+        (
+            r#","autoscale":{"min":0,"max":2,"target_cpu_percent":50}"#,
+            "autoscale.min",
+            "at least 1",
+        ),
+        (
+            r#","autoscale":{"max":2,"target_cpu_percent":50}"#,
+            "autoscale.min",
+            "is required",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2,"target_cpu_percent":150}"#,
+            "autoscale.target_cpu_percent",
+            "at most 100",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2,"target_cpu_percent":0}"#,
+            "autoscale.target_cpu_percent",
+            "at least 1",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2}"#,
+            "autoscale",
+            "needs target_cpu_percent and/or target_memory_percent",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2,"target_memory_percent":80}"#,
+            "autoscale.target_memory_percent",
+            "set memory",
+        ),
+        (
+            r#","one_shot":true,"autoscale":{"min":1,"max":2,"target_cpu_percent":50}"#,
+            "autoscale",
+            "one_shot",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2,"target_cpu_percent":50,"cooldown_secs":-1}"#,
+            "autoscale.cooldown_secs",
+            "at least 0",
+        ),
+        (
+            r#","autoscale":{"min":1,"max":2,"target_cpu_percent":50,"up_window_secs":100000}"#,
+            "autoscale.up_window_secs",
+            "at most 86400",
+        ),
     ];
     for (extra, field, msg) in cases {
         let problems = parse(&sla_with_service(extra)).unwrap_err().problems();
@@ -249,6 +299,26 @@ fn semantic_checks_name_the_field() {
             "{extra}: {problems:#?}"
         );
     }
+}
+
+#[test]
+fn autoscale_is_kept_apart_from_the_spec() {
+    let extra = r#","memory":64,"autoscale":{"min":1,"max":3,"target_cpu_percent":50,"target_memory_percent":80,"down_window_secs":300}"#;
+    let v = parse(&sla_with_service(extra)).unwrap();
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
+    let ms = &v.sla.applications[0].microservices[1];
+    let a = canopy_sla::spec::autoscale(ms).unwrap();
+    assert_eq!((a.min, a.max), (1, 3));
+    assert_eq!(
+        (a.target_cpu_percent, a.target_memory_percent),
+        (Some(50), Some(80))
+    );
+    let w = a
+        .windows
+        .or(canopy_core::autoscale::ResolvedWindows::default());
+    assert_eq!(w.down.as_secs(), 300);
+    assert_eq!(w.up.as_secs(), 30, "the default");
+    assert!(canopy_sla::spec::autoscale(&v.sla.applications[0].microservices[0]).is_none());
 }
 
 #[test]
@@ -328,6 +398,7 @@ fn examples_are_valid_and_cover_every_kind() {
         "wasm.json",
         "unikernel.json",
         "constraints.json",
+        "autoscale.json",
     ] {
         assert!(dir.join(name).is_file(), "missing example {name}");
     }

@@ -302,12 +302,30 @@ impl Root {
     pub async fn scale_up(&self, caller: &Caller, id: &str) -> Result<InstanceNumber> {
         let now = Now::read();
         let mut st = self.state.lock().await;
-        let (key, s) = owned_service(&st, caller, id)?;
-        self.admit(&st, &s.owner, |u| {
-            quota::with_instance(u, &s.spec.resources)
-        })?;
+        let (key, _) = owned_service(&st, caller, id)?;
         let mut change = Change::new(&st);
-        let (key, instance) = stage_new_instance(self, &st, &mut change, &key, s, now)?;
+        let why = format!("requested by {}", caller.name);
+        let n = self.stage_scale_up(&st, &mut change, &key, ("scale up", why), now)?;
+        self.commit(&mut st, change).await?;
+        Ok(n)
+    }
+
+    /// Stages one more instance of service `key` (within its owner's quota), placed at once,
+    /// and the event `(what, why)` saying so. Returns its number.
+    pub(super) fn stage_scale_up(
+        &self,
+        st: &State,
+        change: &mut Change,
+        key: &ServiceId,
+        (what, why): (&str, String),
+        now: Now,
+    ) -> Result<InstanceNumber> {
+        let s = st
+            .services
+            .get(key)
+            .ok_or_else(|| not_found("service", key.as_str()))?;
+        self.admit(st, &s.owner, |u| quota::with_instance(u, &s.spec.resources))?;
+        let (key, instance) = stage_new_instance(self, st, change, key, s, now)?;
         let n = key.number;
         let mut doc = s.document();
         doc.next_instance = n.0 + 1;
@@ -316,47 +334,25 @@ impl Root {
             r.replicas += 1;
         }
         change.put_service(key.service.clone(), doc)?;
-        let why = format!("requested by {}", caller.name);
         let outcome = placed(&instance);
         change.record(
-            &st,
+            st,
             &key.service,
-            event(now.unix, Some(n), "scale up", why, outcome),
+            event(now.unix, Some(n), what, why, outcome),
         )?;
         change.put_instance(key, instance)?;
-        self.commit(&mut st, change).await?;
         Ok(n)
     }
 
     /// Removes one instance of a service (undeploying it where it runs).
     pub async fn scale_down(&self, caller: &Caller, id: &str, n: u32) -> Result<()> {
         let mut st = self.state.lock().await;
-        let (key, s) = owned_service(&st, caller, id)?;
-        let inst = s
-            .instances
-            .get(&InstanceNumber(n))
-            .ok_or_else(|| not_found("instance", &n.to_string()))?;
+        let (key, _) = owned_service(&st, caller, id)?;
         let mut change = Change::new(&st);
-        stage_removal(
-            &mut change,
-            &InstanceKey::new(key.clone(), inst.number),
-            inst,
-        )?;
-        if let Some(r) = s.rollout.as_ref().filter(|r| r.active())
-            && inst.status != canopy_core::InstanceStatus::Stopped
-        {
-            let mut doc = s.document();
-            doc.rollout = Some(crate::model::Rollout {
-                replicas: r.replicas.saturating_sub(1),
-                ..r.clone()
-            });
-            change.put_service(key.clone(), doc)?;
-        }
         let why = format!("requested by {}", caller.name);
-        let outcome = format!("removed (it was {})", inst.status);
         let at = Now::read().unix;
-        let e = event(at, Some(inst.number), "scale down", why, outcome);
-        change.record(&st, &key, e)?;
+        let n = InstanceNumber(n);
+        stage_scale_down(&st, &mut change, &key, n, ("scale down", why), at)?;
         self.commit(&mut st, change).await
     }
 }
@@ -392,6 +388,39 @@ pub(super) fn stage_removal(change: &mut Change, key: &InstanceKey, inst: &Insta
         change.undeploy(c.clone(), &key.service, Some(inst.number))?;
     }
     Ok(())
+}
+
+/// Stages the removal of instance `n` of service `key` (undeployed where it is placed) and the
+/// event `(what, why)` saying so. A rolling update keeps the new count.
+pub(super) fn stage_scale_down(
+    st: &State,
+    change: &mut Change,
+    key: &ServiceId,
+    n: InstanceNumber,
+    (what, why): (&str, String),
+    at: f64,
+) -> Result<()> {
+    let s = st
+        .services
+        .get(key)
+        .ok_or_else(|| not_found("service", key.as_str()))?;
+    let inst = s
+        .instances
+        .get(&n)
+        .ok_or_else(|| not_found("instance", &n.to_string()))?;
+    stage_removal(change, &InstanceKey::new(key.clone(), n), inst)?;
+    if let Some(r) = s.rollout.as_ref().filter(|r| r.active())
+        && inst.status != canopy_core::InstanceStatus::Stopped
+    {
+        let mut doc = s.document();
+        doc.rollout = Some(crate::model::Rollout {
+            replicas: r.replicas.saturating_sub(1),
+            ..r.clone()
+        });
+        change.put_service(key.clone(), doc)?;
+    }
+    let outcome = format!("removed (it was {})", inst.status);
+    change.record(st, key, event(at, Some(n), what, why, outcome))
 }
 
 /// Where an instance stands after a placement, for an event's outcome.
@@ -466,6 +495,7 @@ fn add_services_to(
             next_instance: 0,
             revision: 0,
             rollout: None,
+            autoscale: canopy_sla::spec::autoscale(ms),
             instances: BTreeMap::new(),
         };
         a.services.push(s.id.clone());

@@ -12,12 +12,13 @@
 //! | `operations.rs` | stop, start, restart one instance |
 //! | `rollout.rs` | rolling updates: the next revision, instance by instance, rolled back by itself when a new instance fails (the pure [`rollout::step`]) |
 //! | `quota.rs` | users' quotas, checked before a change that grows what they hold |
+//! | `autoscale.rs` | the pure autoscaling step ([`autoscale::step`]): a service's instances and use → one more, one fewer, or nothing, with why; run on every tick |
 //! | `logs.rs` | streamed instance logs: open through the instance's cluster, chunks in order to the reader, credit back |
 //! | `feed.rs` | the change feed behind `GET /api/events` (kept items, resume, visibility) |
 //! | `placement.rs` | the pure placement step ([`placement::plan`]): decide, assign, failover; the periodic tick |
 //! | `overlay.rs` | worker subnets of the address plan; the overlay view sent to every cluster when it changes |
 //! | `sessions.rs` | the cluster side: registration, sessions and their outbound channel, reports, acks, the outbox |
-//! | `tests/` | `plan.rs`: the placement step case by case; `mod.rs`: the whole `Root` on a paused clock |
+//! | `tests/` | `plan.rs`: the placement step case by case; `autoscale.rs`: the autoscaling step as scenarios, and through the tick; `mod.rs`: the whole `Root` on a paused clock |
 //!
 //! (The gRPC server the clusters talk to is [`crate::link`]; it calls into `sessions.rs`.)
 //!
@@ -41,6 +42,12 @@
 //! [`placement::plan`] over a snapshot and `now`; the async code gathers the snapshot and
 //! stages the effects it returns.
 //!
+//! # Autoscaling
+//!
+//! After placement, each tick runs the pure [`autoscale::step`] for every service with an
+//! SLA `autoscale` and carries out what it decides through the same staging as a user's
+//! scale up or down, recorded as an `autoscale up`/`autoscale down` event with the reason.
+//!
 //! # Time
 //!
 //! Each operation reads the clocks once ([`Now::read`]) and passes that `now` on: liveness is
@@ -48,6 +55,7 @@
 
 mod accounts;
 mod apps;
+mod autoscale;
 pub mod feed;
 pub mod logs;
 mod operations;
@@ -181,6 +189,8 @@ pub struct Settings {
     pub rollout_deadline: Duration,
     /// ... and ready means RUNNING for this long.
     pub rollout_min_ready: Duration,
+    /// The autoscaling windows of services whose SLA sets none.
+    pub autoscale: canopy_core::autoscale::ResolvedWindows,
 }
 
 impl Default for Settings {
@@ -193,6 +203,7 @@ impl Default for Settings {
             max_log_bytes: 64 << 20,
             rollout_deadline: Duration::from_secs(120),
             rollout_min_ready: Duration::from_secs(5),
+            autoscale: Default::default(),
         }
     }
 }
@@ -232,6 +243,8 @@ pub struct Root {
     pub feed: feed::Feed,
     /// Log streams open to readers.
     logs: std::sync::Mutex<logs::LogStreams>,
+    /// The autoscaler's windows per service (memory only: [`autoscale`]).
+    autoscale: std::sync::Mutex<BTreeMap<canopy_core::ServiceId, autoscale::Track>>,
 }
 
 impl Root {
@@ -250,6 +263,7 @@ impl Root {
             overlay_dirty: tokio::sync::Notify::new(),
             feed: feed::Feed::new(events_kept, (Now::read().unix * 1e6) as u64),
             logs: std::sync::Mutex::default(),
+            autoscale: std::sync::Mutex::default(),
         });
         root.overlay_changed();
         root.refresh_gauges().await;

@@ -193,8 +193,8 @@ impl Root {
         Ok(())
     }
 
-    /// Periodic work: clusters that stopped reporting lose their instances, and instances that
-    /// wait for a cluster are placed when one fits.
+    /// Periodic work: clusters that stopped reporting lose their instances, instances that
+    /// wait for a cluster are placed when one fits, and autoscaled services grow or shrink.
     pub async fn tick(&self) -> Result<()> {
         let now = Now::read();
         let mut st = self.state.lock().await;
@@ -233,7 +233,8 @@ impl Root {
                 change.put_instance(key.clone(), inst)?;
             }
         }
-        self.commit(&mut st, change).await
+        self.commit(&mut st, change).await?;
+        self.autoscale(&mut st, now).await
     }
 
     /// Stages one effect on `inst`, the copy of the instance being changed.

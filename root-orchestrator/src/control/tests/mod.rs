@@ -1,6 +1,8 @@
 //! The [`Root`] as a whole over an embedded store, on tokio's paused clock: failover after the
-//! grace period, and a failed commit that must leave memory as it was.
+//! grace period, a failed commit that must leave memory as it was, autoscaling from reported
+//! use (`autoscale.rs`, with the pure step's cases).
 
+mod autoscale;
 mod plan;
 
 use super::state::Change;
@@ -105,6 +107,14 @@ async fn cluster(root: &Root, name: &str, vcpus: u32) -> ClusterId {
 
 /// Stores a service straight through a change (as creating an SLA would).
 async fn service(root: &Root) -> ServiceId {
+    service_with(root, None).await
+}
+
+/// [`service`] with an autoscaling policy.
+async fn service_with(
+    root: &Root,
+    autoscale: Option<canopy_core::autoscale::Autoscale>,
+) -> ServiceId {
     let id = ServiceId::parse("svc").unwrap();
     let mut spec = ServiceSpec::new(
         JobName::new("a", "b", "c", "d").unwrap(),
@@ -122,6 +132,7 @@ async fn service(root: &Root) -> ServiceId {
         next_instance: 0,
         revision: 0,
         rollout: None,
+        autoscale,
         instances: BTreeMap::new(),
     };
     let mut st = root.state.lock().await;
