@@ -35,6 +35,12 @@ if [ ! -x "$VENV/bin/nx-27017" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check nx-27017
 fi
 
+if [ ! -x "$VENV/bin/oak" ]; then
+  step "oak-cli 0.5.5 (Oakestra's own CLI, for the compatibility test) in $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check oak-cli==0.5.5
+fi
+export CANOPY_TEST_OAK_CLI="$VENV/bin/oak"
+
 step "Services on loopback"
 MONGO_PORT=$(free_port)
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/canopy-test.XXXXXX")
