@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::commands::resolve_service;
 use crate::table::Table;
 use anyhow::Result;
-use canopy_api::{ServiceEvent, ServiceView};
+use canopy_api::{RolloutView, ServiceEvent, ServiceView};
 use clap::{Args, ValueEnum};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -27,8 +27,8 @@ fn when(at: f64) -> String {
     httpdate::fmt_http_date(t)
 }
 
-/// The service, its instances and its events as text.
-pub fn render(s: &ServiceView, events: &[ServiceEvent]) -> String {
+/// The service, its latest rolling update, its instances and its events as text.
+pub fn render(s: &ServiceView, rollout: &RolloutView, events: &[ServiceEvent]) -> String {
     let mut out = format!(
         "service {} ({})\n  status {}{}\n  image {}\n  rr_ip {}\n",
         s.job_name,
@@ -42,10 +42,32 @@ pub fn render(s: &ServiceView, events: &[ServiceEvent]) -> String {
         s.image,
         s.RR_ip
     );
-    let mut t = Table::new(&["INSTANCE", "STATUS", "WORKER", "ADDRESS", "DETAIL"]);
+    out.push_str(&format!("  revision {}", rollout.revision));
+    if rollout.state != "none" {
+        out.push_str(&format!(
+            " (update {}: {} of {} updated, {} old{})",
+            rollout.state.replace('_', " "),
+            rollout.updated,
+            rollout.replicas,
+            rollout.old,
+            if rollout.reason.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", rollout.reason)
+            }
+        ));
+    }
+    out.push('\n');
+    if let Some(a) = s.sla.get("autoscale") {
+        out.push_str(&format!("  autoscale {a}\n"));
+    }
+    let mut t = Table::new(&[
+        "INSTANCE", "REVISION", "STATUS", "WORKER", "ADDRESS", "DETAIL",
+    ]);
     for i in &s.instance_list {
         t.row(vec![
             i.instance_number.to_string(),
+            i.revision.to_string(),
             i.status.clone(),
             i.worker_id.clone().unwrap_or_default(),
             i.instance_ip.clone(),
@@ -74,9 +96,10 @@ pub async fn run(client: &mut Client, a: DescribeArgs) -> Result<()> {
         DescribeKind::Service => {
             let id = resolve_service(client, &a.name).await?;
             let s: ServiceView = client.get(&format!("/api/service/{id}")).await?;
+            let rollout: RolloutView = client.get(&format!("/api/service/{id}/rollout")).await?;
             let events: Vec<ServiceEvent> =
                 client.get(&format!("/api/service/{id}/events")).await?;
-            print!("{}", render(&s, &events));
+            print!("{}", render(&s, &rollout, &events));
         }
     }
     Ok(())

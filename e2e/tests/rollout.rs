@@ -132,6 +132,11 @@ async fn apply_rolls_a_changed_service_instance_by_instance_and_rolls_back_a_bro
     assert_eq!(logs.trim(), "B", "{logs}");
     let out = stack.cli_ok(&["apply", &file_b]).await;
     assert!(out.contains("service roll.web: unchanged"), "{out}");
+    let out = stack.cli_ok(&["describe", "service", "roll.web"]).await;
+    assert!(
+        out.contains("revision 1 (update complete: 2 of 2 updated, 0 old)"),
+        "{out}"
+    );
 
     // A broken image: the first new instance exits at once, and the update rolls back.
     let broken = container("web", &a, &["sh", "-c", "echo broken; exit 3"]);
