@@ -234,6 +234,14 @@ pub struct InstanceView {
     /// is updated).
     #[serde(default)]
     pub revision: u32,
+    /// Its readiness probe passes (a Canopy extension; true for a service without one). A
+    /// rolling update counts only ready instances.
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
 }
 
 /// A service (Oakestra's job document): the microservice as submitted, plus these fields.

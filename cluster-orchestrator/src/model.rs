@@ -82,6 +82,11 @@ pub struct Instance {
     /// Its address on the overlay, from its worker's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_ip: Option<Ipv4Addr>,
+    /// Its readiness probe passes, by its worker's last job status (true without a probe, and
+    /// in documents from before probes). Only a RUNNING, ready instance is in its service's
+    /// table on the overlay.
+    #[serde(default = "canopy_core::probe::ready_by_default")]
+    pub ready: bool,
     /// The tail of its log, from the worker's resource reports.
     #[serde(default)]
     pub logs: String,
@@ -114,6 +119,7 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             ns_ip: None,
+            ready: true,
             logs: String::new(),
             updated_at: now,
             spec: None,
@@ -136,6 +142,7 @@ impl Instance {
             cpu_percent: self.cpu_percent,
             memory_mb: self.memory_mb,
             ns_ip: self.ns_ip,
+            ready: self.ready,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! root hands to a cluster and a cluster to a worker; everything in it has been checked.
 
 use crate::naming::JobName;
+use crate::probe::Probe;
 use crate::resources::{Architecture, Resources, Virtualization};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -35,6 +36,13 @@ pub struct ServiceSpec {
     /// RUNNING instance nearest the caller.
     #[serde(default)]
     pub closest_ip: Option<Ipv4Addr>,
+    /// Until it passes, an instance is not ready: out of its service IP's table and not
+    /// counted by a rolling update (`None`: ready once running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// When it fails, the instance is stopped and reported `FAILED` (the cluster restarts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
 }
 
 impl ServiceSpec {
@@ -55,6 +63,8 @@ impl ServiceSpec {
             rr_ip: None,
             rr_ip_v6: None,
             closest_ip: None,
+            readiness_probe: None,
+            liveness_probe: None,
         }
     }
 }

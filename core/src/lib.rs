@@ -11,6 +11,7 @@ pub mod link;
 pub mod logs;
 pub mod naming;
 pub mod overlay;
+pub mod probe;
 pub mod resources;
 pub mod status;
 

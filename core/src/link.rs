@@ -108,6 +108,9 @@ pub struct InstanceReport {
     /// Its address on the overlay, when it is on it.
     #[serde(default)]
     pub ns_ip: Option<Ipv4Addr>,
+    /// Its readiness probe passes (always true without one).
+    #[serde(default = "crate::probe::ready_by_default")]
+    pub ready: bool,
 }
 
 /// An order from the root to a cluster. Commands are idempotent: applying one twice has the

@@ -8,6 +8,7 @@ pub mod host;
 pub mod logs;
 pub mod metrics;
 pub mod overlay;
+pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod uplink;

@@ -9,6 +9,7 @@ use canopy_core::link::{
 };
 use canopy_core::logs::{LogChunk, LogClose, LogCredit, LogOpen};
 use canopy_core::overlay::{GlobalEndpoint, GlobalPeer, GlobalService, GlobalView, Peer};
+use canopy_core::probe::{Probe, ProbeCheck};
 use canopy_core::{
     Architecture, ClusterId, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
     ServiceSpec, Virtualization,
@@ -362,6 +363,7 @@ impl From<&InstanceReport> for pb::InstanceReport {
             cpu_percent: r.cpu_percent,
             memory_mb: r.memory_mb,
             ns_ip: r.ns_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ready: Some(r.ready),
         }
     }
 }
@@ -383,6 +385,7 @@ impl TryFrom<pb::InstanceReport> for InstanceReport {
             cpu_percent: percent(r.cpu_percent, "cpu_percent")?,
             memory_mb: r.memory_mb,
             ns_ip: optional_ip(r.ns_ip, "ns_ip")?,
+            ready: r.ready.unwrap_or(true),
         })
     }
 }
@@ -656,7 +659,62 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
             rr_ip: s.rr_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             rr_ip_v6: s.rr_ip_v6.map(|ip| ip.to_string()).unwrap_or_default(),
             closest_ip: s.closest_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            readiness_probe: s.readiness_probe.as_ref().map(probe_to_wire),
+            liveness_probe: s.liveness_probe.as_ref().map(probe_to_wire),
         }
+    }
+}
+
+/// A port (1-65535) in a wider wire field.
+fn port(v: u32, field: String) -> Result<u16> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ConvertError::new(field, format!("{v} is not a port (1-65535)")))
+}
+
+fn probe_to_wire(p: &Probe) -> pb::Probe {
+    use pb::probe::Check;
+    pb::Probe {
+        check: Some(match &p.check {
+            ProbeCheck::Http { path, port } => Check::Http(pb::HttpProbe {
+                path: path.clone(),
+                port: (*port).into(),
+            }),
+            ProbeCheck::Tcp { port } => Check::Tcp(pb::TcpProbe {
+                port: (*port).into(),
+            }),
+        }),
+        period_secs: p.period_secs,
+        timeout_secs: p.timeout_secs,
+        failure_threshold: p.failure_threshold,
+        success_threshold: p.success_threshold,
+        initial_delay_secs: p.initial_delay_secs,
+    }
+}
+
+fn probe_from_wire(p: pb::Probe, field: &str) -> Result<Probe> {
+    use pb::probe::Check;
+    let check = match required(p.check, &format!("{field}.check"))? {
+        Check::Http(h) => ProbeCheck::Http {
+            port: port(h.port, format!("{field}.http.port"))?,
+            path: h.path,
+        },
+        Check::Tcp(t) => ProbeCheck::Tcp {
+            port: port(t.port, format!("{field}.tcp.port"))?,
+        },
+    };
+    let probe = Probe {
+        check,
+        period_secs: p.period_secs,
+        timeout_secs: p.timeout_secs,
+        failure_threshold: p.failure_threshold,
+        success_threshold: p.success_threshold,
+        initial_delay_secs: p.initial_delay_secs,
+    };
+    match probe.problem() {
+        Some((name, message)) => Err(ConvertError::new(format!("{field}.{name}"), message)),
+        None => Ok(probe),
     }
 }
 
@@ -713,12 +771,6 @@ fn constraint_from_wire(c: pb::Constraint) -> Result<Constraint> {
 impl TryFrom<pb::ServiceSpec> for ServiceSpec {
     type Error = ConvertError;
     fn try_from(s: pb::ServiceSpec) -> Result<Self> {
-        let port = |v: u32, field: String| -> Result<u16> {
-            u16::try_from(v)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| ConvertError::new(field, format!("{v} is not a port (1-65535)")))
-        };
         let ports = s
             .ports
             .into_iter()
@@ -793,6 +845,14 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
                 .transpose()
                 .map_err(|e| ConvertError::new("rr_ip_v6", e))?,
             closest_ip: optional_ip(s.closest_ip, "closest_ip")?,
+            readiness_probe: s
+                .readiness_probe
+                .map(|p| probe_from_wire(p, "readiness_probe"))
+                .transpose()?,
+            liveness_probe: s
+                .liveness_probe
+                .map(|p| probe_from_wire(p, "liveness_probe"))
+                .transpose()?,
         })
     }
 }

@@ -1,14 +1,16 @@
 //! The contract between a cluster and its workers: the registration body (HTTP, port 10100) and
 //! the MQTT topics and JSON payloads (port 10003), with Oakestra's topic strings and keys
 //! (spec §5). Canopy adds a last-will topic, per-node MQTT credentials in the registration
-//! answer, `_id` in delete messages and `instance_ip` in deploy messages; Oakestra's node
-//! engine ignores what it does not know.
+//! answer, `_id` in delete messages, `instance_ip` and the health probes
+//! (`readiness_probe`, `liveness_probe`) in deploy messages, `ns_ip` and `ready` in job
+//! statuses; Oakestra's node engine ignores what it does not know.
 //!
 //! Numbers are read leniently (Oakestra's resource reports send them as strings). Turning a
 //! payload into domain values happens here, once, naming the bad field on failure.
 
 use crate::convert::ConvertError;
 use canopy_core::job::{EnvVar, PortMapping};
+use canopy_core::probe::Probe;
 use canopy_core::{
     Architecture, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
     ServiceSpec, Virtualization,
@@ -346,6 +348,10 @@ pub struct JobStatus {
     /// Canopy: the instance's address on the overlay (its namespace's), when it is on it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ns_ip: String,
+    /// Canopy: false while the instance's readiness probe has not passed. Absent (a worker
+    /// from before probes, Oakestra's): ready.
+    #[serde(default = "canopy_core::probe::ready_by_default")]
+    pub ready: bool,
 }
 
 /// What a [`JobStatus`] says, checked.
@@ -357,6 +363,8 @@ pub struct JobStatusEvent {
     /// The worker's explanation (may be empty).
     pub detail: String,
     pub ns_ip: Option<Ipv4Addr>,
+    /// Its readiness probe passes (always true without one).
+    pub ready: bool,
 }
 
 impl JobStatus {
@@ -381,6 +389,7 @@ impl JobStatus {
             status,
             detail: self.status_detail.clone(),
             ns_ip,
+            ready: self.ready,
         })
     }
 }
@@ -451,6 +460,11 @@ pub struct DeployMessage {
     pub instance_ip: String,
     #[serde(default)]
     pub status: String,
+    /// Canopy: the service's health probes ([`Probe`]'s JSON form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
 }
 
 /// What a [`DeployMessage`] asks for, checked.
@@ -496,6 +510,8 @@ impl DeployMessage {
                 .collect(),
             instance_ip: instance_ip.map(|i| i.to_string()).unwrap_or_default(),
             status: InstanceStatus::NodeScheduled.as_str().to_owned(),
+            readiness_probe: spec.readiness_probe.clone(),
+            liveness_probe: spec.liveness_probe.clone(),
         }
     }
 
@@ -535,6 +551,16 @@ impl DeployMessage {
         spec.one_shot = self.one_shot;
         spec.privileged = self.privileged;
         spec.architectures = strings_are(&self.arch, "arch", Architecture::parse)?;
+        for (field, probe) in [
+            ("readiness_probe", &self.readiness_probe),
+            ("liveness_probe", &self.liveness_probe),
+        ] {
+            if let Some((name, message)) = probe.as_ref().and_then(Probe::problem) {
+                return Err(ConvertError::new(format!("{field}.{name}"), message));
+            }
+        }
+        spec.readiness_probe = self.readiness_probe.clone();
+        spec.liveness_probe = self.liveness_probe.clone();
         let instance_ip = if self.instance_ip.is_empty() {
             None
         } else {
@@ -679,11 +705,13 @@ mod tests {
             job,
             instance: n,
             status,
+            ready,
             ..
         } = j.parse().unwrap();
         assert_eq!(
-            (job.to_string().as_str(), n.0, status),
-            ("a.b.c.d", 2, InstanceStatus::Running)
+            (job.to_string().as_str(), n.0, status, ready),
+            ("a.b.c.d", 2, InstanceStatus::Running, true),
+            "a status without `ready` (Oakestra's worker) is ready"
         );
         let bad: JobStatus =
             serde_json::from_str(r#"{"sname":"a.b.c.d","status":"SLEEPING","instance":2}"#)
@@ -733,6 +761,11 @@ mod tests {
         spec.resources.memory_mb = 64;
         spec.one_shot = true;
         spec.architectures = vec![Architecture::Amd64];
+        spec.readiness_probe = Some(Probe::new(canopy_core::probe::ProbeCheck::Http {
+            path: "/".into(),
+            port: 80,
+        }));
+        spec.liveness_probe = Some(Probe::new(canopy_core::probe::ProbeCheck::Tcp { port: 80 }));
         let sid = ServiceId::parse("svc1").unwrap();
         let ip = "10.30.0.7".parse().ok();
         let m = DeployMessage::new(&sid, InstanceNumber(3), &spec, ip);
@@ -751,6 +784,9 @@ mod tests {
         let mut bad = m.clone();
         bad.port = "80:99999".into();
         assert_eq!(bad.parse().unwrap_err().field, "port");
+        let mut bad = m.clone();
+        bad.liveness_probe.as_mut().unwrap().period_secs = 0;
+        assert_eq!(bad.parse().unwrap_err().field, "liveness_probe.period_secs");
         let mut bad = m;
         bad.virtualization = "crosvm".into();
         assert_eq!(bad.parse().unwrap_err().field, "virtualization");

@@ -7,6 +7,7 @@ use canopy_core::link::{
     ClusterLocation, ClusterReport, Command, CommandAck, CommandAction, InstanceReport,
     InstanceUsage, NodeSummary, Registration, ResourceAggregate,
 };
+use canopy_core::probe::{Probe, ProbeCheck};
 use canopy_core::{
     Architecture, InstanceNumber, InstanceStatus, JobName, NodeId, Resources, ServiceId,
     ServiceSpec, Virtualization,
@@ -66,6 +67,14 @@ fn spec() -> ServiceSpec {
         rr_ip: Some("10.30.30.30".parse().unwrap()),
         rr_ip_v6: None,
         closest_ip: Some("10.30.30.31".parse().unwrap()),
+        readiness_probe: Some(Probe::new(ProbeCheck::Http {
+            path: "/ready".into(),
+            port: 8080,
+        })),
+        liveness_probe: Some(Probe {
+            initial_delay_secs: 4,
+            ..Probe::new(ProbeCheck::Tcp { port: 8080 })
+        }),
     }
 }
 
@@ -92,6 +101,7 @@ fn report() -> InstanceReport {
         cpu_percent: 12.5,
         memory_mb: 20,
         ns_ip: Some("10.18.0.66".parse().unwrap()),
+        ready: false,
     }
 }
 
@@ -237,6 +247,24 @@ fn invalid_wire_messages_name_the_field() {
     wire_spec.environment.push("BROKEN".into());
     let e = Command::try_from(c.clone()).unwrap_err();
     assert_eq!(e.field, "deploy.spec.ports[0].host");
+
+    let mut s = pb::ServiceSpec::from(&spec());
+    if let Some(pb::probe::Check::Http(h)) =
+        s.readiness_probe.as_mut().and_then(|p| p.check.as_mut())
+    {
+        h.port = 0;
+    }
+    let e = ServiceSpec::try_from(s).unwrap_err();
+    assert_eq!(e.field, "readiness_probe.http.port");
+    let mut s = pb::ServiceSpec::from(&spec());
+    s.liveness_probe.as_mut().unwrap().failure_threshold = 0;
+    let e = ServiceSpec::try_from(s).unwrap_err();
+    assert_eq!(e.field, "liveness_probe.failure_threshold");
+
+    // A cluster from before probes sends no readiness: the instance counts as ready.
+    let mut old = pb::InstanceReport::from(&report());
+    old.ready = None;
+    assert!(InstanceReport::try_from(old).unwrap().ready);
 
     let mut bad = pb::InstanceReport::from(&report());
     bad.status = 999;

@@ -206,6 +206,9 @@ pub struct Instance {
     /// Its address on the overlay, from the cluster's last report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_ip: Option<Ipv4Addr>,
+    /// Its readiness probe passes, by the cluster's last report (true without a probe).
+    #[serde(default = "canopy_core::probe::ready_by_default")]
+    pub ready: bool,
     /// The tail of its output (at most 1024 bytes) from the cluster's last report.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub logs: String,
@@ -232,6 +235,7 @@ impl Instance {
             cpu_percent: 0.0,
             memory_mb: 0,
             ns_ip: None,
+            ready: true,
             logs: String::new(),
             updated_at: at,
             revision: 0,

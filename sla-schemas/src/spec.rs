@@ -1,9 +1,10 @@
 //! From an accepted SLA to the domain's [`ServiceSpec`] (what the root stores and deploys) and
 //! [`Autoscale`](canopy_core::autoscale::Autoscale) policy (what only the root keeps).
 
-use crate::types::{Application, ConstraintType, Microservice};
+use crate::types::{self, Application, ConstraintType, Microservice};
 use canopy_core::autoscale::{self, Windows};
 use canopy_core::job::{Constraint, EnvVar, GeoPoint, PortMapping, ServiceSpec};
+use canopy_core::probe::{Probe, ProbeCheck};
 use canopy_core::{JobName, Resources};
 
 /// Builds the service spec of `ms` in `app`. The SLA must have passed [`crate::parse`]; the error
@@ -104,7 +105,34 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
         rr_ip,
         rr_ip_v6,
         closest_ip,
+        readiness_probe: ms.readiness_probe.as_ref().map(probe).transpose()?,
+        liveness_probe: ms.liveness_probe.as_ref().map(probe).transpose()?,
     })
+}
+
+/// A probe as the spec carries it, defaults filled in (`exec` is refused by validation).
+fn probe(p: &types::Probe) -> Result<Probe, String> {
+    let port = |p: u32| u16::try_from(p).map_err(|_| format!("probe port {p} is not 1-65535"));
+    let check = match (&p.http, &p.tcp) {
+        (Some(h), None) => ProbeCheck::Http {
+            path: h.path.clone(),
+            port: port(h.port)?,
+        },
+        (None, Some(t)) => ProbeCheck::Tcp {
+            port: port(t.port)?,
+        },
+        _ => return Err("a probe needs exactly one of http or tcp".into()),
+    };
+    let mut out = Probe::new(check);
+    out.period_secs = p.period_secs.unwrap_or(out.period_secs);
+    out.timeout_secs = p.timeout_secs.unwrap_or(out.timeout_secs);
+    out.failure_threshold = p.failure_threshold.unwrap_or(out.failure_threshold);
+    out.success_threshold = p.success_threshold.unwrap_or(out.success_threshold);
+    out.initial_delay_secs = p.initial_delay_secs.unwrap_or(0);
+    match out.problem() {
+        Some((field, message)) => Err(format!("probe {field}: {message}")),
+        None => Ok(out),
+    }
 }
 
 /// The autoscaling policy of `ms`, if it has one (kept by the root, not part of the spec the

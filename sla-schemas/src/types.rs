@@ -129,6 +129,80 @@ pub struct Microservice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Autoscale")]
     pub autoscale: Option<Autoscale>,
+    /// Canopy extension (Oakestra's clients ignore it): until this probe passes, an instance
+    /// is not ready — out of its service IP's table, not counted by a rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Probe")]
+    pub readiness_probe: Option<Probe>,
+    /// Canopy extension: when this probe fails, the instance is restarted (with the crash
+    /// back-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Probe")]
+    pub liveness_probe: Option<Probe>,
+}
+
+/// `readiness_probe` / `liveness_probe`: one check — exactly one of `http`, `tcp` or `exec`
+/// (`exec` is refused for now) — tried every `period_secs`, each try bounded by
+/// `timeout_secs`; `failure_threshold` failures in a row fail the probe, `success_threshold`
+/// successes in a row pass it again; the first try comes `initial_delay_secs` after the
+/// start. Ports are the ones the process listens on in the instance. Not for `wasm` (no
+/// sockets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Probe {
+    /// `GET http://<instance>:<port><path>`; a 2xx or 3xx answer passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HttpProbe")]
+    pub http: Option<HttpProbe>,
+    /// A TCP connection to `<instance>:<port>` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "TcpProbe")]
+    pub tcp: Option<TcpProbe>,
+    /// A command run in the instance; exit 0 passes. Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>", length(min = 1))]
+    pub exec: Option<Vec<String>>,
+    /// Seconds between tries (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_secs: Option<u32>,
+    /// Seconds one try may take (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_secs: Option<u32>,
+    /// Failures in a row that fail the probe (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: Option<u32>,
+    /// Successes in a row that pass a failing probe (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub success_threshold: Option<u32>,
+    /// Seconds after the start before the first try (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub initial_delay_secs: Option<u32>,
+}
+
+/// An HTTP GET probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpProbe {
+    /// Request path (default `/`).
+    #[serde(default = "root_path")]
+    #[schemars(length(min = 1))]
+    pub path: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// A TCP connect probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TcpProbe {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
 }
 
 /// `autoscale`: keep a deployed service between `min` and `max` instances, adding one when

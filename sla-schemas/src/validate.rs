@@ -4,14 +4,17 @@
 //! 2. structure, against the JSON Schema generated from [`crate::types`];
 //! 3. meaning: what Oakestra leaves to the worker (port syntax, addresses, `KEY=VALUE`
 //!    environment), per-type constraint fields, duplicate names, `autoscale`'s bounds and
-//!    targets.
+//!    targets, health probes (one check, a runtime with sockets).
 //!
 //! Unknown fields are accepted, as Oakestra accepts them, and reported as warnings.
 
 use crate::schema::validator;
-use crate::types::{Application, Autoscale, ConstraintSpec, ConstraintType, Microservice, Sla};
+use crate::types::{
+    Application, Autoscale, ConstraintSpec, ConstraintType, Microservice, Probe, Sla,
+};
 use canopy_core::Virtualization;
 use canopy_core::job::{EnvVar, GeoPoint, PortMapping};
+use canopy_core::probe::valid_path;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::LocationSegment;
 use serde::Deserialize;
@@ -386,6 +389,14 @@ fn check_microservice(ms: &Microservice, path: &str, problems: &mut Vec<Problem>
     if let Some(a) = &ms.autoscale {
         check_autoscale(ms, a, &mut push);
     }
+    for (field, probe) in [
+        ("readiness_probe", &ms.readiness_probe),
+        ("liveness_probe", &ms.liveness_probe),
+    ] {
+        if let Some(p) = probe {
+            check_probe(ms, field, p, &mut push);
+        }
+    }
     for (k, c) in ms.constraints.iter().enumerate() {
         for (field, msg) in constraint_problems(c) {
             push(format!("constraints[{k}].{field}"), msg);
@@ -457,6 +468,43 @@ fn check_autoscale(ms: &Microservice, a: &Autoscale, push: &mut impl FnMut(Strin
         push(
             "autoscale".into(),
             "does not apply to a one_shot service (its instances end by themselves)".into(),
+        );
+    }
+}
+
+/// What the schema cannot say about a probe: exactly one check, one that Canopy runs, on a
+/// runtime with sockets, with a path it can send.
+fn check_probe(ms: &Microservice, field: &str, p: &Probe, push: &mut impl FnMut(String, String)) {
+    let checks = [p.http.is_some(), p.tcp.is_some(), p.exec.is_some()];
+    match checks.iter().filter(|c| **c).count() {
+        0 => push(field.into(), "needs one of http, tcp or exec".into()),
+        1 => {}
+        _ => push(
+            field.into(),
+            "has more than one of http, tcp and exec; give exactly one".into(),
+        ),
+    }
+    if p.exec.is_some() {
+        push(
+            format!("{field}.exec"),
+            "exec probes are not supported yet; use http or tcp".into(),
+        );
+    }
+    if let Some(h) = &p.http
+        && !valid_path(&h.path)
+    {
+        push(
+            format!("{field}.http.path"),
+            format!(
+                "{:?} must start with / and hold no spaces or control characters",
+                h.path
+            ),
+        );
+    }
+    if ms.virtualization == Virtualization::Wasm {
+        push(
+            field.into(),
+            "a wasm instance has no sockets to probe; probes need container or unikernel".into(),
         );
     }
 }

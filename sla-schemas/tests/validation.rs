@@ -322,6 +322,97 @@ fn autoscale_is_kept_apart_from_the_spec() {
 }
 
 #[test]
+fn probes_are_checked_with_their_paths() {
+    let ms = "applications[0].microservices[1]";
+    let cases = [
+        (
+            r#","readiness_probe":{}"#,
+            "readiness_probe",
+            "needs one of http, tcp or exec",
+        ),
+        (
+            r#","liveness_probe":{"http":{"port":80},"tcp":{"port":80}}"#,
+            "liveness_probe",
+            "more than one",
+        ),
+        (
+            r#","readiness_probe":{"http":{"port":0}}"#,
+            "readiness_probe.http.port",
+            "at least 1",
+        ),
+        (
+            r#","readiness_probe":{"http":{"port":70000}}"#,
+            "readiness_probe.http.port",
+            "at most 65535",
+        ),
+        (
+            r#","readiness_probe":{"http":{"path":"healthz","port":80}}"#,
+            "readiness_probe.http.path",
+            "must start with /",
+        ),
+        (
+            r#","readiness_probe":{"tcp":{}}"#,
+            "readiness_probe.tcp.port",
+            "is required",
+        ),
+        (
+            r#","liveness_probe":{"tcp":{"port":80},"period_secs":0}"#,
+            "liveness_probe.period_secs",
+            "at least 1",
+        ),
+        (
+            r#","liveness_probe":{"tcp":{"port":80},"failure_threshold":0}"#,
+            "liveness_probe.failure_threshold",
+            "at least 1",
+        ),
+        (
+            r#","liveness_probe":{"exec":["sh","-c","true"]}"#,
+            "liveness_probe.exec",
+            "not supported yet",
+        ),
+    ];
+    for (extra, path, message) in cases {
+        let e = parse(&sla_with_service(extra)).unwrap_err();
+        let p = e.problems();
+        assert!(has(&p, &format!("{ms}.{path}"), message), "{extra}: {p:#?}");
+    }
+    let wasm = r#"{"sla_version":"v2.0","customerID":"Admin","applications":[{
+        "application_name":"app","application_namespace":"ns","microservices":[
+          {"microservice_name":"w","microservice_namespace":"ns","virtualization":"wasm",
+           "code":"m.wasm","liveness_probe":{"tcp":{"port":80}}}]}]}"#;
+    let p = parse(wasm).unwrap_err().problems();
+    assert!(
+        has(
+            &p,
+            "applications[0].microservices[0].liveness_probe",
+            "no sockets"
+        ),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn probes_reach_the_spec_with_defaults() {
+    use canopy_core::probe::{Probe, ProbeCheck};
+    let extra = r#","readiness_probe":{"http":{"port":8080},"period_secs":2},"liveness_probe":{"tcp":{"port":8080},"failure_threshold":5,"initial_delay_secs":3}"#;
+    let v = parse(&sla_with_service(extra)).unwrap();
+    let app = &v.sla.applications[0];
+    let spec = canopy_sla::spec::service_spec(app, &app.microservices[1]).unwrap();
+    let mut ready = Probe::new(ProbeCheck::Http {
+        path: "/".into(),
+        port: 8080,
+    });
+    ready.period_secs = 2;
+    assert_eq!(spec.readiness_probe, Some(ready));
+    let mut live = Probe::new(ProbeCheck::Tcp { port: 8080 });
+    live.failure_threshold = 5;
+    live.initial_delay_secs = 3;
+    assert_eq!(spec.liveness_probe, Some(live));
+    let plain = canopy_sla::spec::service_spec(app, &app.microservices[0]).unwrap();
+    assert_eq!((plain.readiness_probe, plain.liveness_probe), (None, None));
+}
+
+#[test]
 fn every_problem_is_reported_not_just_the_first() {
     let extra = r#","port":"x","environment":["=1"],"addresses":{"rr_ip":"nope"}"#;
     let problems = parse(&sla_with_service(extra)).unwrap_err().problems();
@@ -399,6 +490,7 @@ fn examples_are_valid_and_cover_every_kind() {
         "unikernel.json",
         "constraints.json",
         "autoscale.json",
+        "probes.json",
     ] {
         assert!(dir.join(name).is_file(), "missing example {name}");
     }

@@ -153,12 +153,27 @@ impl Cluster {
         self.worker_message(node, |ch| {
             match owned_by(ch, node, Some(&ev.job), ev.instance) {
                 Ownership::Ours(k) => {
-                    if let (Some(ip), Some(i)) = (ev.ns_ip, ch.instances.get_mut(&k)) {
-                        i.ns_ip = Some(ip);
+                    let mut before = None;
+                    if let Some(i) = ch.instances.get_mut(&k) {
+                        if let Some(ip) = ev.ns_ip {
+                            i.ns_ip = Some(ip);
+                        }
+                        before = Some((i.status, i.ready));
+                        i.ready = ev.ready;
                     }
                     let event = Event::Reported(ev.status);
                     if let Err(e) = self.apply(ch, &k, event, Some(ev.detail)) {
                         tracing::error!(error = %e, "cannot record a job status");
+                    }
+                    // Only readiness changed: the status report did not go up, so this one
+                    // does (the overlay view follows every change anyway).
+                    let now = ch.instances.get(&k).map(|i| (i.status, i.ready));
+                    if let (Some((status, was)), Some((status_now, ready))) = (before, now)
+                        && status == status_now
+                        && was != ready
+                        && let Err(e) = store_instance(ch, &k).and_then(|()| self.report(ch, &k))
+                    {
+                        tracing::error!(error = %e, "cannot record a readiness change");
                     }
                     self.place_waiting(ch);
                 }
@@ -223,6 +238,9 @@ impl Cluster {
             return Ok(());
         };
         let old_node = i.node.clone();
+        // A copy placed anew is not ready until its worker says so.
+        let fresh_ready =
+            super::placement::spec_of(ch, i).is_none_or(|s| s.readiness_probe.is_none());
         let now = ch.now.unix;
         let Some(i) = ch.instances.get_mut(k) else {
             return Ok(());
@@ -250,6 +268,7 @@ impl Cluster {
                 i.running_since = 0.0;
                 i.node = None;
                 i.ns_ip = None;
+                i.ready = fresh_ready;
                 self.metrics.reschedule();
             }
             Next::PlaceNow => {
@@ -257,6 +276,7 @@ impl Cluster {
                 i.running_since = 0.0;
                 i.node = None;
                 i.ns_ip = None;
+                i.ready = fresh_ready;
                 self.metrics.reschedule();
             }
             Next::Wait | Next::PlaceWhenPossible => {}
@@ -319,6 +339,7 @@ impl Cluster {
                             Instance::new(service_id.clone(), *instance, *instance_ip, now.unix);
                         // Its own: a later deploy of another revision changes the service's.
                         i.spec = Some(spec.clone());
+                        i.ready = spec.readiness_probe.is_none();
                         ch.instances.insert(k.clone(), i);
                         store_instance(ch, &k)?;
                         self.report(ch, &k)?;

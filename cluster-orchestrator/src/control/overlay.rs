@@ -33,8 +33,9 @@ pub trait AddressPlan: Send + Sync {
     async fn release(&self, node: &NodeId) -> Result<(), String>;
 }
 
-/// What this cluster knows first-hand: its workers on the overlay and its RUNNING instances
-/// with an overlay address.
+/// What this cluster knows first-hand: its workers on the overlay and its RUNNING, ready
+/// instances with an overlay address (an instance whose readiness probe has not passed gets
+/// no traffic through its service's addresses).
 pub(super) fn local_overlay(st: &State) -> LocalOverlay {
     let workers: BTreeMap<NodeId, _> = st
         .workers
@@ -58,7 +59,7 @@ pub(super) fn local_overlay(st: &State) -> LocalOverlay {
         );
     }
     for i in st.instances.values() {
-        if i.status != InstanceStatus::Running {
+        if i.status != InstanceStatus::Running || !i.ready {
             continue;
         }
         let (Some(node), Some(address)) = (&i.node, i.ns_ip) else {

@@ -208,6 +208,7 @@ fn status(s: InstanceStatus) -> canopy_proto::worker::JobStatusEvent {
         status: s,
         detail: String::new(),
         ns_ip: None,
+        ready: true,
     }
 }
 
@@ -426,4 +427,59 @@ async fn an_undeployed_instance_on_the_overlay_drains_before_it_is_stopped() {
     // An instance that is not on the overlay is stopped at once.
     f.cluster.apply_command(&undeploy).await.unwrap();
     assert_eq!(published(&mut f.out).len(), 1);
+}
+
+#[tokio::test]
+async fn an_instance_is_in_its_service_table_only_while_ready() {
+    let f = fixture().await;
+    f.cluster.set_address_plan(Arc::new(Plan::default()));
+    let mut reg = registration("a", "amd64", 2, 1000, &[]);
+    reg.overlay_address = "192.0.2.7".into();
+    let w = f.cluster.register_worker(&reg).await.unwrap().id;
+    let mut cmd = deploy("svc");
+    if let CommandAction::Deploy { spec, .. } = &mut cmd.action {
+        spec.rr_ip = Some(std::net::Ipv4Addr::new(10, 30, 0, 9));
+    }
+    f.cluster.apply_command(&cmd).await.unwrap();
+    let endpoints = || async {
+        let v = f.cluster.worker_view().await;
+        v.services[0].instances.len()
+    };
+    let last_ready = || async { f.cluster.pending_reports().await.last().unwrap().ready };
+
+    // RUNNING on the overlay, its readiness probe not passed yet: not in the table, and
+    // reported up as not ready.
+    let mut running = status(InstanceStatus::Running);
+    running.ns_ip = Some(std::net::Ipv4Addr::new(10, 18, 0, 2));
+    running.ready = false;
+    f.cluster.on_job_status(&w, running.clone()).await;
+    assert_eq!(endpoints().await, 0);
+    assert!(!last_ready().await);
+    let reports = f.cluster.pending_reports().await.len();
+
+    // Ready: in the table, and a report goes up although the status stayed RUNNING.
+    running.ready = true;
+    f.cluster.on_job_status(&w, running.clone()).await;
+    assert_eq!(endpoints().await, 1);
+    assert!(last_ready().await);
+    assert_eq!(
+        f.cluster.instances().await[0].status,
+        InstanceStatus::Running
+    );
+    let seq = f.cluster.pending_reports().await.last().unwrap().seq;
+
+    // The same status again changes nothing.
+    f.cluster.on_job_status(&w, running.clone()).await;
+    assert_eq!(f.cluster.pending_reports().await.last().unwrap().seq, seq);
+
+    // Not ready any more: out again.
+    running.ready = false;
+    f.cluster.on_job_status(&w, running).await;
+    assert_eq!(endpoints().await, 0);
+    assert!(!last_ready().await);
+    assert_eq!(
+        f.cluster.pending_reports().await.len(),
+        reports,
+        "one pending report per instance"
+    );
 }

@@ -9,6 +9,9 @@
 //! - [`recovery`]: picking instances up after a restart, and the periodic check that removes
 //!   workloads nothing tracks.
 //! - [`resources`]: the use and log tail of running instances (resource reports).
+//! - the health probes of running instances are in [`crate::probes`]; the supervisor runs
+//!   them, reports readiness changes and stops an instance whose liveness probe fails
+//!   (`FAILED`, so the cluster restarts it with its back-off).
 //!
 //! An instance's life on the worker: `CREATING` (fetch and start) → `RUNNING` → it exits
 //! (`COMPLETED` for a one-shot exit 0, `DEAD` otherwise) or fails to start (`FAILED` with the
@@ -66,6 +69,8 @@ pub struct InstanceView {
     pub runtime_id: String,
     pub status: String,
     pub status_detail: String,
+    /// Its readiness probe passes (true without one).
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +99,8 @@ struct Slot {
     generation: u64,
     /// Its address on the overlay, once attached (reported with its status).
     ns_ip: Option<std::net::Ipv4Addr>,
+    /// Its readiness probe passes (true without one; reported with its status).
+    ready: bool,
 }
 
 impl Slot {
@@ -152,6 +159,8 @@ pub struct Engine {
     pub metrics: Metrics,
     cpu: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
     generation: AtomicU64,
+    /// Runs the instances' health probes.
+    checker: Arc<dyn crate::probes::Checker>,
 }
 
 impl Engine {
@@ -171,6 +180,7 @@ impl Engine {
             metrics: Metrics::default(),
             cpu: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            checker: Arc::new(crate::probes::Network),
         };
         (Arc::new(engine), rx)
     }
@@ -204,6 +214,18 @@ impl Engine {
                 spec.virtualization.as_str()
             )));
         }
+        if let Some(field) = probe_field(&spec) {
+            let why = match spec.virtualization {
+                Virtualization::Wasm => Some("a wasm instance has no sockets to probe"),
+                Virtualization::Unikernel if self.config.overlay.is_none() => Some(
+                    "a unikernel has no network on a worker without the overlay (--no-overlay)",
+                ),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(refuse(format!("{field}: {why}")));
+            }
+        }
         Ok(Workload {
             id: runtime_id(name),
             name: name.to_owned(),
@@ -223,8 +245,10 @@ impl Engine {
         status: InstanceStatus,
         detail: &str,
         ns_ip: Option<std::net::Ipv4Addr>,
+        ready: bool,
     ) -> JobStatus {
         JobStatus {
+            ready,
             ns_ip: ns_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             sname: job.to_owned(),
             instance: n,
@@ -237,7 +261,7 @@ impl Engine {
     fn report(&self, job: &str, n: u32, status: InstanceStatus, detail: &str) {
         let _ = self
             .updates
-            .send(self.status_message(job, n, status, detail, None));
+            .send(self.status_message(job, n, status, detail, None, true));
     }
 
     /// Records where instance `name` is on the overlay (if the slot is still this
@@ -316,6 +340,7 @@ impl Engine {
         resume: Resume,
     ) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let ready = workload.spec.readiness_probe.is_none();
         let (stop, stop_rx) = watch::channel(Stop::No);
         let (phase_tx, phase) = watch::channel(resume.first_phase());
         tokio::spawn(
@@ -333,6 +358,7 @@ impl Engine {
                 phase,
                 generation,
                 ns_ip: None,
+                ready,
             },
         );
     }
@@ -360,6 +386,44 @@ impl Engine {
     /// Records a status change (if the slot is still this generation's) and reports it.
     /// Only ended statuses are written to disk: recovery asks the runtime whether a workload
     /// runs, so `CREATING`/`RUNNING` on disk would add a write to every start for nothing.
+    /// Records that the readiness of instance `name` changed (if the slot is still this
+    /// generation's) and, while it runs, reports it at once: the cluster puts it in or takes
+    /// it out of its service's table, the root's rolling update counts it or not.
+    async fn set_ready(&self, name: &str, generation: u64, ready: bool) {
+        let msg = {
+            let mut slots = self.slots.lock().await;
+            let Some(slot) = slots.get_mut(name).filter(|s| s.generation == generation) else {
+                return;
+            };
+            if slot.ready == ready {
+                return;
+            }
+            slot.ready = ready;
+            if slot.status != InstanceStatus::Running {
+                return;
+            }
+            self.status_message(
+                &slot.deploy.job_name,
+                slot.deploy.instance_number,
+                slot.status,
+                &slot.detail,
+                slot.ns_ip,
+                ready,
+            )
+        };
+        tracing::info!(instance = name, ready, "instance readiness");
+        let _ = self.updates.send(msg);
+    }
+
+    /// Where the probes of `w` reach it: its overlay address, or the host's loopback for a
+    /// workload on the host's network; `None` while its overlay address is unknown.
+    async fn probe_host(&self, name: &str, w: &Workload) -> Option<std::net::Ipv4Addr> {
+        if self.overlay_for(w).is_none() {
+            return Some(std::net::Ipv4Addr::LOCALHOST);
+        }
+        self.slots.lock().await.get(name).and_then(|s| s.ns_ip)
+    }
+
     async fn set(&self, name: &str, generation: u64, status: InstanceStatus, detail: &str) {
         let record = {
             let mut slots = self.slots.lock().await;
@@ -375,9 +439,10 @@ impl Engine {
                     detail: detail.to_owned(),
                 },
                 slot.ns_ip,
+                slot.ready,
             )
         };
-        let (record, ns_ip) = record;
+        let (record, ns_ip, ready) = record;
         tracing::info!(instance = name, status = %status, detail, "instance status");
         let _ = self.updates.send(self.status_message(
             &record.deploy.job_name,
@@ -385,6 +450,7 @@ impl Engine {
             status,
             detail,
             ns_ip.filter(|_| status == InstanceStatus::Running),
+            ready,
         ));
         if ended(status)
             && let Err(e) = self.records.put(name, &record).await
@@ -492,6 +558,7 @@ impl Engine {
                     s.status,
                     &s.detail,
                     s.ns_ip.filter(|_| s.status == InstanceStatus::Running),
+                    s.ready,
                 )
             })
             .collect()
@@ -511,6 +578,7 @@ impl Engine {
                 runtime_id: s.workload.id.clone(),
                 status: s.status.as_str().into(),
                 status_detail: s.detail.clone(),
+                ready: s.ready,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -574,6 +642,17 @@ impl Engine {
 /// sockets).
 fn on_overlay(kind: Virtualization) -> bool {
     matches!(kind, Virtualization::Container | Virtualization::Unikernel)
+}
+
+/// The first probe `spec` has, by its SLA field name.
+fn probe_field(spec: &canopy_core::ServiceSpec) -> Option<&'static str> {
+    if spec.readiness_probe.is_some() {
+        Some("readiness_probe")
+    } else if spec.liveness_probe.is_some() {
+        Some("liveness_probe")
+    } else {
+        None
+    }
 }
 
 fn instance_name(job: &str, n: u32) -> Result<String, String> {

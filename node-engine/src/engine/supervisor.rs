@@ -10,8 +10,13 @@
 //! The phase is published on a watch channel the engine reads; the channel closes when the
 //! supervisor is finished, which is how a delete, a replacing deploy and a shutdown wait for
 //! it. What an exit means is decided by the pure [`classify_exit`].
+//!
+//! While the workload runs, its health probes ([`crate::probes::watch`]) run beside the
+//! wait: a readiness change is recorded and reported at once; a liveness failure stops the
+//! workload, which then ends `FAILED` with the probe's detail.
 
 use super::Engine;
+use crate::probes::{self, Probes};
 use crate::runtime::{Exit, RunState, Runtime, RuntimeError};
 use canopy_core::InstanceStatus;
 use std::sync::Arc;
@@ -81,11 +86,18 @@ pub enum Outcome {
     },
 }
 
-/// The meaning of an exit: a stop asked for is not a crash; a one-shot that exits 0 is
+/// The meaning of an exit: a stop asked for is not a crash; a workload stopped because its
+/// liveness probe failed is `FAILED` with the probe's detail; a one-shot that exits 0 is
 /// `COMPLETED`; any other exit is `DEAD` with its code.
-pub fn classify_exit(exit: Exit, one_shot: bool, stop: Stop) -> Outcome {
+pub fn classify_exit(exit: Exit, one_shot: bool, stop: Stop, liveness: Option<&str>) -> Outcome {
     if stop != Stop::No {
         return Outcome::Stopped;
+    }
+    if let Some(detail) = liveness {
+        return Outcome::Ended {
+            status: InstanceStatus::Failed,
+            detail: detail.to_owned(),
+        };
     }
     if exit.code == 0 && one_shot {
         Outcome::Ended {
@@ -198,13 +210,47 @@ impl Engine {
         };
         if running {
             phase.send_replace(Phase::Running);
+            let probes = Probes::of(&w.spec);
+            let host = if probes.is_empty() {
+                None
+            } else {
+                self.probe_host(&name, &w).await
+            };
+            if !probes.is_empty() && host.is_none() {
+                tracing::warn!(instance = %name, "its overlay address is unknown: its probes do not run");
+            }
+            let (ready_tx, mut ready_rx) = watch::channel(probes.readiness.is_none());
+            let mut liveness_failed: Option<String> = None;
             let exit = {
                 let wait = wait_for_exit(&*rt, &w.id);
                 tokio::pin!(wait);
+                let checker = self.checker.clone();
+                let probing = async {
+                    match host {
+                        Some(host) => probes::watch(&probes, host, &*checker, ready_tx).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(probing);
                 let mut stopping = false;
                 loop {
                     tokio::select! {
                         e = &mut wait => break e,
+                        detail = &mut probing, if !stopping => {
+                            stopping = true;
+                            tracing::warn!(instance = %name, %detail, "stopping the workload");
+                            liveness_failed = Some(detail);
+                            phase.send_replace(Phase::Stopping);
+                            if let Err(e) = self.timed(&*rt, "stop", rt.stop(&w.id, self.config.stop_grace)).await {
+                                tracing::warn!(instance = %name, error = %e, "stop failed");
+                            }
+                        }
+                        changed = ready_rx.changed(), if !stopping => {
+                            if changed.is_ok() {
+                                let ready = *ready_rx.borrow_and_update();
+                                self.set_ready(&name, generation, ready).await;
+                            }
+                        }
                         changed = stop.changed(), if !stopping => {
                             if changed.is_err() || *stop.borrow() != Stop::No {
                                 stopping = true;
@@ -219,7 +265,8 @@ impl Engine {
                 }
             };
             let asked = *stop.borrow();
-            if let Outcome::Ended { status, detail } = classify_exit(exit, one_shot, asked) {
+            let outcome = classify_exit(exit, one_shot, asked, liveness_failed.as_deref());
+            if let Outcome::Ended { status, detail } = outcome {
                 phase.send_replace(Phase::Stopping);
                 if let Err(e) = self.timed(&*rt, "remove", rt.remove(&w.id)).await {
                     tracing::warn!(instance = %name, error = %e, "cleaning up failed");
@@ -303,7 +350,7 @@ mod tests {
     fn exits_are_classified() {
         use InstanceStatus::{Completed, Dead};
         let cases = [
-            // (code, one_shot, stop asked) → outcome
+            // (code, one_shot, stop asked) → outcome; no liveness failure
             (0, true, Stop::No, ended(Completed, "")),
             (0, false, Stop::No, ended(Dead, "exited with code 0")),
             (1, true, Stop::No, ended(Dead, "exited with code 1")),
@@ -315,11 +362,24 @@ mod tests {
         ];
         for (code, one_shot, stop, want) in cases {
             assert_eq!(
-                classify_exit(Exit { code }, one_shot, stop),
+                classify_exit(Exit { code }, one_shot, stop, None),
                 want,
                 "code {code}, one_shot {one_shot}, {stop:?}"
             );
         }
+        // Stopped because its liveness probe failed: FAILED with the probe's detail, unless
+        // a delete or a replacement came meanwhile.
+        let probe = "liveness probe failed 3 times: TCP connect 127.0.0.1:80 → connection refused";
+        for (code, one_shot) in [(143, false), (0, true), (137, false)] {
+            assert_eq!(
+                classify_exit(Exit { code }, one_shot, Stop::No, Some(probe)),
+                ended(InstanceStatus::Failed, probe)
+            );
+        }
+        assert_eq!(
+            classify_exit(Exit { code: 143 }, false, Stop::Delete, Some(probe)),
+            Outcome::Stopped
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl From<&Instance> for InstanceView {
             logs: i.logs.clone(),
             last_modified_timestamp: i.updated_at,
             revision: i.revision,
+            ready: i.ready,
         }
     }
 }

@@ -49,7 +49,7 @@ pub(super) fn global_view(st: &State) -> GlobalView {
             instances: s
                 .instances
                 .values()
-                .filter(|i| i.status == InstanceStatus::Running)
+                .filter(|i| i.status == InstanceStatus::Running && i.ready)
                 .filter_map(|i| {
                     Some(GlobalEndpoint {
                         instance: i.number,

@@ -30,9 +30,10 @@ pub enum Step {
     Finish,
 }
 
-/// Whether an instance of the current revision is ready, failed, or neither yet.
+/// Whether an instance of the current revision is ready: RUNNING, its readiness probe
+/// passing (always, without one), for `min_ready_secs` since its last report.
 fn ready(i: &Instance, r: &Rollout, now: f64) -> bool {
-    i.status == InstanceStatus::Running && now - i.updated_at >= r.min_ready_secs
+    i.status == InstanceStatus::Running && i.ready && now - i.updated_at >= r.min_ready_secs
 }
 
 fn failed(i: &Instance) -> bool {
@@ -73,8 +74,13 @@ pub fn step(r: &Rollout, revision: u32, instances: &[&Instance], now: f64) -> St
         _ => i.updated_at,
     };
     if let Some(i) = pending.iter().find(|i| now - since(i) > r.deadline_secs) {
+        let probe = if i.status == InstanceStatus::Running && !i.ready {
+            ", its readiness probe not passing"
+        } else {
+            ""
+        };
         return Step::Abort(format!(
-            "instance {} of revision {revision} was not ready within {} s (it is {})",
+            "instance {} of revision {revision} was not ready within {} s (it is {}{probe})",
             i.number, r.deadline_secs, i.status
         ));
     }
@@ -388,6 +394,20 @@ mod tests {
         assert_eq!(run(&r, &after, 108.0), Step::Add, "back at 2: the next one");
         let done = [inst(2, 1, Running, 102.0), inst(3, 1, Running, 110.0)];
         assert_eq!(run(&r, &done, 120.0), Step::Finish);
+    }
+
+    #[test]
+    fn a_new_instance_whose_readiness_probe_fails_is_not_ready() {
+        let r = rollout(RolloutState::Progressing, 1);
+        let mut list = vec![inst(0, 0, Running, 0.0), inst(1, 1, Running, 10.0)];
+        list[1].ready = false;
+        assert_eq!(run(&r, &list, 20.0), Step::Wait, "RUNNING but not ready");
+        let Step::Abort(why) = run(&r, &list, 71.0) else {
+            panic!("expected an abort after the deadline")
+        };
+        assert!(why.contains("readiness probe not passing"), "{why}");
+        list[1].ready = true;
+        assert_eq!(run(&r, &list, 20.0), Step::Remove(InstanceNumber(0)));
     }
 
     #[test]

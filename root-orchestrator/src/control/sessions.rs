@@ -263,6 +263,7 @@ impl Root {
                 }
                 i.node_id = r.node_id.clone();
                 i.ns_ip = r.ns_ip;
+                i.ready = r.ready;
                 i.cpu_percent = r.cpu_percent;
                 i.memory_mb = r.memory_mb;
                 // The cluster has no worker for it: move it to a cluster that has not refused

@@ -530,6 +530,7 @@ impl TestCluster {
             cpu_percent: 1.5,
             memory_mb: 12,
             ns_ip: None,
+            ready: true,
         };
         let m = pb::ClusterMessage {
             body: Some(cluster_message::Body::Instance(pb::InstanceReport::from(

@@ -404,6 +404,7 @@ async fn reported_use_grows_and_shrinks_a_service_through_the_tick() {
                             cpu_percent: 0.0,
                             memory_mb: 0,
                             ns_ip: None,
+                            ready: true,
                         };
                         root.instance_report(&a, r).await.unwrap();
                     }
