@@ -111,7 +111,7 @@ async fn oakestras_cli_drives_the_root_with_canopy_extensions_in_its_slas() {
     assert!(oak_bin.exists(), "{} does not exist", oak_bin.display());
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("root");
-    let mut root = Command::new(bin_dir().join("root-orchestrator"))
+    let root = Command::new(bin_dir().join("root-orchestrator"))
         .args(["--data-dir", data.to_str().unwrap()])
         .args(["--api-addr", "127.0.0.1:10000"])
         .args([
@@ -125,6 +125,7 @@ async fn oakestras_cli_drives_the_root_with_canopy_extensions_in_its_slas() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the root starts");
+    let mut root = Killed(root);
     let http = reqwest::Client::new();
     let start = Instant::now();
     while http.get(format!("{API}/health")).send().await.is_err() {
@@ -134,6 +135,11 @@ async fn oakestras_cli_drives_the_root_with_canopy_extensions_in_its_slas() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Ours answers, not another one on the port (this one would have exited).
+    assert!(
+        root.0.try_wait().unwrap().is_none(),
+        "the root exited: is 127.0.0.1:10000 taken?"
+    );
 
     // oak-cli's home: its config (the system manager is this machine) and its SLA folder.
     let home = work.path().join("home");
@@ -188,7 +194,14 @@ async fn oakestras_cli_drives_the_root_with_canopy_extensions_in_its_slas() {
     let out = oak(&home, &["a", "d"], &"y\n".repeat(apps));
     assert!(out.contains("Success: 'Delete application"), "{out}");
     assert_eq!(get(&http, "/api/applications").await, serde_json::json!([]));
+}
 
-    let _ = root.kill();
-    let _ = root.wait();
+/// A child process killed (by its pid) when the test ends, also when it fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

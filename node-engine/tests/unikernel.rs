@@ -353,7 +353,7 @@ async fn a_linux_micro_vm_reads_its_files_over_9p_and_cannot_write_them() {
     cluster.deploy(&m).await;
     // The generic kernel boots slower than the cloud one under emulation on a loaded host.
     cluster
-        .status(JOB, 0, "COMPLETED", Duration::from_secs(120))
+        .status(JOB, 0, "COMPLETED", Duration::from_secs(300))
         .await;
     let log = engine.logs(JOB, 0).await;
     for line in [
