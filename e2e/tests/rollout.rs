@@ -4,9 +4,8 @@
 //! - `canopy apply` of a changed file rolls the service from image A to image B instance by
 //!   instance (a new instance runs before an old one goes), keeping the rr_ip; `canopy diff`
 //!   and a second apply of the same file change nothing;
-//! - an update to an image whose process exits at once rolls back by itself: every instance
-//!   RUNNING on A's successor (the last good revision) afterwards, and `canopy rollout status`
-//!   says why;
+//! - an update to an image whose process exits at once rolls back to A by itself: every
+//!   instance RUNNING on A afterwards, and `canopy rollout status` says why;
 //! - a service added to the file is created; `--prune` deletes one the file no longer has.
 #![allow(clippy::unwrap_used)]
 
@@ -68,6 +67,35 @@ async fn apply_rolls_a_changed_service_instance_by_instance_and_rolls_back_a_bro
     let out = stack.cli(&["diff", &file_a]).await;
     assert!(out.ok && out.stdout.contains("no changes"), "{out:?}");
 
+    // A broken image: the first new instance exits at once, and the update rolls back to A
+    // by itself, every instance RUNNING on A.
+    let broken = container("web", &a, &["sh", "-c", "echo broken; exit 3"]);
+    let file_c = write(dir, "c.json", &sla("roll", vec![broken]));
+    let out = stack.cli(&["apply", &file_c, "--wait"]).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(out.stderr.contains("rolled back to revision 0"), "{out:?}");
+    let out = stack.cli(&["rollout", "status", "roll.web"]).await;
+    assert!(!out.ok && out.stderr.contains("rolled back"), "{out:?}");
+    let list = stack.wait_all(&id, 2, "RUNNING").await;
+    assert!(list.iter().all(|i| i["revision"] == 0), "{list:?}");
+    let svc = stack.get(&format!("/api/service/{id}")).await;
+    assert!(
+        svc["code"].as_str().unwrap().ends_with("/oci.tar"),
+        "A again: {svc}"
+    );
+    let mut tasks = 0;
+    for _ in 0..100 {
+        tasks = ctr::tasks(&stack.namespace(1)).len();
+        if tasks == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(tasks, 2, "no container is left of the broken revision");
+
+    let logs = stack.cli_ok(&["logs", "roll.web"]).await;
+    assert_eq!(logs.trim(), "A", "{logs}");
+
     // Image B: a rolling update, instance by instance.
     let file_b = write(dir, "b.json", &sla("roll", vec![web(&b, "B")]));
     let out = stack.cli(&["diff", &file_b]).await;
@@ -81,12 +109,12 @@ async fn apply_rolls_a_changed_service_instance_by_instance_and_rolls_back_a_bro
     );
     let out = stack.cli_ok(&["apply", &file_b, "--wait"]).await;
     assert!(
-        out.contains("updated (cmd, code): rolling to revision 1"),
+        out.contains("updated (cmd, code): rolling to revision 2"),
         "{out}"
     );
-    assert!(out.contains("rollout complete (revision 1)"), "{out}");
+    assert!(out.contains("rollout complete (revision 2)"), "{out}");
     let list = stack.wait_all(&id, 2, "RUNNING").await;
-    assert!(list.iter().all(|i| i["revision"] == 1), "{list:?}");
+    assert!(list.iter().all(|i| i["revision"] == 2), "{list:?}");
     let svc = stack.get(&format!("/api/service/{id}")).await;
     assert_eq!(svc["RR_ip"], rr_ip, "the rr_ip stays");
     assert!(
@@ -95,9 +123,10 @@ async fn apply_rolls_a_changed_service_instance_by_instance_and_rolls_back_a_bro
     );
     // One at a time: each old instance went only after a new one was added (and ran).
     let events = stack.get(&format!("/api/service/{id}/events")).await;
-    let steps: Vec<String> = events
-        .as_array()
-        .unwrap()
+    let events = events.as_array().unwrap();
+    // This update's steps: after its "update" event.
+    let since = events.iter().rposition(|e| e["what"] == "update").unwrap();
+    let steps: Vec<String> = events[since..]
         .iter()
         .filter(|e| e["what"] == "rollout")
         .map(|e| {
@@ -134,34 +163,9 @@ async fn apply_rolls_a_changed_service_instance_by_instance_and_rolls_back_a_bro
     assert!(out.contains("service roll.web: unchanged"), "{out}");
     let out = stack.cli_ok(&["describe", "service", "roll.web"]).await;
     assert!(
-        out.contains("revision 1 (update complete: 2 of 2 updated, 0 old)"),
+        out.contains("revision 2 (update complete: 2 of 2 updated, 0 old)"),
         "{out}"
     );
-
-    // A broken image: the first new instance exits at once, and the update rolls back.
-    let broken = container("web", &a, &["sh", "-c", "echo broken; exit 3"]);
-    let file_c = write(dir, "c.json", &sla("roll", vec![broken]));
-    let out = stack.cli(&["apply", &file_c, "--wait"]).await;
-    assert!(!out.ok, "{out:?}");
-    assert!(out.stderr.contains("rolled back to revision 1"), "{out:?}");
-    let out = stack.cli(&["rollout", "status", "roll.web"]).await;
-    assert!(!out.ok && out.stderr.contains("rolled back"), "{out:?}");
-    let list = stack.wait_all(&id, 2, "RUNNING").await;
-    assert!(list.iter().all(|i| i["revision"] == 1), "{list:?}");
-    let svc = stack.get(&format!("/api/service/{id}")).await;
-    assert!(
-        svc["code"].as_str().unwrap().ends_with("oci-b.tar"),
-        "B again: {svc}"
-    );
-    let mut tasks = 0;
-    for _ in 0..100 {
-        tasks = ctr::tasks(&stack.namespace(1)).len();
-        if tasks == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(tasks, 2, "no container is left of the broken revision");
 
     // A new service in the file is added; --prune deletes the one the file lost.
     let extra = container("extra", &a, &["sh", "-c", "sleep 3600"]);
