@@ -2,7 +2,8 @@
 //! `liveness_probe` extension. The spec carries them to the workers, whose node engines run
 //! them (`node-engine/src/probes.rs`); readiness travels back up with the job status.
 //!
-//! A probe is one check (an HTTP GET or a TCP connect to a port of the instance) repeated
+//! A probe is one check (an HTTP GET or a TCP connect to a port of the instance, or a command
+//! run inside a container instance) repeated
 //! every `period_secs`, each try bounded by `timeout_secs`. `failure_threshold` failures in a
 //! row make it fail, `success_threshold` successes in a row make it pass again.
 
@@ -17,6 +18,8 @@ pub enum ProbeCheck {
     Http { path: String, port: u16 },
     /// A TCP connection to `<instance>:<port>` is accepted.
     Tcp { port: u16 },
+    /// `command` run inside the instance (containers) exits with status 0.
+    Exec { command: Vec<String> },
 }
 
 /// One probe of a service's instances, every value filled in.
@@ -80,6 +83,9 @@ impl Probe {
         match &self.check {
             ProbeCheck::Http { port: 0, .. } => Some(("http.port", "must be 1-65535".into())),
             ProbeCheck::Tcp { port: 0 } => Some(("tcp.port", "must be 1-65535".into())),
+            ProbeCheck::Exec { command } if command.is_empty() || command[0].is_empty() => {
+                Some(("exec", "must name a command to run".into()))
+            }
             ProbeCheck::Http { path, .. } if !valid_path(path) => Some((
                 "http.path",
                 format!("{path:?} must start with / and hold no spaces or control characters"),
@@ -115,6 +121,14 @@ mod tests {
         assert_eq!(http("/healthz", 80).problem(), None);
         assert_eq!(Probe::new(ProbeCheck::Tcp { port: 1 }).problem(), None);
         assert_eq!(http("/", 0).problem().unwrap().0, "http.port");
+        let exec = |c: &[&str]| {
+            Probe::new(ProbeCheck::Exec {
+                command: c.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(exec(&["true"]).problem(), None);
+        assert_eq!(exec(&[]).problem().unwrap().0, "exec");
+        assert_eq!(exec(&[""]).problem().unwrap().0, "exec");
         assert_eq!(http("x", 80).problem().unwrap().0, "http.path");
         assert_eq!(http("/a b", 80).problem().unwrap().0, "http.path");
         assert_eq!(

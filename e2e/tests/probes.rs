@@ -4,6 +4,7 @@
 //! - liveness: an instance whose HTTP server stops answering (httpd killed after a few
 //!   seconds, the container kept alive by `sleep`) is reported `FAILED` by its liveness
 //!   probe and restarted by the cluster;
+//! - exec: a command in the container decides readiness and liveness;
 //! - readiness: a rolling update to a spec whose readiness probe never passes rolls back
 //!   after the deadline (its new instance RUNNING but never ready), one whose probe passes
 //!   completes.
@@ -177,6 +178,71 @@ async fn readiness_gates_a_rolling_update() {
     assert!(
         list[0]["revision"].as_u64().unwrap() >= 2 && list[0]["ready"] == true,
         "{list:?}"
+    );
+    drop(stack);
+}
+
+/// Exec probes run a command inside the container: readiness flips when the file the command
+/// tests appears; liveness fails (and the instance is restarted) when another appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_probes_run_a_command_in_the_container() {
+    let image = demo_image(&work());
+    let stack = Stack::up(1).await;
+    let mut svc = container(
+        "cmd",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "sleep 4; touch /tmp/ready; sleep 6; touch /tmp/broken; sleep 3600",
+        ],
+    );
+    svc["readiness_probe"] = json!({"exec": ["sh", "-c", "test -f /tmp/ready"], "period_secs": 1});
+    svc["liveness_probe"] = json!({
+        "exec": ["sh", "-c", "test ! -f /tmp/broken"],
+        "period_secs": 1,
+        "failure_threshold": 2,
+    });
+    let id = stack.deploy(&sla("execp", vec![svc])).await[0].clone();
+    stack.wait_all(&id, 1, "RUNNING").await;
+    let started = Instant::now();
+    let mut seen: Vec<(String, bool, String)> = Vec::new();
+    loop {
+        let i = stack.instances(&id).await[0].clone();
+        let now = (
+            i["status"].as_str().unwrap().to_owned(),
+            i["ready"].as_bool().unwrap_or(true),
+            i["status_detail"].as_str().unwrap_or_default().to_owned(),
+        );
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.0 == "FAILED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{seen:?}\n{}",
+            stack.daemon_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not ready until the file exists, then ready, then failed by the liveness command.
+    let running: Vec<bool> = seen
+        .iter()
+        .filter(|s| s.0 == "RUNNING")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(running.first(), Some(&false), "{seen:?}");
+    assert!(
+        running.contains(&true),
+        "ready once /tmp/ready exists: {seen:?}"
+    );
+    let failed = &seen.last().unwrap().2;
+    assert!(
+        failed.contains("liveness probe failed 2 times")
+            && failed.contains("exec sh -c test ! -f /tmp/broken → exit status 1"),
+        "{seen:?}"
     );
     drop(stack);
 }

@@ -208,6 +208,38 @@ impl Tries {
     }
 }
 
+/// The checks of one instance: a command through the instance's runtime (exit status 0
+/// passes), the others through `network`.
+pub struct InstanceChecker<'a> {
+    pub network: &'a dyn Checker,
+    pub runtime: &'a dyn crate::runtime::Runtime,
+    pub workload: &'a crate::runtime::Workload,
+}
+
+#[async_trait]
+impl Checker for InstanceChecker<'_> {
+    async fn check(
+        &self,
+        check: &ProbeCheck,
+        host: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let ProbeCheck::Exec { command } = check else {
+            return self.network.check(check, host, timeout).await;
+        };
+        let what = format!("exec {}", command.join(" "));
+        match self.runtime.exec(self.workload, command, timeout).await {
+            Ok(Some(0)) => Ok(()),
+            Ok(Some(status)) => Err(format!("{what} → exit status {status}")),
+            Ok(None) => Err(format!(
+                "{what} → still running after {}s",
+                timeout.as_secs()
+            )),
+            Err(e) => Err(format!("{what} → {e}")),
+        }
+    }
+}
+
 /// Probes over the network: an HTTP/1.1 GET (2xx or 3xx passes) or a TCP connect.
 pub struct Network;
 
@@ -234,6 +266,12 @@ impl Checker for Network {
                 })
                 .await,
             ),
+            ProbeCheck::Exec { command } => {
+                return Err(format!(
+                    "exec {} → a command runs through the instance's runtime, not the network",
+                    command.join(" ")
+                ));
+            }
         };
         match r {
             Ok(Ok(())) => Ok(()),

@@ -684,6 +684,9 @@ fn probe_to_wire(p: &Probe) -> pb::Probe {
             ProbeCheck::Tcp { port } => Check::Tcp(pb::TcpProbe {
                 port: (*port).into(),
             }),
+            ProbeCheck::Exec { command } => Check::Exec(pb::ExecProbe {
+                command: command.clone(),
+            }),
         }),
         period_secs: p.period_secs,
         timeout_secs: p.timeout_secs,
@@ -703,6 +706,7 @@ fn probe_from_wire(p: pb::Probe, field: &str) -> Result<Probe> {
         Check::Tcp(t) => ProbeCheck::Tcp {
             port: port(t.port, format!("{field}.tcp.port"))?,
         },
+        Check::Exec(e) => ProbeCheck::Exec { command: e.command },
     };
     let probe = Probe {
         check,

@@ -73,7 +73,9 @@ fn spec() -> ServiceSpec {
         })),
         liveness_probe: Some(Probe {
             initial_delay_secs: 4,
-            ..Probe::new(ProbeCheck::Tcp { port: 8080 })
+            ..Probe::new(ProbeCheck::Exec {
+                command: vec!["sh".into(), "-c".into(), "test -f /tmp/ok".into()],
+            })
         }),
     }
 }

@@ -110,18 +110,21 @@ pub fn service_spec(app: &Application, ms: &Microservice) -> Result<ServiceSpec,
     })
 }
 
-/// A probe as the spec carries it, defaults filled in (`exec` is refused by validation).
+/// A probe as the spec carries it, defaults filled in.
 fn probe(p: &types::Probe) -> Result<Probe, String> {
     let port = |p: u32| u16::try_from(p).map_err(|_| format!("probe port {p} is not 1-65535"));
-    let check = match (&p.http, &p.tcp) {
-        (Some(h), None) => ProbeCheck::Http {
+    let check = match (&p.http, &p.tcp, &p.exec) {
+        (Some(h), None, None) => ProbeCheck::Http {
             path: h.path.clone(),
             port: port(h.port)?,
         },
-        (None, Some(t)) => ProbeCheck::Tcp {
+        (None, Some(t), None) => ProbeCheck::Tcp {
             port: port(t.port)?,
         },
-        _ => return Err("a probe needs exactly one of http or tcp".into()),
+        (None, None, Some(command)) => ProbeCheck::Exec {
+            command: command.clone(),
+        },
+        _ => return Err("a probe needs exactly one of http, tcp or exec".into()),
     };
     let mut out = Probe::new(check);
     out.period_secs = p.period_secs.unwrap_or(out.period_secs);

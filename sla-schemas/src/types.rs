@@ -142,7 +142,7 @@ pub struct Microservice {
 }
 
 /// `readiness_probe` / `liveness_probe`: one check — exactly one of `http`, `tcp` or `exec`
-/// (`exec` is refused for now) — tried every `period_secs`, each try bounded by
+/// (a command in the container; containers only) — tried every `period_secs`, each try bounded by
 /// `timeout_secs`; `failure_threshold` failures in a row fail the probe, `success_threshold`
 /// successes in a row pass it again; the first try comes `initial_delay_secs` after the
 /// start. Ports are the ones the process listens on in the instance. Not for `wasm` (no

@@ -484,11 +484,19 @@ fn check_probe(ms: &Microservice, field: &str, p: &Probe, push: &mut impl FnMut(
             "has more than one of http, tcp and exec; give exactly one".into(),
         ),
     }
-    if p.exec.is_some() {
-        push(
-            format!("{field}.exec"),
-            "exec probes are not supported yet; use http or tcp".into(),
-        );
+    if let Some(command) = &p.exec {
+        if command.first().is_none_or(|c| c.is_empty()) {
+            push(
+                format!("{field}.exec"),
+                "must name a command to run, e.g. [\"sh\", \"-c\", \"test -f /tmp/ready\"]".into(),
+            );
+        }
+        if ms.virtualization != Virtualization::Container {
+            push(
+                format!("{field}.exec"),
+                "runs a command inside a container; a unikernel or wasm instance has none: use http or tcp".into(),
+            );
+        }
     }
     if let Some(h) = &p.http
         && !valid_path(&h.path)

@@ -366,11 +366,16 @@ fn probes_are_checked_with_their_paths() {
             "at least 1",
         ),
         (
-            r#","liveness_probe":{"exec":["sh","-c","true"]}"#,
+            r#","liveness_probe":{"exec":[]}"#,
             "liveness_probe.exec",
-            "not supported yet",
+            "must name a command",
         ),
     ];
+    // An exec probe of a container is fine.
+    parse(&sla_with_service(
+        r#","liveness_probe":{"exec":["sh","-c","true"]}"#,
+    ))
+    .unwrap();
     for (extra, path, message) in cases {
         let e = parse(&sla_with_service(extra)).unwrap_err();
         let p = e.problems();

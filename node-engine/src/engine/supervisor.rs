@@ -224,10 +224,15 @@ impl Engine {
             let exit = {
                 let wait = wait_for_exit(&*rt, &w.id);
                 tokio::pin!(wait);
-                let checker = self.checker.clone();
+                let network = self.checker.clone();
+                let checker = probes::InstanceChecker {
+                    network: &*network,
+                    runtime: &*rt,
+                    workload: &w,
+                };
                 let probing = async {
                     match host {
-                        Some(host) => probes::watch(&probes, host, &*checker, ready_tx).await,
+                        Some(host) => probes::watch(&probes, host, &checker, ready_tx).await,
                         None => std::future::pending().await,
                     }
                 };

@@ -145,6 +145,21 @@ pub trait Runtime: Send + Sync + 'static {
 
     async fn stats(&self, id: &str) -> Result<Stats>;
 
+    /// Runs `command` inside the running workload `w` (an exec probe), at most `timeout`:
+    /// `Ok(Some(status))` is its exit status, `Ok(None)` that it did not end in time.
+    async fn exec(
+        &self,
+        w: &Workload,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<Option<u32>> {
+        let _ = (w, command, timeout);
+        Err(RuntimeError::bad(
+            "exec",
+            format!("a {} instance cannot run a command inside it", self.kind()),
+        ))
+    }
+
     /// After an engine restart: re-attaches to the workload if it still runs. Returns its
     /// state; `Missing` or `Exited` means the engine decides what to do next.
     async fn recover(&self, w: &Workload) -> Result<RunState>;

@@ -13,12 +13,13 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateImageRequest, CreateNamespaceRequest,
     CreateRequest as CreateLeaseRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest, GetImageRequest,
-    GetRequest as GetTaskRequest, Image, InfoRequest, KillRequest, ListContainersRequest,
-    Namespace, ReadContentRequest, StartRequest, UpdateImageRequest, WaitRequest, WriteAction,
-    WriteContentRequest, containers_client::ContainersClient, content_client::ContentClient,
-    diff_client::DiffClient, images_client::ImagesClient, leases_client::LeasesClient,
-    namespaces_client::NamespacesClient, tasks_client::TasksClient,
+    DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
+    ExecProcessRequest, GetContainerRequest, GetImageRequest, GetRequest as GetTaskRequest, Image,
+    InfoRequest, KillRequest, ListContainersRequest, Namespace, ReadContentRequest, StartRequest,
+    UpdateImageRequest, WaitRequest, WriteAction, WriteContentRequest,
+    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    images_client::ImagesClient, leases_client::LeasesClient, namespaces_client::NamespacesClient,
+    tasks_client::TasksClient,
 };
 use containerd_client::types::v1::Process;
 use containerd_client::types::{Descriptor, Mount};
@@ -30,6 +31,8 @@ use tonic::{Code, Request, Status};
 
 /// The OCI runtime spec's type URL, as containerd registers it.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The OCI runtime spec's process, as an exec carries it.
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 pub const RUNC_V2: &str = "io.containerd.runc.v2";
 pub const SNAPSHOTTER: &str = "overlayfs";
 /// Bytes per Content.Write message.
@@ -599,6 +602,90 @@ impl Containerd {
             ))
             .await;
         not_found(r, "task kill").map(|_| ())
+    }
+
+    /// Runs `process` (an OCI process spec, JSON) as `exec_id` in the running task `id`, with
+    /// no input or output, and waits at most `timeout` for it: `Ok(Some(status))` is its exit
+    /// status, `Ok(None)` that it was still running (it is killed). The process is deleted
+    /// either way.
+    pub async fn task_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Option<u32>> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .exec(self.req(
+                ExecProcessRequest {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                    spec: Some(prost_types::Any {
+                        type_url: PROCESS_TYPE_URL.into(),
+                        value: process,
+                    }),
+                    ..Default::default()
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| grpc("task exec", s))?;
+        let ids = || (id.to_owned(), exec_id.to_owned());
+        let ran = async {
+            let (container_id, exec_id) = ids();
+            tasks
+                .start(self.req(
+                    StartRequest {
+                        container_id,
+                        exec_id,
+                    },
+                    None,
+                ))
+                .await
+                .map_err(|s| grpc("exec start", s))?;
+            let (container_id, exec_id) = ids();
+            TasksClient::new(self.channel.clone())
+                .wait(self.req(
+                    WaitRequest {
+                        container_id,
+                        exec_id,
+                    },
+                    None,
+                ))
+                .await
+                .map(|r| r.into_inner().exit_status)
+                .map_err(|s| grpc("exec wait", s))
+        };
+        let status = match tokio::time::timeout(timeout, ran).await {
+            Ok(r) => Some(r?),
+            Err(_) => {
+                let (container_id, exec_id) = ids();
+                let _ = TasksClient::new(self.channel.clone())
+                    .kill(self.req(
+                        KillRequest {
+                            container_id,
+                            exec_id,
+                            signal: 9,
+                            all: false,
+                        },
+                        None,
+                    ))
+                    .await;
+                None
+            }
+        };
+        let (container_id, exec_id) = ids();
+        let _ = TasksClient::new(self.channel.clone())
+            .delete_process(self.req(
+                DeleteProcessRequest {
+                    container_id,
+                    exec_id,
+                },
+                None,
+            ))
+            .await;
+        Ok(status)
     }
 
     /// Deletes the task (it must have exited).

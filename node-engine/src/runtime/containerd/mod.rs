@@ -12,7 +12,7 @@ pub mod oci;
 pub mod registry;
 pub mod spec;
 
-use super::{Exit, Result, RunState, Runtime, Stats, Workload, open_log};
+use super::{Exit, Result, RunState, Runtime, RuntimeError, Stats, Workload, open_log};
 use async_trait::async_trait;
 use canopy_core::Virtualization;
 use client::Containerd;
@@ -228,6 +228,33 @@ impl Runtime for ContainerdRuntime {
             memory_bytes,
             disk_bytes,
         })
+    }
+
+    async fn exec(
+        &self,
+        w: &Workload,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<Option<u32>> {
+        // The container's own process (user, environment, directory, capabilities) with
+        // these arguments.
+        let container = self
+            .ctrd
+            .container_get(&w.id)
+            .await?
+            .ok_or_else(|| RuntimeError::Backend(format!("no container {}", w.id)))?;
+        let spec = container.spec.map(|a| a.value).unwrap_or_default();
+        let mut spec: serde_json::Value = serde_json::from_slice(&spec)
+            .map_err(|e| RuntimeError::Backend(format!("the container's spec: {e}")))?;
+        let mut process = spec["process"].take();
+        process["args"] = serde_json::json!(command);
+        process["terminal"] = serde_json::json!(false);
+        let process =
+            serde_json::to_vec(&process).map_err(|e| RuntimeError::Backend(e.to_string()))?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exec_id = format!("probe-{}-{n}", std::process::id());
+        self.ctrd.task_exec(&w.id, &exec_id, process, timeout).await
     }
 
     async fn recover(&self, w: &Workload) -> Result<RunState> {
