@@ -5,7 +5,8 @@
 //! - [`server`]: start-up and serving;
 //! - [`api`]: node registration, status, health, `/metrics` (HTTP);
 //! - [`install`]: the worker installer (`/install.sh`, node engine binaries, checksums);
-//! - [`broker`]: the embedded rumqttd broker or an external Mosquitto (worker credentials);
+//! - [`broker`]: the embedded broker (mqtt5, per-worker topic rules) or an external Mosquitto
+//!   (worker credentials);
 //! - [`mqtt`]: the cluster's MQTT client: decoding, dispatch, MQTT metrics;
 //! - [`control`]: workers, services, instances, placement, failure handling, reports (one
 //!   file per concept, listed in its module docs);

@@ -29,7 +29,13 @@ pub fn client(endpoint: &Endpoint, client_id: &str) -> (AsyncClient, EventLoop) 
         .set_clean_session(true)
         .set_credentials(endpoint.username.clone(), endpoint.password.clone())
         .set_max_packet_size(1 << 20, 1 << 20);
-    AsyncClient::new(opts, 1024)
+    let (client, mut events) = AsyncClient::new(opts, 1024);
+    // Deploys go out at once (Nagle's algorithm would hold one behind an unacknowledged one).
+    // It was off for a while over lost dynsec answers: see docs/benchmarks.md.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    (client, events)
 }
 
 /// Runs the event loop until `shutdown`: dispatches incoming messages, reconnects with back-off.

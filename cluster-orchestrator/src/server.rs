@@ -42,6 +42,7 @@ pub struct Server {
     mqtt_events: EventLoop,
     outgoing: mpsc::UnboundedReceiver<Publish>,
     dynsec: Option<DynsecWaiters>,
+    embedded: Option<Arc<EmbeddedBroker>>,
     mqtt_port: u16,
 }
 
@@ -74,17 +75,12 @@ impl Server {
             None => {
                 let password = secrets::random_token(16);
                 let user = "canopy-cluster";
-                let broker =
-                    EmbeddedBroker::start(config.mqtt_addr, user, &password).map_err(|source| {
-                        ServeError::Io {
-                            what: "--mqtt-addr",
-                            source,
-                        }
-                    })?;
-                wait_listening(config.mqtt_addr).await?;
+                let broker = EmbeddedBroker::start(config.mqtt_addr, user, &password)
+                    .await
+                    .map_err(|e| ServeError::Broker(format!("--mqtt-addr: {e}")))?;
                 let endpoint = Endpoint {
-                    host: local_host(config.mqtt_addr),
-                    port: config.mqtt_addr.port(),
+                    host: local_host(broker.local_addr()),
+                    port: broker.local_addr().port(),
                     username: user.into(),
                     password,
                 };
@@ -111,6 +107,7 @@ impl Server {
                     mqtt_events: events,
                     outgoing,
                     dynsec: Some(waiters),
+                    embedded: None,
                     mqtt_port: endpoint.port,
                 });
             }
@@ -128,6 +125,7 @@ impl Server {
             mqtt_events: events,
             outgoing,
             dynsec,
+            embedded,
             mqtt_port: endpoint.port,
         })
     }
@@ -199,6 +197,9 @@ impl Server {
             .with_graceful_shutdown(stopped())
             .await;
         let _ = tokio::join!(mqtt_task, ticker, uplink_task, overlay);
+        if let Some(broker) = &self.embedded {
+            broker.stop().await;
+        }
         served.map_err(|source| ServeError::Io {
             what: "--api-addr",
             source,
@@ -213,18 +214,4 @@ fn local_host(addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     }
-}
-
-/// Waits until the embedded broker accepts connections (it binds on its own thread).
-async fn wait_listening(addr: SocketAddr) -> Result<(), ServeError> {
-    let target = format!("{}:{}", local_host(addr), addr.port());
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&target).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(ServeError::Broker(format!(
-        "the embedded broker does not listen on {target} (port in use?)"
-    )))
 }

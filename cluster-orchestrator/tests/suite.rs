@@ -29,17 +29,7 @@ async fn site_with(
     tweak: impl FnOnce(&mut root_orchestrator::config::Config),
 ) -> Site {
     let root = TestRoot::start_with(tweak).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = TestCluster::config(root.grpc, &root.cluster_token, dir.path());
-    let mosquitto = match kind {
-        BrokerKind::Embedded => None,
-        BrokerKind::Mosquitto => {
-            let m = Mosquitto::start().await;
-            config.mqtt_url = Some(m.url.clone());
-            Some(m)
-        }
-    };
-    let cluster = TestCluster::start(config).await;
+    let (cluster, mosquitto, dir) = common::cluster_on(kind, &root).await;
     cluster.wait_root(true).await;
     let admin = root.admin().await;
     Site {

@@ -82,6 +82,8 @@ async fn stopped_instances_stay_stopped_across_failover_and_restarts_until_start
 
     // The worker running instance 1 dies: instance 1 moves, instance 0 stays stopped.
     let (victim, _) = task_of(&stack, 1).expect("instance 1 runs");
+    // Read before the kill: the move can be done before the next look.
+    let victim_node = instance(&stack.instances(&id).await, 1)["worker_id"].clone();
     let engine = stack.component(&format!("worker{victim}"))["pid"]
         .as_u64()
         .unwrap() as u32;
@@ -89,7 +91,6 @@ async fn stopped_instances_stay_stopped_across_failover_and_restarts_until_start
     for (_, pid) in ctr::tasks(&stack.namespace(victim)) {
         signal(pid, Signal::SIGKILL);
     }
-    let victim_node = instance(&stack.instances(&id).await, 1)["worker_id"].clone();
     stack
         .wait_instances(
             &id,

@@ -117,6 +117,25 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A cluster joined to `root` on the broker `kind`, with the Mosquitto it uses (if any) and its
+/// data directory; both must outlive it.
+pub async fn cluster_on(
+    kind: &BrokerKind,
+    root: &root::TestRoot,
+) -> (TestCluster, Option<Mosquitto>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestCluster::config(root.grpc, &root.cluster_token, dir.path());
+    let mosquitto = match kind {
+        BrokerKind::Embedded => None,
+        BrokerKind::Mosquitto => {
+            let m = Mosquitto::start().await;
+            config.mqtt_url = Some(m.url.clone());
+            Some(m)
+        }
+    };
+    (TestCluster::start(config).await, mosquitto, dir)
+}
+
 /// A cluster orchestrator in process, stopped on drop.
 pub struct TestCluster {
     pub api: String,

@@ -1,119 +1,15 @@
-//! The MQTT broker the cluster and its workers meet on, behind [`NodeAuth`]:
-//!
-//! - [`EmbeddedBroker`]: rumqttd inside the cluster process (default, `--mqtt-addr`). It has
-//!   no shutdown API, so it runs on its own thread for the life of the process. Clients
-//!   authenticate against the cluster's credential table (SHA-256 of each password);
-//!   anonymous clients are refused.
-//! - [`DynsecAuth`]: an external Mosquitto (`--mqtt-url mqtt://USER:PASS@HOST:PORT`) with its
-//!   dynamic-security plugin. The cluster's user must be a dynsec admin; each worker gets a
-//!   client and a role that may publish and subscribe only under `nodes/<id>/`.
+//! Worker credentials in an external Mosquitto through its dynamic-security plugin.
 
 use crate::control::NodeAuth;
-use crate::model::sha256_hex;
 use async_trait::async_trait;
 use canopy_core::NodeId;
 use canopy_proto::worker::topics;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-
-/// User name → SHA-256 of the password.
-pub type CredentialTable = Arc<RwLock<HashMap<String, String>>>;
-
-/// rumqttd in this process.
-pub struct EmbeddedBroker {
-    credentials: CredentialTable,
-}
-
-impl EmbeddedBroker {
-    /// Starts the broker on `listen` on its own thread; `cluster_user`/`cluster_password` are the
-    /// cluster's own credentials.
-    pub fn start(
-        listen: SocketAddr,
-        cluster_user: &str,
-        cluster_password: &str,
-    ) -> std::io::Result<Arc<EmbeddedBroker>> {
-        let credentials: CredentialTable = Arc::default();
-        credentials
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(cluster_user.to_owned(), sha256_hex(cluster_password));
-        let table = credentials.clone();
-        let mut connections = rumqttd::ConnectionSettings {
-            connection_timeout_ms: 5_000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 500,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        };
-        connections.set_auth_handler(move |_client: String, user: String, pass: String| {
-            let ok = table
-                .read()
-                .map(|t| {
-                    t.get(&user).is_some_and(|h| {
-                        canopy_store::secrets::constant_time_eq(h, &sha256_hex(&pass))
-                    })
-                })
-                .unwrap_or(false);
-            async move { ok }
-        });
-        let server = rumqttd::ServerSettings {
-            name: "canopy-v4".into(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections,
-        };
-        let config = rumqttd::Config {
-            id: 0,
-            router: rumqttd::RouterConfig {
-                max_connections: 20_000,
-                max_outgoing_packet_count: 1_000,
-                max_segment_size: 100 << 20,
-                max_segment_count: 10,
-                ..Default::default()
-            },
-            v4: Some(HashMap::from([("1".to_owned(), server)])),
-            ..Default::default()
-        };
-        let mut broker = rumqttd::Broker::new(config);
-        std::thread::Builder::new()
-            .name("mqtt-broker".into())
-            .spawn(move || {
-                if let Err(e) = broker.start() {
-                    tracing::error!(error = %e, "embedded MQTT broker stopped");
-                }
-            })?;
-        Ok(Arc::new(EmbeddedBroker { credentials }))
-    }
-
-    /// Admits the stored workers again after a restart.
-    pub fn restore(&self, workers: &[(NodeId, String)]) {
-        let mut t = self
-            .credentials
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (id, hash) in workers {
-            t.insert(id.to_string(), hash.clone());
-        }
-    }
-}
-
-#[async_trait]
-impl NodeAuth for EmbeddedBroker {
-    async fn allow(&self, node: &NodeId, password: &str) -> Result<(), String> {
-        self.credentials
-            .write()
-            .map_err(|_| "credential table poisoned".to_owned())?
-            .insert(node.to_string(), sha256_hex(password));
-        Ok(())
-    }
-}
 
 /// The dynamic-security control topic of Mosquitto and its response topic.
 pub const DYNSEC_TOPIC: &str = "$CONTROL/dynamic-security/v1";
