@@ -210,14 +210,21 @@ async fn a_worker_stays_under_its_own_topics(kind: BrokerKind) {
     );
 
     // B watches its own topics (which it may); A tries to watch them and everything.
-    let mut b_spy = Probe::connect(port, &b_user, &b_pw, "b-spy", None)
+    let mut b_spy = Probe::connect(port, &b_user, &b_pw, &format!("{}-spy", b.id), None)
         .await
         .unwrap();
     assert!(matches!(
         b_spy.subscribe(&format!("nodes/{}/#", b.id)).await,
         SubscribeReasonCode::Success(_)
     ));
-    let mut a_spy = Probe::connect(port, &a_user, &a_pw, "a-spy", None)
+    // Only under its own client id: another worker's would take over that worker's session.
+    // The embedded broker refuses it; Mosquitto's dynsec does not bind client ids (there the
+    // attempt would end B's session, so it is not tried).
+    if embedded {
+        let takeover = Probe::connect(port, &a_user, &a_pw, &format!("{}-ne", b.id), None).await;
+        assert!(takeover.is_err(), "A connected under B's client id");
+    }
+    let mut a_spy = Probe::connect(port, &a_user, &a_pw, &format!("{}-spy", a.id), None)
         .await
         .unwrap();
     assert_eq!(
@@ -295,7 +302,7 @@ async fn a_worker_stays_under_its_own_topics(kind: BrokerKind) {
         port,
         &a_user,
         &a_pw,
-        "a-will-on-b",
+        &format!("{}-will-on-b", a.id),
         Some(format!("nodes/{}/will", b.id)),
     )
     .await
@@ -312,7 +319,7 @@ async fn a_worker_stays_under_its_own_topics(kind: BrokerKind) {
         port,
         &a_user,
         &a_pw,
-        "a-will-on-a",
+        &format!("{}-will-on-a", a.id),
         Some(format!("nodes/{}/will", a.id)),
     )
     .await

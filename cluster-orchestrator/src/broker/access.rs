@@ -40,6 +40,14 @@ pub fn permits(who: &Principal<'_>, topic: &str) -> bool {
     }
 }
 
+/// Whether worker `id` may connect as `client_id`: its id, or its id and `-` and more (the
+/// node engine connects as `<id>-ne`), so no worker can take over another's session.
+pub fn own_client_id(id: &str, client_id: &str) -> bool {
+    client_id
+        .strip_prefix(id)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
 /// The credential table and the topic rules, as the broker's authentication provider.
 pub struct Access {
     cluster_user: String,
@@ -96,6 +104,13 @@ impl Access {
         if !self.check_password(user, password) {
             return AuthResult::fail(ReasonCode::BadUsernameOrPassword);
         }
+        if let Some(Principal::Node(id)) = self.principal(Some(user))
+            && !own_client_id(id, &connect.client_id)
+        {
+            // Another worker's client id would take over (and end) that worker's session.
+            tracing::warn!(user, client_id = %connect.client_id, "MQTT connection refused: a client id that is not the worker's own");
+            return AuthResult::fail(ReasonCode::ClientIdentifierNotValid);
+        }
         if let (Some(will), Some(who)) = (&connect.will, self.principal(Some(user)))
             && !permits(&who, &will.topic)
         {
@@ -148,6 +163,15 @@ impl AuthProvider for Access {
 mod tests {
     use super::*;
     use mqtt5::{Properties, QoS, WillMessage};
+
+    #[test]
+    fn a_node_connects_only_under_its_own_client_id() {
+        assert!(own_client_id("aa01", "aa01-ne"));
+        assert!(own_client_id("aa01", "aa01"));
+        assert!(!own_client_id("aa01", "bb02-ne"));
+        assert!(!own_client_id("aa01", "aa012-ne"));
+        assert!(!own_client_id("aa01", "x-aa01"));
+    }
 
     #[test]
     fn a_node_stays_under_its_own_prefix() {
