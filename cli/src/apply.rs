@@ -12,7 +12,7 @@
 //! `canopy rollout status SERVICE` follows a service's rolling update until it ends.
 
 use crate::client::Client;
-use crate::commands::{ApplyArgs, resolve_service};
+use crate::commands::{ApplyArgs, resolve_service, str_of};
 use anyhow::{Context, Result, anyhow, bail};
 use canopy_api::{ApplicationView, RolloutView, ScaleUpView, ServiceView};
 use serde_json::{Map, Value, json};
@@ -419,13 +419,6 @@ pub async fn apply(client: &mut Client, args: ApplyArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn str_of(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Requests `n` instances of `svc`, each followed by `--wait`.

@@ -596,7 +596,7 @@ fn instance(svc: &ServiceView, number: u32) -> Option<&InstanceView> {
 }
 
 /// A field as text; `a.b` looks into objects.
-fn str_of(v: &Value, path: &str) -> String {
+pub fn str_of(v: &Value, path: &str) -> String {
     let mut cur = v;
     for key in path.split('.') {
         match cur.get(key) {

@@ -184,9 +184,4 @@ impl Cluster {
             let _ = up.send(chunk);
         }
     }
-
-    /// Streams open through this cluster now.
-    pub fn open_logs(&self) -> usize {
-        self.relay().streams.len()
-    }
 }

@@ -276,7 +276,7 @@ pub async fn rollout_status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    let svc = s.root.rollout(&caller, &id).await?;
+    let svc = s.root.service(&caller, &id).await?;
     Ok(Json(rollout_view(&svc, false)))
 }
 

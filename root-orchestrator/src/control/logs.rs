@@ -202,11 +202,6 @@ impl Root {
             }
         }
     }
-
-    /// Streams open now.
-    pub fn open_logs(&self) -> usize {
-        self.log_streams().open.len()
-    }
 }
 
 impl LogStream {

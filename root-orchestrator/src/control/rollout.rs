@@ -12,7 +12,7 @@
 use super::apps::{owned_service, stage_new_instance, stage_removal};
 use super::state::{Change, InstanceKey, State, event};
 use super::{Caller, Error, Now, Result, Root};
-use crate::model::{Instance, Rollout, RolloutState, Service};
+use crate::model::{Instance, Rollout, RolloutState};
 use canopy_core::{InstanceNumber, InstanceStatus, ServiceId};
 
 /// What a rollout does next.
@@ -325,13 +325,6 @@ impl Root {
         }
         doc.rollout = Some(rollout);
         change.put_service(id.clone(), doc)
-    }
-
-    /// The service `id` with its latest rollout, if `caller` may see it.
-    pub async fn rollout(&self, caller: &Caller, id: &str) -> Result<Service> {
-        let st = self.state.lock().await;
-        let (_, s) = owned_service(&st, caller, id)?;
-        Ok(s.clone())
     }
 }
 
