@@ -2,6 +2,11 @@
 //! message and hands the control plane domain values, and publishes the control plane's
 //! deploy/delete messages. A malformed payload is logged and dropped; it never stops the
 //! loop. MQTT message metrics (both directions) are counted here.
+//!
+//! Incoming messages go through a queue to one task that takes whatever has arrived
+//! ([`dispatch_all`]): consecutive job statuses, from any workers, become one change of the
+//! control plane (one store commit) instead of one each, so a burst of statuses costs one
+//! commit. Order is kept: any other message first flushes the statuses before it.
 
 use crate::broker::{DYNSEC_RESPONSE_TOPIC, DynsecWaiters, dynsec_response};
 use crate::control::{Cluster, Publish, UsageReport};
@@ -48,6 +53,8 @@ pub async fn run(
     subscribed: tokio::sync::watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let (ingress, queued) = mpsc::channel(INGRESS_QUEUE);
+    let ingress_task = tokio::spawn(run_ingress(cluster.clone(), queued));
     let publisher = client.clone();
     let counter = cluster.clone();
     let publish_task = tokio::spawn(async move {
@@ -97,7 +104,9 @@ pub async fn run(
                     }
                     continue;
                 }
-                dispatch(&cluster, &p.topic, &p.payload).await;
+                if ingress.send((p.topic, p.payload)).await.is_err() {
+                    break;
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -112,7 +121,67 @@ pub async fn run(
         }
     }
     publish_task.abort();
+    drop(ingress);
+    let _ = ingress_task.await;
     let _ = client.disconnect().await;
+}
+
+/// Messages received and not yet handed to the control plane, at most.
+const INGRESS_QUEUE: usize = 4096;
+/// Messages taken from the queue at once, at most.
+const INGRESS_BATCH: usize = 512;
+
+async fn run_ingress(cluster: Arc<Cluster>, mut queued: mpsc::Receiver<(String, bytes::Bytes)>) {
+    let mut batch = Vec::with_capacity(INGRESS_BATCH);
+    while queued.recv_many(&mut batch, INGRESS_BATCH).await > 0 {
+        dispatch_all(&cluster, batch.drain(..)).await;
+    }
+}
+
+/// Messages from workers in the order they arrived: runs of job statuses are handed to the
+/// control plane together ([`Cluster::on_job_statuses`]), every other message alone
+/// ([`dispatch`]).
+pub async fn dispatch_all<P: AsRef<[u8]>>(
+    cluster: &Cluster,
+    messages: impl IntoIterator<Item = (String, P)>,
+) {
+    let mut statuses = Vec::new();
+    for (topic, payload) in messages {
+        if let Some(Incoming::Job(node)) = topics::parse(&topic) {
+            if let Some(event) = job_status(cluster, &node, payload.as_ref()) {
+                statuses.push((node, event));
+            }
+            continue;
+        }
+        if !statuses.is_empty() {
+            cluster.on_job_statuses(std::mem::take(&mut statuses)).await;
+        }
+        dispatch(cluster, &topic, payload.as_ref()).await;
+    }
+    if !statuses.is_empty() {
+        cluster.on_job_statuses(statuses).await;
+    }
+}
+
+/// A job status decoded and checked (counted), or `None` (logged and dropped).
+fn job_status(
+    cluster: &Cluster,
+    node: &canopy_core::NodeId,
+    payload: &[u8],
+) -> Option<canopy_proto::worker::JobStatusEvent> {
+    let parsed = serde_json::from_slice::<JobStatus>(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|js| {
+            cluster.metrics.mqtt_message("in", "job");
+            js.parse().map_err(|e| e.to_string())
+        });
+    match parsed {
+        Ok(event) => Some(event),
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "bad job status dropped");
+            None
+        }
+    }
 }
 
 /// One message from a worker, decoded, checked and handed to the control plane.
@@ -133,16 +202,11 @@ pub async fn dispatch(cluster: &Cluster, topic: &str, payload: &[u8]) {
             },
             Err(e) => tracing::warn!(%node, error = %e, "bad node information dropped"),
         },
-        Incoming::Job(node) => match serde_json::from_slice::<JobStatus>(payload) {
-            Ok(js) => {
-                count("job");
-                match js.parse() {
-                    Ok(event) => cluster.on_job_status(&node, event).await,
-                    Err(e) => tracing::warn!(%node, error = %e, "bad job status dropped"),
-                }
+        Incoming::Job(node) => {
+            if let Some(event) = job_status(cluster, &node, payload) {
+                cluster.on_job_status(&node, event).await;
             }
-            Err(e) => tracing::warn!(%node, error = %e, "bad job status dropped"),
-        },
+        }
         Incoming::Resources(node) => match serde_json::from_slice::<ResourcesReport>(payload) {
             Ok(r) => {
                 count("resources");

@@ -196,15 +196,13 @@ impl Uplink {
         let mut log_chunks = cluster.attach_log_uplink();
         loop {
             // Everything queued and not sent yet goes first.
-            for r in cluster.pending_reports().await {
-                if r.seq > last_sent {
-                    last_sent = r.seq;
-                    tx.send(send(cluster_message::Body::Instance(
-                        pb::InstanceReport::from(&r),
-                    )))
-                    .await
-                    .map_err(|_| closed())?;
-                }
+            for r in cluster.pending_reports_after(last_sent).await {
+                last_sent = r.seq;
+                tx.send(send(cluster_message::Body::Instance(
+                    pb::InstanceReport::from(&r),
+                )))
+                .await
+                .map_err(|_| closed())?;
             }
             tokio::select! {
                 _ = cluster.reports_ready().notified() => {}
@@ -219,46 +217,77 @@ impl Uplink {
                         .await
                         .map_err(|_| closed())?;
                 }
-                msg = inbound.message() => {
-                    let Some(msg) = msg? else { return Ok(()) };
-                    match msg.body {
-                        Some(root_message::Body::Command(c)) => {
-                            let ack = match Command::try_from(c) {
-                                Ok(cmd) => {
-                                    let result = cluster.apply_command(&cmd).await.map_err(|e| e.to_string());
-                                    CommandAck { id: cmd.id, result }
+                burst = canopy_proto::burst::next_burst(&mut inbound) => {
+                    let Some(burst) = burst? else { return Ok(()) };
+                    let mut messages = burst.messages.into_iter().peekable();
+                    while let Some(msg) = messages.next() {
+                        match msg.body {
+                            Some(root_message::Body::Command(c)) => {
+                                // This command and the ones right behind it: one change.
+                                let mut wire = vec![c];
+                                while let Some(m) = messages.next_if(|m| {
+                                    matches!(m.body, Some(root_message::Body::Command(_)))
+                                }) {
+                                    wire.extend(match m.body {
+                                        Some(root_message::Body::Command(c)) => Some(c),
+                                        _ => None,
+                                    });
                                 }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "invalid command from the root");
-                                    continue;
-                                }
-                            };
-                            tx.send(send(cluster_message::Body::Ack(pb::CommandAck::from(&ack))))
-                                .await
-                                .map_err(|_| closed())?;
-                        }
-                        Some(root_message::Body::StatusAck(a)) => cluster.reports_acked(a.seq).await,
-                        Some(root_message::Body::Overlay(v)) => match GlobalView::try_from(v) {
-                            Ok(v) => cluster.set_global_overlay(v).await,
-                            Err(e) => tracing::warn!(error = %e, "invalid overlay view from the root ignored"),
-                        },
-                        Some(root_message::Body::LogOpen(o)) => {
-                            let stream = o.stream;
-                            match LogOpen::try_from(o) {
-                                Ok(o) => cluster.open_log(o).await,
-                                Err(e) => {
-                                    let refused = LogChunk::failed(stream, 0, format!("invalid log request: {e}"));
-                                    tx.send(send(cluster_message::Body::LogChunk(pb::LogChunk::from(&refused))))
+                                let cmds: Vec<Command> = wire
+                                    .into_iter()
+                                    .filter_map(|c| {
+                                        Command::try_from(c)
+                                            .map_err(|e| tracing::warn!(error = %e, "invalid command from the root"))
+                                            .ok()
+                                    })
+                                    .collect();
+                                let result = cluster.apply_commands(&cmds).await.map_err(|e| e.to_string());
+                                for cmd in cmds {
+                                    let ack = CommandAck { id: cmd.id, result: result.clone() };
+                                    tx.send(send(cluster_message::Body::Ack(pb::CommandAck::from(&ack))))
                                         .await
                                         .map_err(|_| closed())?;
                                 }
                             }
+                            Some(root_message::Body::StatusAck(a)) => {
+                                // Acknowledgements are cumulative: the last one says it all.
+                                let mut seq = a.seq;
+                                while let Some(m) = messages.next_if(|m| {
+                                    matches!(m.body, Some(root_message::Body::StatusAck(_)))
+                                }) {
+                                    if let Some(root_message::Body::StatusAck(a)) = m.body {
+                                        seq = seq.max(a.seq);
+                                    }
+                                }
+                                cluster.reports_acked(seq).await;
+                            }
+                            Some(root_message::Body::Overlay(v)) => match GlobalView::try_from(v) {
+                                Ok(v) => cluster.set_global_overlay(v).await,
+                                Err(e) => tracing::warn!(error = %e, "invalid overlay view from the root ignored"),
+                            },
+                            Some(root_message::Body::LogOpen(o)) => {
+                                let stream = o.stream;
+                                match LogOpen::try_from(o) {
+                                    Ok(o) => cluster.open_log(o).await,
+                                    Err(e) => {
+                                        let refused = LogChunk::failed(stream, 0, format!("invalid log request: {e}"));
+                                        tx.send(send(cluster_message::Body::LogChunk(pb::LogChunk::from(&refused))))
+                                            .await
+                                            .map_err(|_| closed())?;
+                                    }
+                                }
+                            }
+                            Some(root_message::Body::LogCredit(c)) => cluster.log_credit(c.into()),
+                            Some(root_message::Body::LogClose(c)) => cluster.log_close(c.into()),
+                            Some(root_message::Body::Welcome(_)) | None => {
+                                tracing::warn!("unexpected message from the root ignored");
+                            }
                         }
-                        Some(root_message::Body::LogCredit(c)) => cluster.log_credit(c.into()),
-                        Some(root_message::Body::LogClose(c)) => cluster.log_close(c.into()),
-                        Some(root_message::Body::Welcome(_)) | None => {
-                            tracing::warn!("unexpected message from the root ignored");
-                        }
+                    }
+                    match burst.end {
+                        None => {}
+                        Some(Ok(())) => return Ok(()),
+                        Some(Err(e)) => return Err(e.into()),
                     }
                 }
             }

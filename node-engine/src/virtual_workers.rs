@@ -2,7 +2,8 @@
 //! (its own records, registration, MQTT session, statuses and reports) over the simulated
 //! runtime, so a cluster's placement and protocol handling can be measured at a scale no test
 //! machine could run containers for. The local API serves `/health` once every virtual worker
-//! is subscribed.
+//! is subscribed. Virtual workers are never on the overlay (they run nothing, so they ask no
+//! net manager for a subnet), whatever `--no-overlay` says.
 
 use crate::config::Config;
 use crate::runtime::Runtime;
@@ -28,6 +29,7 @@ pub async fn run(
         let mut c = config.clone();
         c.name = Some(format!("{base}-v{i}"));
         c.data_dir = config.data_dir.join(format!("v{i}"));
+        c.no_overlay = true;
         let runtimes: Vec<Arc<dyn Runtime>> = vec![
             Arc::new(SimulatedRuntime::new(Virtualization::Container)),
             Arc::new(SimulatedRuntime::new(Virtualization::Wasm)),

@@ -6,8 +6,10 @@
 //!   types. No other crate converts by hand: a wire message is turned into a domain value
 //!   exactly once, at the edge, and rejected with the field named if it is invalid;
 //! - [`worker`]: the cluster ⇄ worker registration body, MQTT topics and JSON payloads
-//!   (Oakestra's keys), with their checks and conversions.
+//!   (Oakestra's keys), with their checks and conversions;
+//! - [`burst`]: reading a session stream a burst of waiting messages at a time.
 
+pub mod burst;
 pub mod convert;
 pub mod worker;
 

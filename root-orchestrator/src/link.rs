@@ -154,25 +154,32 @@ impl ClusterLink for LinkService {
                         };
                         if out_tx.send(Ok(m)).await.is_err() { break; }
                     }
-                    msg = inbound.message() => {
-                        let msg = match msg {
-                            Ok(Some(m)) => m,
+                    burst = canopy_proto::burst::next_burst(&mut inbound) => {
+                        let burst = match burst {
+                            Ok(Some(b)) => b,
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::info!(cluster = %cluster, error = %e, "cluster session ended");
                                 break;
                             }
                         };
-                        match handle(&root, &cluster, msg).await {
-                            Ok(Some(reply)) => {
-                                if out_tx.send(Ok(reply)).await.is_err() { break; }
-                            }
-                            Ok(None) => {}
-                            Err(status) => {
-                                tracing::warn!(cluster = %cluster, error = %status, "cluster session failed");
-                                let _ = out_tx.send(Err(status)).await;
+                        let (replies, failed) = handle_burst(&root, &cluster, burst.messages).await;
+                        let mut open = true;
+                        for reply in replies {
+                            if out_tx.send(Ok(reply)).await.is_err() { open = false; break; }
+                        }
+                        if let Some(status) = failed {
+                            tracing::warn!(cluster = %cluster, error = %status, "cluster session failed");
+                            let _ = out_tx.send(Err(status)).await;
+                            break;
+                        }
+                        match burst.end {
+                            None if open => {}
+                            Some(Err(e)) => {
+                                tracing::info!(cluster = %cluster, error = %e, "cluster session ended");
                                 break;
                             }
+                            _ => break,
                         }
                     }
                 }
@@ -193,6 +200,98 @@ fn subnet_request(r: pb::SubnetRequest) -> Result<(ClusterId, NodeId, String), S
     Ok((cluster, node, r.session_token))
 }
 
+/// Messages that arrived together from a cluster, in order; returns the replies to send and,
+/// if handling stopped, why (then the session ends). Consecutive instance reports are applied
+/// as one change with one acknowledgement (of the highest sequence number stored), and
+/// consecutive command acknowledgements as one change.
+async fn handle_burst(
+    root: &Root,
+    cluster: &ClusterId,
+    messages: Vec<pb::ClusterMessage>,
+) -> (Vec<pb::RootMessage>, Option<Status>) {
+    let mut replies = Vec::new();
+    let mut messages = messages.into_iter().peekable();
+    while let Some(msg) = messages.next() {
+        let result = match msg.body {
+            Some(cluster_message::Body::Instance(r)) => {
+                let mut wire = vec![r];
+                while let Some(m) =
+                    messages.next_if(|m| matches!(m.body, Some(cluster_message::Body::Instance(_))))
+                {
+                    wire.extend(match m.body {
+                        Some(cluster_message::Body::Instance(r)) => Some(r),
+                        _ => None,
+                    });
+                }
+                instance_reports(root, cluster, wire).await
+            }
+            Some(cluster_message::Body::Ack(a)) => {
+                let mut wire = vec![a];
+                while let Some(m) =
+                    messages.next_if(|m| matches!(m.body, Some(cluster_message::Body::Ack(_))))
+                {
+                    wire.extend(match m.body {
+                        Some(cluster_message::Body::Ack(a)) => Some(a),
+                        _ => None,
+                    });
+                }
+                command_acks(root, cluster, wire).await
+            }
+            body => handle(root, cluster, pb::ClusterMessage { body }).await,
+        };
+        match result {
+            Ok(reply) => replies.extend(reply),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                dropped(cluster, &status);
+            }
+            Err(status) => return (replies, Some(status)),
+        }
+    }
+    (replies, None)
+}
+
+/// Instance reports (those that do not convert are dropped), stored as one change; the reply
+/// acknowledges the highest sequence number stored.
+async fn instance_reports(
+    root: &Root,
+    cluster: &ClusterId,
+    wire: Vec<pb::InstanceReport>,
+) -> Result<Option<pb::RootMessage>, Status> {
+    let reports: Vec<InstanceReport> = wire
+        .into_iter()
+        .filter_map(|r| {
+            InstanceReport::try_from(r)
+                .map_err(|e| dropped(cluster, &Status::from(e)))
+                .ok()
+        })
+        .collect();
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    let seq = root
+        .instance_reports(cluster, reports)
+        .await
+        .map_err(status_of)?;
+    Ok(Some(message(root_message::Body::StatusAck(
+        pb::StatusAck { seq },
+    ))))
+}
+
+/// Command acknowledgements, stored as one change.
+async fn command_acks(
+    root: &Root,
+    cluster: &ClusterId,
+    wire: Vec<pb::CommandAck>,
+) -> Result<Option<pb::RootMessage>, Status> {
+    let acks = wire.into_iter().map(CommandAck::from).collect();
+    root.command_acks(cluster, acks).await.map_err(status_of)?;
+    Ok(None)
+}
+
+fn dropped(cluster: &ClusterId, status: &Status) {
+    tracing::warn!(cluster = %cluster, error = %status, "invalid message from cluster dropped");
+}
+
 /// One message from a cluster; returns the reply to send, if any. A message that does not
 /// convert is logged and dropped (the session goes on); a store failure ends the session so the
 /// cluster retries later.
@@ -203,7 +302,7 @@ async fn handle(
 ) -> Result<Option<pb::RootMessage>, Status> {
     match apply(root, cluster, msg).await {
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            tracing::warn!(cluster = %cluster, error = %status, "invalid message from cluster dropped");
+            dropped(cluster, &status);
             Ok(None)
         }
         other => other,
@@ -221,22 +320,8 @@ async fn apply(
             root.cluster_report(cluster, report).await;
             Ok(None)
         }
-        Some(cluster_message::Body::Instance(r)) => {
-            let report = InstanceReport::try_from(r)?;
-            let seq = root
-                .instance_report(cluster, report)
-                .await
-                .map_err(status_of)?;
-            Ok(Some(message(root_message::Body::StatusAck(
-                pb::StatusAck { seq },
-            ))))
-        }
-        Some(cluster_message::Body::Ack(a)) => {
-            root.command_ack(cluster, CommandAck::from(a))
-                .await
-                .map_err(status_of)?;
-            Ok(None)
-        }
+        Some(cluster_message::Body::Instance(r)) => instance_reports(root, cluster, vec![r]).await,
+        Some(cluster_message::Body::Ack(a)) => command_acks(root, cluster, vec![a]).await,
         Some(cluster_message::Body::LogChunk(c)) => {
             root.log_chunk(cluster, c.into());
             Ok(None)

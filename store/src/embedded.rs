@@ -1,9 +1,10 @@
 //! The embedded store: one redb file, `canopy.redb`, in the data directory. One table per
-//! collection, key → JSON bytes. Every write is its own transaction committed with redb's
-//! default `Immediate` durability, so `Ok` means the data is on disk. redb's file lock keeps a
+//! collection, key → JSON bytes. Every write (a single put or delete, or a whole
+//! [`Batch`]) is one transaction committed with redb's default `Immediate` durability, so
+//! `Ok` means the data is on disk. redb's file lock keeps a
 //! second process from opening the same file.
 
-use crate::{Document, Result, Store, StoreError, backend, check_collection, check_key};
+use crate::{Batch, Document, Result, Store, StoreError, backend, check_collection, check_key};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use std::path::{Path, PathBuf};
@@ -179,6 +180,36 @@ impl Store for EmbeddedStore {
                 out.push((key, doc));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn write_batch(&self, batch: &Batch) -> Result<()> {
+        for (collection, key, _) in &batch.puts {
+            check_collection(collection)?;
+            check_key(key)?;
+        }
+        for (collection, key) in &batch.deletes {
+            check_collection(collection)?;
+            check_key(key)?;
+        }
+        let puts: Vec<(&'static str, String, String)> = batch
+            .puts
+            .iter()
+            .map(|(c, k, doc)| (*c, k.clone(), doc.to_string()))
+            .collect();
+        let deletes = batch.deletes.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            for (collection, key, bytes) in &puts {
+                let mut t = txn.open_table(table(collection)).map_err(backend)?;
+                t.insert(key.as_str(), bytes.as_bytes()).map_err(backend)?;
+            }
+            for (collection, key) in &deletes {
+                let mut t = txn.open_table(table(collection)).map_err(backend)?;
+                t.remove(key.as_str()).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
         })
         .await
     }

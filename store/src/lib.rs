@@ -68,8 +68,35 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, collection: &str, key: &str) -> Result<bool>;
     /// Every document of the collection, ordered by key.
     async fn list(&self, collection: &str) -> Result<Vec<(String, Document)>>;
+    /// Writes every document of `batch.puts`, then removes every key of `batch.deletes`.
+    /// Durable once it returns `Ok`. The default does one `put` or `delete` after the other
+    /// (each idempotent, so retrying a failed batch is safe); the embedded store makes the
+    /// batch one transaction, all or nothing, with one sync to disk.
+    async fn write_batch(&self, batch: &Batch) -> Result<()> {
+        for (collection, key, doc) in &batch.puts {
+            self.put(collection, key, doc).await?;
+        }
+        for (collection, key) in &batch.deletes {
+            self.delete(collection, key).await?;
+        }
+        Ok(())
+    }
     /// Which backend this is, for logs and metrics.
     fn backend(&self) -> &'static str;
+}
+
+/// Writes and deletes to make together ([`Store::write_batch`]); a key is in at most one of
+/// the two lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub puts: Vec<(&'static str, String, Document)>,
+    pub deletes: Vec<(&'static str, String)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
 }
 
 /// A store shared between tasks.

@@ -8,24 +8,26 @@
 //! holds what the store does not.
 //!
 //! The root's and the cluster's control planes both use this one piece; `E` is what each sends
-//! (commands to clusters, MQTT publishes to workers).
+//! (commands to clusters, MQTT publishes to workers). A commit is one [`Store::write_batch`]:
+//! on the embedded store one transaction, so a change of many documents costs one sync.
 
-use crate::{Document, Result, Store};
+use crate::{Batch, Document, Result, Store};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
-/// A staged change: writes, deletes and effects, in the order they were staged.
+/// A staged change: the last write or delete of each key, and the effects in the order they
+/// were staged.
 #[derive(Debug)]
 pub struct Tx<E> {
-    puts: Vec<(&'static str, String, Document)>,
-    deletes: Vec<(&'static str, String)>,
+    /// `Some`: write this document; `None`: delete the key.
+    writes: BTreeMap<(&'static str, String), Option<Document>>,
     effects: Vec<E>,
 }
 
 impl<E> Default for Tx<E> {
     fn default() -> Self {
         Tx {
-            puts: Vec::new(),
-            deletes: Vec::new(),
+            writes: BTreeMap::new(),
             effects: Vec::new(),
         }
     }
@@ -36,7 +38,8 @@ impl<E> Tx<E> {
         Self::default()
     }
 
-    /// Stages a write of `value` at `collection/key` (a later put of the same key wins).
+    /// Stages a write of `value` at `collection/key` (a later put or delete of the same key
+    /// replaces it).
     pub fn put<T: Serialize>(
         &mut self,
         collection: &'static str,
@@ -44,17 +47,13 @@ impl<E> Tx<E> {
         value: &T,
     ) -> Result<()> {
         let doc = crate::encode(collection, key, value)?;
-        self.deletes
-            .retain(|(c, k)| !(*c == collection && k == key));
-        self.puts.push((collection, key.to_owned(), doc));
+        self.writes.insert((collection, key.to_owned()), Some(doc));
         Ok(())
     }
 
-    /// Stages the removal of `collection/key` (it also drops an earlier staged put of it).
+    /// Stages the removal of `collection/key` (it replaces an earlier staged put of it).
     pub fn delete(&mut self, collection: &'static str, key: &str) {
-        self.puts
-            .retain(|(c, k, _)| !(*c == collection && k == key));
-        self.deletes.push((collection, key.to_owned()));
+        self.writes.insert((collection, key.to_owned()), None);
     }
 
     /// Stages an effect, delivered by the caller after a successful commit.
@@ -69,32 +68,31 @@ impl<E> Tx<E> {
 
     /// Nothing staged: no write, no delete, no effect.
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty() && self.effects.is_empty()
+        self.writes.is_empty() && self.effects.is_empty()
     }
 
-    /// Moves everything staged in `other` after what is staged here.
+    /// Moves everything staged in `other` after what is staged here (its writes replace
+    /// those of the same keys here).
     pub fn append(&mut self, other: Tx<E>) {
-        for (c, k, doc) in other.puts {
-            self.deletes.retain(|(dc, dk)| !(*dc == c && *dk == k));
-            self.puts.push((c, k, doc));
-        }
-        for (c, k) in other.deletes {
-            self.puts.retain(|(pc, pk, _)| !(*pc == c && *pk == k));
-            self.deletes.push((c, k));
-        }
+        self.writes.extend(other.writes);
         self.effects.extend(other.effects);
     }
 
-    /// Writes every staged document, then performs the deletes. On `Ok` every write is durable
-    /// and the effects are returned for the caller to deliver; on `Err` nothing is returned
-    /// and the caller must not apply the change (writes before the failing one may have
-    /// landed: each is idempotent, so retrying the whole change is safe).
+    /// Writes every staged document and performs the deletes in one
+    /// [`Store::write_batch`]. On `Ok` every write is durable and the effects are returned
+    /// for the caller to deliver; on `Err` nothing is returned and the caller must not apply
+    /// the change (with a store that writes one key at a time, some writes may have landed:
+    /// each is idempotent, so retrying the whole change is safe).
     pub async fn commit(self, store: &dyn Store) -> Result<Vec<E>> {
-        for (collection, key, doc) in &self.puts {
-            store.put(collection, key, doc).await?;
-        }
-        for (collection, key) in &self.deletes {
-            store.delete(collection, key).await?;
+        if !self.writes.is_empty() {
+            let mut batch = Batch::default();
+            for ((collection, key), doc) in self.writes {
+                match doc {
+                    Some(doc) => batch.puts.push((collection, key, doc)),
+                    None => batch.deletes.push((collection, key)),
+                }
+            }
+            store.write_batch(&batch).await?;
         }
         Ok(self.effects)
     }

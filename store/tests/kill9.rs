@@ -3,10 +3,12 @@
 //!
 //! The writer is this same test binary, re-run with `CANOPY_KILL9_DIR` set: it writes keys
 //! 0, 1, 2, … and prints `ACK n` only after `put` returned `Ok`. The parent SIGKILLs it at an
-//! arbitrary moment, reopens the store and checks every acknowledged key.
+//! arbitrary moment, reopens the store and checks every acknowledged key. Every third write is
+//! a [`Batch`] (the document and a second key, and the delete of an earlier second key): an
+//! acknowledged batch is there whole.
 #![allow(clippy::unwrap_used)] // tests may panic: a panic is a failed test
 
-use canopy_store::{EmbeddedStore, Store};
+use canopy_store::{Batch, EmbeddedStore, Store};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -26,7 +28,16 @@ async fn kill9_writer() {
     let mut out = std::io::stdout().lock();
     for n in 0u64.. {
         let doc = json!({ "n": n, "payload": "x".repeat((n % 512) as usize) });
-        store.put("acked", &format!("{n:08}"), &doc).await.unwrap();
+        let key = format!("{n:08}");
+        if n % 3 == 0 {
+            let batch = Batch {
+                puts: vec![("acked", key.clone(), doc), ("pairs", key, json!(n))],
+                deletes: vec![("pairs", format!("{:08}", n.wrapping_sub(3)))],
+            };
+            store.write_batch(&batch).await.unwrap();
+        } else {
+            store.put("acked", &key, &doc).await.unwrap();
+        }
         writeln!(out, "ACK {n}").unwrap();
         out.flush().unwrap();
     }
@@ -75,6 +86,24 @@ async fn acknowledged_writes_survive_kill_9() {
                 Some(json!({ "n": n, "payload": "x".repeat((n % 512) as usize) })),
                 "round {round}: acknowledged write {n} lost (last ack {last_ack})"
             );
+        }
+        // The batches' second keys: the newest acknowledged batch's (or a later one's, written
+        // after the last ack read) is there; in the first round it is the only one left, each
+        // batch having deleted the one before.
+        let last_batch = last_ack - last_ack % 3;
+        let pairs: Vec<u64> = store
+            .list("pairs")
+            .await
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.parse().unwrap())
+            .collect();
+        assert!(
+            pairs.iter().any(|k| *k >= last_batch),
+            "round {round}: acknowledged batch {last_batch} lost: {pairs:?}"
+        );
+        if round == 0 {
+            assert_eq!(pairs.len(), 1, "a batch's delete was lost: {pairs:?}");
         }
         // Each round restarts the count from 0 over the same keys; the file must stay usable.
         drop(store);

@@ -3,7 +3,7 @@
 //! `CANOPY_TEST_MONGODB_URI`).
 #![allow(clippy::unwrap_used)] // tests may panic: a panic is a failed test
 
-use canopy_store::{Collection, EmbeddedStore, SharedStore, Store, StoreConfig, StoreError};
+use canopy_store::{Batch, Collection, EmbeddedStore, SharedStore, Store, StoreConfig, StoreError};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -210,6 +210,40 @@ async fn concurrent_writers(b: impl Backend) {
     assert_eq!(wins, 1);
 }
 
+/// The keys of `collection`, in order.
+async fn keys(s: &dyn Store, collection: &str) -> Vec<String> {
+    let docs = s.list(collection).await.unwrap();
+    docs.into_iter().map(|(k, _)| k).collect()
+}
+
+async fn batches_write_and_delete(b: impl Backend) {
+    let s = b.open().await;
+    s.put("apps", "old", &json!("gone")).await.unwrap();
+    s.put("apps", "kept", &json!("kept")).await.unwrap();
+    let batch = Batch {
+        puts: vec![
+            ("apps", "a".into(), json!({"n": 1})),
+            ("services", "s".into(), json!([1, 2])),
+        ],
+        deletes: vec![("apps", "old".into()), ("apps", "never-there".into())],
+    };
+    s.write_batch(&batch).await.unwrap();
+    s.write_batch(&Batch::default()).await.unwrap();
+    drop(s);
+    let s = b.open().await;
+    let apps = keys(&*s, "apps").await;
+    assert_eq!(apps, vec!["a", "kept"]);
+    assert_eq!(s.get("services", "s").await.unwrap(), Some(json!([1, 2])));
+    let bad = Batch {
+        puts: vec![("Bad Name", "k".into(), json!(1))],
+        deletes: vec![],
+    };
+    assert!(matches!(
+        s.write_batch(&bad).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),+ $(,)?) => {
         mod $backend {
@@ -224,9 +258,11 @@ macro_rules! suite {
 }
 
 suite!(embedded: put_get_replace, create_refuses_duplicates, delete_reports_presence,
-    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers);
+    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers,
+    batches_write_and_delete);
 suite!(mongo: put_get_replace, create_refuses_duplicates, delete_reports_presence,
-    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers);
+    list_is_ordered_by_key, survives_reopen, refuses_bad_names, typed_collections, concurrent_writers,
+    batches_write_and_delete);
 
 #[tokio::test]
 async fn embedded_store_is_one_file_in_the_data_dir() {
@@ -238,4 +274,21 @@ async fn embedded_store_is_one_file_in_the_data_dir() {
     assert_eq!(s.path(), dir.path().join("state/canopy.redb"));
     assert!(s.path().is_file());
     assert_eq!(s.backend(), "embedded");
+}
+
+#[tokio::test]
+async fn an_embedded_batch_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(dir.path()).await.unwrap();
+    s.put("apps", "stays", &json!(1)).await.unwrap();
+    let half_bad = Batch {
+        puts: vec![
+            ("apps", "first".into(), json!(1)),
+            ("apps", String::new(), json!(2)),
+        ],
+        deletes: vec![("apps", "stays".into())],
+    };
+    assert!(s.write_batch(&half_bad).await.is_err());
+    let apps = keys(&s, "apps").await;
+    assert_eq!(apps, vec!["stays"], "a refused batch wrote nothing");
 }

@@ -150,41 +150,66 @@ impl Cluster {
 
     /// `nodes/<id>/job`: an instance on the worker changed state.
     pub async fn on_job_status(&self, node: &NodeId, ev: JobStatusEvent) {
-        self.worker_message(node, |ch| {
-            match owned_by(ch, node, Some(&ev.job), ev.instance) {
-                Ownership::Ours(k) => {
-                    let mut before = None;
-                    if let Some(i) = ch.instances.get_mut(&k) {
-                        if let Some(ip) = ev.ns_ip {
-                            i.ns_ip = Some(ip);
-                        }
-                        before = Some((i.status, i.ready));
-                        i.ready = ev.ready;
-                    }
-                    let event = Event::Reported(ev.status);
-                    if let Err(e) = self.apply(ch, &k, event, Some(ev.detail)) {
-                        tracing::error!(error = %e, "cannot record a job status");
-                    }
-                    // Only readiness changed: the status report did not go up, so this one
-                    // does (the overlay view follows every change anyway).
-                    let now = ch.instances.get(&k).map(|i| (i.status, i.ready));
-                    if let (Some((status, was)), Some((status_now, ready))) = (before, now)
-                        && status == status_now
-                        && was != ready
-                        && let Err(e) = store_instance(ch, &k).and_then(|()| self.report(ch, &k))
-                    {
-                        tracing::error!(error = %e, "cannot record a readiness change");
-                    }
-                    self.place_waiting(ch);
+        self.on_job_statuses(vec![(node.clone(), ev)]).await;
+    }
+
+    /// Job statuses as they arrived, from any workers, staged in order and committed as one
+    /// change (then waiting instances are placed once). Statuses from unknown nodes are
+    /// dropped.
+    pub async fn on_job_statuses(&self, statuses: Vec<(NodeId, JobStatusEvent)>) {
+        let mut st = self.state.lock().await;
+        let now = self.now();
+        let statuses: Vec<(NodeId, JobStatusEvent)> = statuses
+            .into_iter()
+            .filter(|(node, _)| st.heard_from(node, now.at).is_some())
+            .collect();
+        if statuses.is_empty() {
+            return;
+        }
+        let result = self
+            .change(&mut st, now, |ch| {
+                for (node, ev) in statuses {
+                    self.stage_job_status(ch, &node, ev);
                 }
-                Ownership::Stray(service) => {
-                    let job = ev.job.to_string();
-                    delete_stray(ch, node, service.as_ref(), &job, ev.instance, ev.status);
+                self.place_waiting(ch);
+                Ok(())
+            })
+            .await;
+        logged(result);
+    }
+
+    /// Stages what one job status says (an error is logged: the other statuses go on).
+    fn stage_job_status(&self, ch: &mut Change, node: &NodeId, ev: JobStatusEvent) {
+        match owned_by(ch, node, Some(&ev.job), ev.instance) {
+            Ownership::Ours(k) => {
+                let mut before = None;
+                if let Some(i) = ch.instances.get_mut(&k) {
+                    if let Some(ip) = ev.ns_ip {
+                        i.ns_ip = Some(ip);
+                    }
+                    before = Some((i.status, i.ready));
+                    i.ready = ev.ready;
+                }
+                let event = Event::Reported(ev.status);
+                if let Err(e) = self.apply(ch, &k, event, Some(ev.detail)) {
+                    tracing::error!(error = %e, "cannot record a job status");
+                }
+                // Only readiness changed: the status report did not go up, so this one
+                // does (the overlay view follows every change anyway).
+                let now = ch.instances.get(&k).map(|i| (i.status, i.ready));
+                if let (Some((status, was)), Some((status_now, ready))) = (before, now)
+                    && status == status_now
+                    && was != ready
+                    && let Err(e) = store_instance(ch, &k).and_then(|()| self.report(ch, &k))
+                {
+                    tracing::error!(error = %e, "cannot record a readiness change");
                 }
             }
-            Ok(())
-        })
-        .await;
+            Ownership::Stray(service) => {
+                let job = ev.job.to_string();
+                delete_stray(ch, node, service.as_ref(), &job, ev.instance, ev.status);
+            }
+        }
     }
 
     /// `nodes/<id>/jobs/resources`: the worker's running instances and their use.
@@ -299,78 +324,96 @@ impl Cluster {
     /// Applies a command from the root. Idempotent: a deploy of an instance the cluster already
     /// has, or an undeploy of one it does not, changes nothing.
     pub async fn apply_command(&self, cmd: &Command) -> Result<()> {
-        if let CommandAction::Deploy {
-            service_id,
-            instance,
-            ..
-        } = &cmd.action
-        {
-            self.end_drain(&InstanceKey {
-                service: service_id.clone(),
-                number: *instance,
-            });
+        self.apply_commands(std::slice::from_ref(cmd)).await
+    }
+
+    /// Applies commands from the root in order, as one change (one commit; its result is
+    /// every command's), then places the new instances.
+    pub async fn apply_commands(&self, cmds: &[Command]) -> Result<()> {
+        for cmd in cmds {
+            if let CommandAction::Deploy {
+                service_id,
+                instance,
+                ..
+            } = &cmd.action
+            {
+                self.end_drain(&InstanceKey {
+                    service: service_id.clone(),
+                    number: *instance,
+                });
+            }
         }
         let mut st = self.state.lock().await;
         let now = self.now();
         self.change(&mut st, now, |ch| {
-            match &cmd.action {
-                CommandAction::Deploy {
-                    service_id,
-                    instance,
-                    spec,
-                    instance_ip,
-                } => {
-                    let service = Service {
-                        id: service_id.clone(),
-                        spec: (**spec).clone(),
-                    };
-                    if ch.services.get(service_id) != Some(&service) {
-                        ch.tx.put(col::SERVICES, service_id.as_str(), &service)?;
-                        ch.jobs
-                            .insert(service.spec.job_name.clone(), service_id.clone());
-                        ch.services.insert(service_id.clone(), service);
-                    }
-                    let k = InstanceKey {
-                        service: service_id.clone(),
-                        number: *instance,
-                    };
-                    if !ch.instances.contains_key(&k) {
-                        let mut i =
-                            Instance::new(service_id.clone(), *instance, *instance_ip, now.unix);
-                        // Its own: a later deploy of another revision changes the service's.
-                        i.spec = Some(spec.clone());
-                        i.ready = spec.readiness_probe.is_none();
-                        ch.instances.insert(k.clone(), i);
-                        store_instance(ch, &k)?;
-                        self.report(ch, &k)?;
-                        self.place_waiting(ch);
-                    }
-                }
-                CommandAction::Undeploy {
-                    service_id,
-                    instance,
-                } => {
-                    let keys: Vec<InstanceKey> = ch
-                        .instances
-                        .keys()
-                        .filter(|k| {
-                            &k.service == service_id && instance.is_none_or(|n| n == k.number)
-                        })
-                        .cloned()
-                        .collect();
-                    for k in keys {
-                        remove_instance(ch, &k);
-                    }
-                    let left = ch.instances.keys().any(|k| &k.service == service_id);
-                    if !left && let Some(s) = ch.services.remove(service_id) {
-                        ch.jobs.remove(&s.spec.job_name);
-                        ch.tx.delete(col::SERVICES, service_id.as_str());
-                    }
-                }
+            let mut added = false;
+            for cmd in cmds {
+                added |= self.stage_command(ch, cmd)?;
+            }
+            if added {
+                self.place_waiting(ch);
             }
             Ok(())
         })
         .await
+    }
+
+    /// Stages one command; `true` if it added an instance (to be placed).
+    fn stage_command(&self, ch: &mut Change, cmd: &Command) -> Result<bool> {
+        match &cmd.action {
+            CommandAction::Deploy {
+                service_id,
+                instance,
+                spec,
+                instance_ip,
+            } => {
+                let service = Service {
+                    id: service_id.clone(),
+                    spec: (**spec).clone(),
+                };
+                if ch.services.get(service_id) != Some(&service) {
+                    ch.tx.put(col::SERVICES, service_id.as_str(), &service)?;
+                    ch.jobs
+                        .insert(service.spec.job_name.clone(), service_id.clone());
+                    ch.services.insert(service_id.clone(), service);
+                }
+                let k = InstanceKey {
+                    service: service_id.clone(),
+                    number: *instance,
+                };
+                if ch.instances.contains_key(&k) {
+                    return Ok(false);
+                }
+                let mut i = Instance::new(service_id.clone(), *instance, *instance_ip, ch.now.unix);
+                // Its own: a later deploy of another revision changes the service's.
+                i.spec = Some(spec.clone());
+                i.ready = spec.readiness_probe.is_none();
+                ch.instances.insert(k.clone(), i);
+                store_instance(ch, &k)?;
+                self.report(ch, &k)?;
+                Ok(true)
+            }
+            CommandAction::Undeploy {
+                service_id,
+                instance,
+            } => {
+                let keys: Vec<InstanceKey> = ch
+                    .instances
+                    .keys()
+                    .filter(|k| &k.service == service_id && instance.is_none_or(|n| n == k.number))
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    remove_instance(ch, &k);
+                }
+                let left = ch.instances.keys().any(|k| &k.service == service_id);
+                if !left && let Some(s) = ch.services.remove(service_id) {
+                    ch.jobs.remove(&s.spec.job_name);
+                    ch.tx.delete(col::SERVICES, service_id.as_str());
+                }
+                Ok(false)
+            }
+        }
     }
 }
 

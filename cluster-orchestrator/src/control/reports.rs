@@ -36,7 +36,17 @@ impl Cluster {
 
     /// Reports the root has not acknowledged, oldest first.
     pub async fn pending_reports(&self) -> Vec<InstanceReport> {
-        self.state.lock().await.outbox.values().cloned().collect()
+        self.pending_reports_after(0).await
+    }
+
+    /// Reports the root has not acknowledged numbered above `seq` (those not sent yet),
+    /// oldest first.
+    pub async fn pending_reports_after(&self, seq: u64) -> Vec<InstanceReport> {
+        let st = self.state.lock().await;
+        st.outbox
+            .range(seq.saturating_add(1)..)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// The root's welcome: it has stored every report up to `seq`. If the root knows higher

@@ -98,10 +98,12 @@ async fn the_root_sees_sums_averages_and_architectures_after_placements() {
 
 // ---------------------------------------------------------------- paused time, failing store
 
-/// An embedded store whose writes fail while `failing` is set.
+/// An embedded store whose writes fail while `failing` is set; it counts the commits
+/// (batches).
 struct Flaky {
     inner: canopy_store::EmbeddedStore,
     failing: std::sync::atomic::AtomicBool,
+    batches: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -141,6 +143,14 @@ impl canopy_store::Store for Flaky {
     ) -> canopy_store::Result<Vec<(String, canopy_store::Document)>> {
         self.inner.list(collection).await
     }
+    async fn write_batch(&self, batch: &canopy_store::Batch) -> canopy_store::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("disk full".into()));
+        }
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.write_batch(batch).await
+    }
     fn backend(&self) -> &'static str {
         "flaky"
     }
@@ -158,6 +168,7 @@ async fn fixture() -> Fixture {
     let store = Arc::new(Flaky {
         inner: canopy_store::EmbeddedStore::open(dir.path()).await.unwrap(),
         failing: false.into(),
+        batches: 0.into(),
     });
     let shared: SharedStore = store.clone();
     let (cluster, out) = Cluster::open(shared, Settings::default(), Arc::new(AllowAll))
@@ -202,9 +213,13 @@ fn deploy(service: &str) -> Command {
 }
 
 fn status(s: InstanceStatus) -> canopy_proto::worker::JobStatusEvent {
+    status_of(0, s)
+}
+
+fn status_of(n: u32, s: InstanceStatus) -> canopy_proto::worker::JobStatusEvent {
     canopy_proto::worker::JobStatusEvent {
         job: JOB.parse().unwrap(),
-        instance: InstanceNumber(0),
+        instance: InstanceNumber(n),
         status: s,
         detail: String::new(),
         ns_ip: None,
@@ -259,6 +274,73 @@ async fn a_silent_worker_is_lost_after_the_timeout_and_its_instance_moves() {
         published(&mut f.out),
         [canopy_proto::worker::topics::deploy(&other)]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_and_statuses_that_arrive_together_are_one_commit_each() {
+    use InstanceStatus::{Creating, NodeScheduled, Running};
+    let mut f = fixture().await;
+    let w = f.join("a").await;
+    let commits = || f.store.batches.load(std::sync::atomic::Ordering::SeqCst);
+    let cmds: Vec<Command> = (0..3)
+        .map(|n| {
+            let mut c = deploy("svc");
+            c.id = u64::from(n) + 1;
+            if let CommandAction::Deploy { instance, .. } = &mut c.action {
+                *instance = InstanceNumber(n);
+            }
+            c
+        })
+        .collect();
+    let before = commits();
+    f.cluster.apply_commands(&cmds).await.unwrap();
+    assert_eq!(commits() - before, 1);
+    assert_eq!(
+        published(&mut f.out).len(),
+        3,
+        "each new instance is placed"
+    );
+
+    // Two statuses of one instance and one of another, in one batch: staged in order.
+    let before = commits();
+    let batch = vec![
+        (w.clone(), status_of(0, Creating)),
+        (w.clone(), status_of(1, Running)),
+        (w.clone(), status_of(0, Running)),
+    ];
+    f.cluster.on_job_statuses(batch).await;
+    assert_eq!(commits() - before, 1);
+    let statuses: Vec<(u32, InstanceStatus)> = f
+        .cluster
+        .instances()
+        .await
+        .iter()
+        .map(|i| (i.number.0, i.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![(0, Running), (1, Running), (2, NodeScheduled)]
+    );
+    let reports: Vec<(u32, InstanceStatus)> = f
+        .cluster
+        .pending_reports()
+        .await
+        .iter()
+        .map(|r| (r.instance.0, r.status))
+        .collect();
+    assert_eq!(
+        reports,
+        vec![(2, NodeScheduled), (1, Running), (0, Running)],
+        "the newest report per instance, in the order they were made"
+    );
+
+    // A status from a node the cluster does not know commits nothing.
+    let before = commits();
+    let stranger = NodeId::parse("0123456789abcdef01234567").unwrap();
+    f.cluster
+        .on_job_statuses(vec![(stranger, status_of(2, Running))])
+        .await;
+    assert_eq!(commits(), before);
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 //! these is [`crate::link`].)
 
 use super::accounts::check_label;
-use super::state::{Change, InstanceKey};
+use super::state::{Change, InstanceKey, State};
 use super::{Error, Now, Outbound, Result, Root, SessionHandle, conflict, new_id, not_found};
 use crate::model::{Cluster, PendingCommand};
 use canopy_core::link::{
@@ -227,19 +227,63 @@ impl Root {
 
     /// Applies one instance status report; returns the sequence number to acknowledge.
     pub async fn instance_report(&self, cluster: &ClusterId, r: InstanceReport) -> Result<u64> {
+        self.instance_reports(cluster, vec![r]).await
+    }
+
+    /// Applies instance status reports in the order the cluster sent them; returns the
+    /// highest sequence number stored (to acknowledge). They are staged together and
+    /// committed as one change, split only where a report is about an instance already
+    /// staged in it, or may be placed elsewhere (a refusal): each report is staged against
+    /// the state as the ones before it left it.
+    pub async fn instance_reports(
+        &self,
+        cluster: &ClusterId,
+        reports: Vec<InstanceReport>,
+    ) -> Result<u64> {
         let now = Now::read();
         let mut st = self.state.lock().await;
-        let Some(e) = st.clusters.get_mut(cluster) else {
-            return Err(not_found("cluster", cluster.as_str()));
-        };
-        e.last_seen = now.at;
-        if r.seq <= e.doc.last_acked_seq {
-            return Ok(e.doc.last_acked_seq);
+        let mut reports = reports.into_iter().peekable();
+        loop {
+            let Some(e) = st.clusters.get_mut(cluster) else {
+                return Err(not_found("cluster", cluster.as_str()));
+            };
+            e.last_seen = now.at;
+            let mut doc = e.doc.clone();
+            if reports.peek().is_none() {
+                return Ok(doc.last_acked_seq);
+            }
+            let mut change = Change::new(&st);
+            let mut staged = std::collections::HashSet::new();
+            while let Some(r) = reports
+                .next_if(|r| !staged.contains(&InstanceKey::new(r.service_id.clone(), r.instance)))
+            {
+                if r.seq <= doc.last_acked_seq {
+                    continue;
+                }
+                doc.last_acked_seq = r.seq;
+                staged.insert(InstanceKey::new(r.service_id.clone(), r.instance));
+                let refused = r.status.class() == StatusClass::NegativeScheduling;
+                self.stage_report(&st, &mut change, cluster, r, now)?;
+                if refused {
+                    break;
+                }
+            }
+            if !staged.is_empty() {
+                change.put_cluster(doc, now.at)?;
+                self.commit(&mut st, change).await?;
+            }
         }
-        let mut doc = e.doc.clone();
-        doc.last_acked_seq = r.seq;
-        let mut change = Change::new(&st);
-        change.put_cluster(doc, now.at)?;
+    }
+
+    /// Stages one instance report (its sequence number already checked).
+    fn stage_report(
+        &self,
+        st: &State,
+        change: &mut Change,
+        cluster: &ClusterId,
+        r: InstanceReport,
+        now: Now,
+    ) -> Result<()> {
         let key = InstanceKey::new(r.service_id.clone(), r.instance);
         let ours = st
             .instance(&key)
@@ -268,51 +312,68 @@ impl Root {
                 i.memory_mb = r.memory_mb;
                 // The cluster has no worker for it: move it to a cluster that has not refused
                 // it yet, if one fits; otherwise the cluster's answer stands.
-                self.place_copy(&st, &mut change, &key, &mut i, Some(cluster), now)?;
+                self.place_copy(st, change, &key, &mut i, Some(cluster), now)?;
                 change.put_instance(key, i)?;
             }
         }
-        self.commit(&mut st, change).await?;
-        Ok(r.seq)
+        Ok(())
     }
 
     /// A cluster acknowledged a command: it leaves the outbox. A refused deploy marks the
     /// instance `FAILED` with the cluster's reason.
     pub async fn command_ack(&self, cluster: &ClusterId, ack: CommandAck) -> Result<()> {
+        self.command_acks(cluster, vec![ack]).await
+    }
+
+    /// Acknowledgements in the order the cluster sent them, committed as one change (split
+    /// after a refused deploy, whose instance is staged against the state as the ones before
+    /// left it).
+    pub async fn command_acks(&self, cluster: &ClusterId, acks: Vec<CommandAck>) -> Result<()> {
         let now = Now::read();
         let mut st = self.state.lock().await;
-        let Some(p) = st.outbox.get(&ack.id) else {
-            return Ok(());
-        };
-        if &p.cluster_id != cluster {
-            return Ok(());
-        }
-        let mut change = Change::new(&st);
-        change.acknowledged(ack.id);
-        if let (
-            Err(reason),
-            CommandAction::Deploy {
-                service_id,
-                instance,
-                ..
-            },
-        ) = (&ack.result, &p.command.action)
-        {
-            let key = InstanceKey::new(service_id.clone(), *instance);
-            if let Some(i) = st
-                .instance(&key)
-                .filter(|i| i.cluster_id.as_ref() == Some(cluster))
-            {
-                let mut i = i.clone();
-                i.set_status(
-                    InstanceStatus::Failed,
-                    format!("cluster {cluster} refused the deployment: {reason}"),
-                    now.unix,
-                );
-                change.put_instance(key, i)?;
+        let mut acks = acks.into_iter().peekable();
+        while acks.peek().is_some() {
+            let mut change = Change::new(&st);
+            let mut staged = false;
+            for ack in acks.by_ref() {
+                let Some(p) = st.outbox.get(&ack.id) else {
+                    continue;
+                };
+                if &p.cluster_id != cluster {
+                    continue;
+                }
+                staged = true;
+                change.acknowledged(ack.id);
+                if let (
+                    Err(reason),
+                    CommandAction::Deploy {
+                        service_id,
+                        instance,
+                        ..
+                    },
+                ) = (&ack.result, &p.command.action)
+                {
+                    let key = InstanceKey::new(service_id.clone(), *instance);
+                    if let Some(i) = st
+                        .instance(&key)
+                        .filter(|i| i.cluster_id.as_ref() == Some(cluster))
+                    {
+                        let mut i = i.clone();
+                        i.set_status(
+                            InstanceStatus::Failed,
+                            format!("cluster {cluster} refused the deployment: {reason}"),
+                            now.unix,
+                        );
+                        change.put_instance(key, i)?;
+                        break;
+                    }
+                }
+            }
+            if staged {
+                self.commit(&mut st, change).await?;
             }
         }
-        self.commit(&mut st, change).await
+        Ok(())
     }
 
     /// Unacknowledged commands, oldest first (for tests and diagnostics).

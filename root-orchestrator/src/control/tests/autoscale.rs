@@ -365,7 +365,7 @@ async fn autoscaled(
 async fn reported_use_grows_and_shrinks_a_service_through_the_tick() {
     use super::{admin, cluster, report, root, service_with};
     use canopy_core::ClusterId;
-    use canopy_core::link::{CommandAction, InstanceReport, InstanceUsage};
+    use canopy_core::link::{CommandAction, InstanceUsage};
 
     let dir = tempfile::tempdir().unwrap();
     let (root, _) = root(&dir).await;
@@ -394,18 +394,7 @@ async fn reported_use_grows_and_shrinks_a_service_through_the_tick() {
                 for (n, i) in &s.instances {
                     if i.status != S::Running {
                         seq.set(seq.get() + 1);
-                        let r = InstanceReport {
-                            seq: seq.get(),
-                            service_id: id.clone(),
-                            instance: *n,
-                            status: S::Running,
-                            detail: String::new(),
-                            node_id: None,
-                            cpu_percent: 0.0,
-                            memory_mb: 0,
-                            ns_ip: None,
-                            ready: true,
-                        };
+                        let r = super::status_report(seq.get(), &id, n.0, S::Running);
                         root.instance_report(&a, r).await.unwrap();
                     }
                 }

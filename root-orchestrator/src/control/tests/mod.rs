@@ -8,17 +8,20 @@ mod plan;
 use super::state::Change;
 use super::*;
 use crate::model::Service;
-use canopy_core::link::{ClusterReport, CommandAction, Registration, ResourceAggregate};
+use canopy_core::link::{
+    ClusterReport, CommandAction, InstanceReport, Registration, ResourceAggregate,
+};
 use canopy_core::{
     Architecture, InstanceNumber, JobName, Resources, ServiceId, ServiceSpec, Virtualization,
 };
 use canopy_store::{Document, EmbeddedStore, Store};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// An embedded store whose writes fail while `broken` is set.
+/// An embedded store whose writes fail while `broken` is set; it counts the commits (batches).
 struct Flaky {
     inner: EmbeddedStore,
     broken: AtomicBool,
+    batches: AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -41,6 +44,13 @@ impl Store for Flaky {
     async fn list(&self, c: &str) -> canopy_store::Result<Vec<(String, Document)>> {
         self.inner.list(c).await
     }
+    async fn write_batch(&self, batch: &canopy_store::Batch) -> canopy_store::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("the disk is gone".into()));
+        }
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_batch(batch).await
+    }
     fn backend(&self) -> &'static str {
         "flaky"
     }
@@ -52,6 +62,7 @@ async fn root(dir: &tempfile::TempDir) -> (Arc<Root>, Arc<Flaky>) {
     let store = Arc::new(Flaky {
         inner: EmbeddedStore::open(dir.path()).await.unwrap(),
         broken: AtomicBool::new(false),
+        batches: AtomicUsize::new(0),
     });
     let settings = Settings {
         cluster_grace: GRACE,
@@ -187,6 +198,74 @@ async fn a_silent_cluster_loses_its_instance_after_the_grace_period() {
     assert_eq!(last.why, format!("cluster {a} stopped reporting"));
     assert_eq!(last.outcome, format!("CLUSTER_SCHEDULED on cluster {b}"));
     assert_eq!(last.instance, Some(0));
+}
+
+pub(super) fn status_report(
+    seq: u64,
+    id: &ServiceId,
+    n: u32,
+    status: InstanceStatus,
+) -> InstanceReport {
+    InstanceReport {
+        seq,
+        service_id: id.clone(),
+        instance: InstanceNumber(n),
+        status,
+        detail: String::new(),
+        node_id: None,
+        cpu_percent: 0.0,
+        memory_mb: 0,
+        ns_ip: None,
+        ready: true,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reports_is_staged_in_order_and_committed_together() {
+    use InstanceStatus::{NodeScheduled, Running};
+    let dir = tempfile::tempdir().unwrap();
+    let (root, store) = root(&dir).await;
+    let a = cluster(&root, "a", 8).await;
+    let id = service(&root).await;
+    for _ in 0..3 {
+        root.scale_up(&admin(), id.as_str()).await.unwrap();
+    }
+    let commits = || store.batches.load(Ordering::SeqCst);
+    let before = commits();
+    let burst = vec![
+        status_report(1, &id, 0, NodeScheduled),
+        status_report(2, &id, 1, Running),
+        status_report(3, &id, 2, NodeScheduled),
+        // Instance 0 again: staged on top of the first report, in a second commit.
+        status_report(4, &id, 0, Running),
+        status_report(5, &id, 2, Running),
+    ];
+    assert_eq!(root.instance_reports(&a, burst).await.unwrap(), 5);
+    assert_eq!(
+        commits() - before,
+        2,
+        "one commit per run of distinct instances"
+    );
+    let s = root.service(&admin(), id.as_str()).await.unwrap();
+    let statuses: Vec<InstanceStatus> = s.instances.values().map(|i| i.status).collect();
+    assert_eq!(statuses, vec![Running; 3]);
+
+    // Old news changes nothing and commits nothing.
+    let before = commits();
+    let stale = vec![status_report(2, &id, 1, NodeScheduled)];
+    assert_eq!(root.instance_reports(&a, stale).await.unwrap(), 5);
+    assert_eq!(commits(), before);
+    let s = root.service(&admin(), id.as_str()).await.unwrap();
+    assert_eq!(s.instances[&InstanceNumber(1)].status, Running);
+
+    // What was acknowledged is stored: a root opened anew on the store has it.
+    drop(root);
+    let reopened = Root::open(store.clone(), Settings::default())
+        .await
+        .unwrap();
+    let s = reopened.service(&admin(), id.as_str()).await.unwrap();
+    assert!(s.instances.values().all(|i| i.status == Running));
+    assert_eq!(reopened.clusters(false).await[0].doc.last_acked_seq, 5);
 }
 
 #[tokio::test(start_paused = true)]
