@@ -292,6 +292,7 @@ impl Uplink {
         };
         let (client, mut events) = AsyncClient::new(opts, 1000);
         events.set_network_options(nodelay());
+        let mut out = Outbox::default();
         let mut ticker = tokio::time::interval(self.config.report_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cpu = CpuMeter::default();
@@ -307,27 +308,29 @@ impl Uplink {
                 _ = shutdown.as_mut() => break SessionEnd::Shutdown,
                 u = updates.recv() => {
                     match u {
-                        Some(status) if connected => self.publish(&client, topics::job(id), &status, "job"),
+                        Some(status) if connected => self.publish(&mut out, &client, topics::job(id), &status, "job"),
                         Some(_) => {} // sent with the full status list on reconnect
                         None => break SessionEnd::Shutdown,
                     }
                 }
                 Some(chunk) = log_chunks.recv() => {
                     if connected {
-                        self.publish(&client, topics::log_data(id), &LogDataMessage::new(&chunk), "log_data");
+                        self.publish(&mut out, &client, topics::log_data(id), &LogDataMessage::new(&chunk), "log_data");
                     }
                 }
                 _ = ticker.tick(), if connected => {
                     let info = self.information(&mut cpu).await;
-                    self.publish(&client, topics::information(id), &info, "information");
+                    self.publish(&mut out, &client, topics::information(id), &info, "information");
                     let resources = self.engine.resources().await;
                     if !resources.services.is_empty() {
-                        self.publish(&client, topics::resources(id), &resources, "resources");
+                        self.publish(&mut out, &client, topics::resources(id), &resources, "resources");
                     }
                 }
-                e = events.poll() => match e {
+                e = events.poll() => { out.flush(&client, &self.engine.metrics); match e {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
+                        // The full status list below replaces whatever waited.
+                        out.clear();
                         failures = 0;
                         backoff = Duration::from_millis(100);
                         tracing::info!(node = %id, "connected to the cluster's broker");
@@ -352,10 +355,10 @@ impl Uplink {
                         }
                         // Reconcile: the cluster learns the state of everything held here.
                         for s in self.engine.statuses().await {
-                            self.publish(&client, topics::job(id), &s, "job");
+                            self.publish(&mut out, &client, topics::job(id), &s, "job");
                         }
                         let info = self.information(&mut cpu).await;
-                        self.publish(&client, topics::information(id), &info, "information");
+                        self.publish(&mut out, &client, topics::information(id), &info, "information");
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         pending_subacks = pending_subacks.saturating_sub(1);
@@ -434,7 +437,7 @@ impl Uplink {
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                }
+                }}
             }
         };
         if connected {
@@ -448,20 +451,20 @@ impl Uplink {
         end
     }
 
+    /// Queues a message for the broker and hands the MQTT client what it has room for.
     fn publish<T: serde::Serialize>(
         &self,
+        out: &mut Outbox,
         client: &AsyncClient,
         topic: String,
         body: &T,
-        kind: &str,
+        kind: &'static str,
     ) {
         let Ok(payload) = serde_json::to_vec(body) else {
             return;
         };
-        match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
-            Ok(()) => self.engine.metrics.mqtt_message("out", kind),
-            Err(e) => tracing::warn!(kind, error = %e, "MQTT publish dropped"),
-        }
+        out.push(topic, payload, kind);
+        out.flush(client, &self.engine.metrics);
     }
 
     /// The `information` report: Oakestra's dynamic fields plus disk use, architecture and
@@ -563,5 +566,46 @@ fn used_percent(total: u64, available: u64) -> f64 {
         0.0
     } else {
         (total.saturating_sub(available)) as f64 / total as f64 * 100.0
+    }
+}
+
+/// Messages waiting for room in the MQTT client's request queue, oldest first. The client's
+/// queue is drained by its event loop, which runs in the same task as the publishes: a burst of
+/// statuses (hundreds of instances deployed at once) would otherwise overflow it and lose
+/// them. They wait here instead and go out, in order, as the event loop makes room.
+#[derive(Default)]
+struct Outbox {
+    waiting: std::collections::VecDeque<(String, Vec<u8>, &'static str)>,
+}
+
+impl Outbox {
+    /// More than this many waiting (the broker has stopped taking messages): the oldest go.
+    const MAX: usize = 100_000;
+
+    fn push(&mut self, topic: String, payload: Vec<u8>, kind: &'static str) {
+        if self.waiting.len() >= Self::MAX
+            && let Some((_, _, lost)) = self.waiting.pop_front()
+        {
+            tracing::warn!(kind = lost, "MQTT publish dropped: too many waiting");
+        }
+        self.waiting.push_back((topic, payload, kind));
+    }
+
+    /// Hands the client every waiting message it has room for, oldest first.
+    fn flush(&mut self, client: &AsyncClient, metrics: &crate::metrics::Metrics) {
+        while let Some((topic, payload, kind)) = self.waiting.front() {
+            if client
+                .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                .is_err()
+            {
+                return;
+            }
+            metrics.mqtt_message("out", kind);
+            self.waiting.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.waiting.clear();
     }
 }

@@ -270,7 +270,7 @@ impl Broker {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nuser root\nlog_dest none\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\npersistence false\nuser root\nlog_dest none\n"),
         )
         .unwrap();
         let proc = serve(Command::new("mosquitto").arg("-c").arg(&conf), port).await;

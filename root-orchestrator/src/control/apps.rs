@@ -306,7 +306,8 @@ impl Root {
         let mut change = Change::new(&st);
         let why = format!("requested by {}", caller.name);
         let n = self.stage_scale_up(&st, &mut change, &key, ("scale up", why), now)?;
-        self.commit(&mut st, change).await?;
+        let durable = self.enqueue(&mut st, change);
+        self.settle(st, durable).await?;
         Ok(n)
     }
 

@@ -5,7 +5,8 @@
 //!
 //! | file | holds |
 //! |------|-------|
-//! | `mod.rs` | the [`Root`] façade: open, settings, the lock, [`Root::commit`], gauges, the ticker; [`Error`], [`Caller`], [`Now`] |
+//! | `mod.rs` | the [`Root`] façade: open, settings, the lock, gauges, the ticker; [`Error`], [`Caller`], [`Now`] |
+//! | `commit.rs` | group commit: changes applied in memory under the lock, written together by one task, acknowledged once durable |
 //! | `state.rs` | the in-memory model, its load from the store, [`InstanceKey`], and the staged change |
 //! | `accounts.rs` | users, organisations, passwords, login |
 //! | `apps.rs` | applications, services, instances: SLA → spec, scale up and down |
@@ -22,16 +23,20 @@
 //!
 //! (The gRPC server the clusters talk to is [`crate::link`]; it calls into `sessions.rs`.)
 //!
-//! # One way to change state: stage → commit → apply
+//! # One way to change state: stage → apply → write → acknowledge
 //!
 //! One lock ([`Root::state`]) orders every change, so address allocation, instance numbers and
 //! placements never race (the store has no compare-and-swap). Under it, an operation reads the
 //! state and stages its change in a `Change` (the documents to write, the commands to send, and
-//! the same change for memory) without touching the state. [`Root::commit`] writes the staged
-//! documents through the shared [`canopy_store::Tx`]; only when that succeeds is the change
-//! applied to memory and are its commands sent to clusters. A failed commit leaves memory as it
-//! was and sends nothing. Only what is never stored is set directly: a cluster's liveness
-//! (`last_seen`), its last resource report and the instances' live figures.
+//! the same change for memory) without touching the state. The change is then applied to
+//! memory and its writes queued (`commit.rs`); one task writes whatever is queued as one batch
+//! through the shared [`canopy_store::Tx`], and only then are the commands sent to clusters and
+//! the operation acknowledged. Operations on the hot paths (adding instances, reports from
+//! clusters) wait for their write after releasing the lock, so changes staged meanwhile share
+//! the sync to disk. A failed write fails every change queued behind it, and the state is
+//! loaded again from the store, so memory is again what the store holds. Only what is never
+//! stored is set directly: a cluster's liveness (`last_seen`), its last resource report and the
+//! instances' live figures.
 //!
 //! # Placement
 //!
@@ -56,6 +61,7 @@
 mod accounts;
 mod apps;
 mod autoscale;
+mod commit;
 pub mod feed;
 pub mod logs;
 mod operations;
@@ -78,7 +84,7 @@ use crate::metrics::Metrics;
 use canopy_core::link::Command;
 use canopy_core::{ClusterId, InstanceStatus};
 use canopy_store::{SharedStore, StoreError};
-use state::{Change, State};
+use state::State;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,6 +251,12 @@ pub struct Root {
     logs: std::sync::Mutex<logs::LogStreams>,
     /// The autoscaler's windows per service (memory only: [`autoscale`]).
     autoscale: std::sync::Mutex<BTreeMap<canopy_core::ServiceId, autoscale::Track>>,
+    /// Changes applied to memory, waiting to be written (`commit.rs`).
+    commits: mpsc::UnboundedSender<commit::Queued>,
+    /// A write failed: memory is ahead of the store until the state is loaded again.
+    write_failed: std::sync::atomic::AtomicBool,
+    /// How many times the state was loaded again after a failed write.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Root {
@@ -252,6 +264,7 @@ impl Root {
     pub async fn open(store: SharedStore, settings: Settings) -> Result<Arc<Root>> {
         let st = State::load(&store, Now::read()).await?;
         let events_kept = settings.events_kept;
+        let (commits, queued) = mpsc::unbounded_channel();
         let root = Arc::new(Root {
             store,
             state: Mutex::new(st),
@@ -264,7 +277,11 @@ impl Root {
             feed: feed::Feed::new(events_kept, (Now::read().unix * 1e6) as u64),
             logs: std::sync::Mutex::default(),
             autoscale: std::sync::Mutex::default(),
+            commits,
+            write_failed: Default::default(),
+            epoch: Default::default(),
         });
+        tokio::spawn(commit::run(Arc::downgrade(&root), queued));
         root.overlay_changed();
         root.refresh_gauges().await;
         Ok(root)
@@ -272,26 +289,6 @@ impl Root {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// Writes a staged change; only then applies it to `st` and sends its commands. On `Err`
-    /// memory is as it was and nothing is sent.
-    async fn commit(&self, st: &mut State, change: Change) -> Result<()> {
-        let (tx, apply) = change.split();
-        let sends = tx.commit(&*self.store).await?;
-        let feed = apply.feed(st);
-        st.apply(apply);
-        self.feed.publish(feed);
-        self.overlay_changed();
-        if !sends.is_empty() {
-            let sessions = self.sessions_lock();
-            for (cluster, command) in sends {
-                if let Some(s) = sessions.get(&cluster) {
-                    let _ = s.tx.send(Outbound::Command(command));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterId, SessionHandle>> {

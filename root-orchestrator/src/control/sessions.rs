@@ -231,10 +231,10 @@ impl Root {
     }
 
     /// Applies instance status reports in the order the cluster sent them; returns the
-    /// highest sequence number stored (to acknowledge). They are staged together and
-    /// committed as one change, split only where a report is about an instance already
-    /// staged in it, or may be placed elsewhere (a refusal): each report is staged against
-    /// the state as the ones before it left it.
+    /// highest sequence number stored (to acknowledge). They are staged together as one
+    /// change, split only where a report is about an instance already staged in it, or may be
+    /// placed elsewhere (a refusal): each report is staged against the state as the ones
+    /// before it left it. The answer waits for the writes, outside the lock.
     pub async fn instance_reports(
         &self,
         cluster: &ClusterId,
@@ -243,6 +243,7 @@ impl Root {
         let now = Now::read();
         let mut st = self.state.lock().await;
         let mut reports = reports.into_iter().peekable();
+        let mut written = None;
         loop {
             let Some(e) = st.clusters.get_mut(cluster) else {
                 return Err(not_found("cluster", cluster.as_str()));
@@ -250,7 +251,11 @@ impl Root {
             e.last_seen = now.at;
             let mut doc = e.doc.clone();
             if reports.peek().is_none() {
-                return Ok(doc.last_acked_seq);
+                let seq = doc.last_acked_seq;
+                if let Some(durable) = written {
+                    self.settle(st, durable).await?;
+                }
+                return Ok(seq);
             }
             let mut change = Change::new(&st);
             let mut staged = std::collections::HashSet::new();
@@ -270,7 +275,7 @@ impl Root {
             }
             if !staged.is_empty() {
                 change.put_cluster(doc, now.at)?;
-                self.commit(&mut st, change).await?;
+                written = Some(self.enqueue(&mut st, change));
             }
         }
     }
@@ -332,6 +337,7 @@ impl Root {
         let now = Now::read();
         let mut st = self.state.lock().await;
         let mut acks = acks.into_iter().peekable();
+        let mut written = None;
         while acks.peek().is_some() {
             let mut change = Change::new(&st);
             let mut staged = false;
@@ -370,10 +376,13 @@ impl Root {
                 }
             }
             if staged {
-                self.commit(&mut st, change).await?;
+                written = Some(self.enqueue(&mut st, change));
             }
         }
-        Ok(())
+        match written {
+            Some(durable) => self.settle(st, durable).await,
+            None => Ok(()),
+        }
     }
 
     /// Unacknowledged commands, oldest first (for tests and diagnostics).

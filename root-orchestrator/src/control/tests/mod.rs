@@ -1,5 +1,6 @@
 //! The [`Root`] as a whole over an embedded store, on tokio's paused clock: failover after the
-//! grace period, a failed commit that must leave memory as it was, autoscaling from reported
+//! grace period, bursts of reports and concurrent changes sharing commits, a failed commit that
+//! must leave memory as the store has it, autoscaling from reported
 //! use (`autoscale.rs`, with the pure step's cases).
 
 mod autoscale;
@@ -148,6 +149,7 @@ async fn service_with(
     };
     let mut st = root.state.lock().await;
     let mut change = Change::new(&st);
+    change.reserve(&st, s.rr_ip).unwrap();
     change.put_service(id.clone(), s).unwrap();
     root.commit(&mut st, change).await.unwrap();
     id
@@ -236,16 +238,14 @@ async fn a_burst_of_reports_is_staged_in_order_and_committed_together() {
         status_report(1, &id, 0, NodeScheduled),
         status_report(2, &id, 1, Running),
         status_report(3, &id, 2, NodeScheduled),
-        // Instance 0 again: staged on top of the first report, in a second commit.
+        // Instance 0 again: staged on top of the first report, in a second change.
         status_report(4, &id, 0, Running),
         status_report(5, &id, 2, Running),
     ];
     assert_eq!(root.instance_reports(&a, burst).await.unwrap(), 5);
-    assert_eq!(
-        commits() - before,
-        2,
-        "one commit per run of distinct instances"
-    );
+    // Two changes (instance 0 twice), written together: staged one after the other under the
+    // lock, with nothing in between on this one-thread runtime.
+    assert_eq!(commits() - before, 1, "the burst is one commit");
     let s = root.service(&admin(), id.as_str()).await.unwrap();
     let statuses: Vec<InstanceStatus> = s.instances.values().map(|i| i.status).collect();
     assert_eq!(statuses, vec![Running; 3]);
@@ -266,6 +266,37 @@ async fn a_burst_of_reports_is_staged_in_order_and_committed_together() {
     let s = reopened.service(&admin(), id.as_str()).await.unwrap();
     assert!(s.instances.values().all(|i| i.status == Running));
     assert_eq!(reopened.clusters(false).await[0].doc.last_acked_seq, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_staged_while_one_is_written_share_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, store) = root(&dir).await;
+    cluster(&root, "a", 1000).await;
+    let id = service(&root).await;
+    let before = store.batches.load(Ordering::SeqCst);
+    let adds: Vec<_> = (0..64)
+        .map(|_| {
+            let (root, id) = (root.clone(), id.clone());
+            tokio::spawn(async move { root.scale_up(&admin(), id.as_str()).await.unwrap() })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for a in adds {
+        numbers.push(a.await.unwrap().0);
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..64).collect::<Vec<u32>>());
+    let commits = store.batches.load(Ordering::SeqCst) - before;
+    assert!(commits < 64, "64 changes in {commits} commits");
+    // Every acknowledged instance is stored.
+    drop(root);
+    let reopened = Root::open(store.clone(), Settings::default())
+        .await
+        .unwrap();
+    let s = reopened.service(&admin(), id.as_str()).await.unwrap();
+    assert_eq!(s.instances.len(), 64);
+    assert_eq!(s.next_instance, 64);
 }
 
 #[tokio::test(start_paused = true)]
