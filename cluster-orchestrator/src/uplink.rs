@@ -11,6 +11,7 @@ use canopy_core::link::{ClusterLocation, Command, CommandAck, Registration};
 use canopy_core::logs::{LogChunk, LogOpen};
 use canopy_core::overlay::GlobalView;
 use canopy_core::{ClusterId, NodeId};
+use canopy_proto::burst::run_of;
 use canopy_proto::pb::cluster_link_client::ClusterLinkClient;
 use canopy_proto::pb::{self, cluster_message, root_message};
 use std::net::Ipv4Addr;
@@ -224,15 +225,15 @@ impl Uplink {
                         match msg.body {
                             Some(root_message::Body::Command(c)) => {
                                 // This command and the ones right behind it: one change.
-                                let mut wire = vec![c];
-                                while let Some(m) = messages.next_if(|m| {
-                                    matches!(m.body, Some(root_message::Body::Command(_)))
-                                }) {
-                                    wire.extend(match m.body {
+                                let wire = run_of(
+                                    c,
+                                    &mut messages,
+                                    |m| matches!(m.body, Some(root_message::Body::Command(_))),
+                                    |m| match m.body {
                                         Some(root_message::Body::Command(c)) => Some(c),
                                         _ => None,
-                                    });
-                                }
+                                    },
+                                );
                                 let cmds: Vec<Command> = wire
                                     .into_iter()
                                     .filter_map(|c| {
@@ -251,14 +252,18 @@ impl Uplink {
                             }
                             Some(root_message::Body::StatusAck(a)) => {
                                 // Acknowledgements are cumulative: the last one says it all.
-                                let mut seq = a.seq;
-                                while let Some(m) = messages.next_if(|m| {
-                                    matches!(m.body, Some(root_message::Body::StatusAck(_)))
-                                }) {
-                                    if let Some(root_message::Body::StatusAck(a)) = m.body {
-                                        seq = seq.max(a.seq);
-                                    }
-                                }
+                                let seq = run_of(
+                                    a.seq,
+                                    &mut messages,
+                                    |m| matches!(m.body, Some(root_message::Body::StatusAck(_))),
+                                    |m| match m.body {
+                                        Some(root_message::Body::StatusAck(a)) => Some(a.seq),
+                                        _ => None,
+                                    },
+                                )
+                                .into_iter()
+                                .max()
+                                .unwrap_or(a.seq);
                                 cluster.reports_acked(seq).await;
                             }
                             Some(root_message::Body::Overlay(v)) => match GlobalView::try_from(v) {

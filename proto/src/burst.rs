@@ -45,3 +45,29 @@ pub async fn next_burst<T>(
     }
     Ok(Some(Burst { messages, end }))
 }
+
+/// `first` and the messages right behind it in `rest` of the same kind: those `is` holds
+/// for, turned into a `T` by `take`. The first message of another kind stays in `rest`.
+pub fn run_of<M, T>(
+    first: T,
+    rest: &mut std::iter::Peekable<impl Iterator<Item = M>>,
+    is: impl Fn(&M) -> bool,
+    take: impl Fn(M) -> Option<T>,
+) -> Vec<T> {
+    let mut run = vec![first];
+    while let Some(m) = rest.next_if(|m| is(m)) {
+        run.extend(take(m));
+    }
+    run
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_run_ends_at_the_first_message_of_another_kind() {
+        let mut rest = [2, 4, 5, 6].into_iter().peekable();
+        let run = super::run_of(0, &mut rest, |m| m % 2 == 0, |m| Some(m * 10));
+        assert_eq!(run, vec![0, 20, 40]);
+        assert_eq!(rest.collect::<Vec<_>>(), vec![5, 6]);
+    }
+}

@@ -5,6 +5,7 @@
 use crate::control::{self, Outbound, Root};
 use canopy_core::link::{ClusterReport, CommandAck, InstanceReport, Registration};
 use canopy_core::{ClusterId, NodeId};
+use canopy_proto::burst::run_of;
 use canopy_proto::pb::cluster_link_server::{ClusterLink, ClusterLinkServer};
 use canopy_proto::pb::{self, cluster_message, root_message};
 use canopy_store::secrets::constant_time_eq;
@@ -214,27 +215,27 @@ async fn handle_burst(
     while let Some(msg) = messages.next() {
         let result = match msg.body {
             Some(cluster_message::Body::Instance(r)) => {
-                let mut wire = vec![r];
-                while let Some(m) =
-                    messages.next_if(|m| matches!(m.body, Some(cluster_message::Body::Instance(_))))
-                {
-                    wire.extend(match m.body {
+                let wire = run_of(
+                    r,
+                    &mut messages,
+                    |m| matches!(m.body, Some(cluster_message::Body::Instance(_))),
+                    |m| match m.body {
                         Some(cluster_message::Body::Instance(r)) => Some(r),
                         _ => None,
-                    });
-                }
+                    },
+                );
                 instance_reports(root, cluster, wire).await
             }
             Some(cluster_message::Body::Ack(a)) => {
-                let mut wire = vec![a];
-                while let Some(m) =
-                    messages.next_if(|m| matches!(m.body, Some(cluster_message::Body::Ack(_))))
-                {
-                    wire.extend(match m.body {
+                let wire = run_of(
+                    a,
+                    &mut messages,
+                    |m| matches!(m.body, Some(cluster_message::Body::Ack(_))),
+                    |m| match m.body {
                         Some(cluster_message::Body::Ack(a)) => Some(a),
                         _ => None,
-                    });
-                }
+                    },
+                );
                 command_acks(root, cluster, wire).await
             }
             body => handle(root, cluster, pb::ClusterMessage { body }).await,
