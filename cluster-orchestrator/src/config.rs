@@ -58,8 +58,10 @@ pub struct Config {
     /// when unset.
     #[arg(long, env = "CANOPY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: Option<String>,
-    /// A worker silent this long is lost (its last will usually says so sooner).
-    #[arg(long, env = "CANOPY_WORKER_TIMEOUT_SECS", default_value_t = 3.0)]
+    /// A worker silent this long is lost: the backstop to its last will, which the broker
+    /// publishes after 1.5 of the worker's keep-alives (1.5 s by default). Keep it well above
+    /// the workers' report refresh (30 s by default): an idle worker sends nothing else.
+    #[arg(long, env = "CANOPY_WORKER_TIMEOUT_SECS", default_value_t = 75.0)]
     pub worker_timeout_secs: f64,
     /// A RUNNING instance on the overlay that is undeployed leaves its service's addresses at
     /// once, and is stopped on its worker this many seconds later (requests on their way to

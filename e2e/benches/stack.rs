@@ -3,7 +3,7 @@
 //! `scripts/bench.sh` collects into `docs/benchmarks.json` and `docs/benchmarks.md`.
 //!
 //!     cargo build --release --workspace --bins
-//!     cargo bench -p canopy-e2e --bench stack -- [latency] [placement] [failover] [idle] [unikernel]
+//!     cargo bench -p canopy-e2e --bench stack -- [latency] [placement] [failover] [failover_silent] [idle] [unikernel]
 //!
 //! - `latency`: submit (`POST /api/service/<id>/instance`) → `RUNNING` seen through the API,
 //!   for a cached container image and a wasm module, and a bare `ctr run -d` of the same image
@@ -12,7 +12,11 @@
 //!   submitted, placements per second until all are `RUNNING`;
 //! - `failover`: two workers; the one holding the instance is killed (engine and containers),
 //!   time until the instance is `RUNNING` on the other; 10 runs;
-//! - `idle`: RSS and CPU of root, cluster and node engines with 10 workers over 60 s;
+//! - `failover_silent`: in the lab (workers in network namespaces of their own), the LAN link
+//!   of the worker holding the instance goes down (nothing is closed), time until the
+//!   instance is `RUNNING` on the other; `CANOPY_BENCH_FAILOVER_RUNS` runs;
+//! - `idle`: RSS and CPU of root, cluster and node engines with 10 workers over 60 s, and
+//!   the bytes both ways on each worker's MQTT connection (kernel counters);
 //! - `unikernel`: submit → `RUNNING` for a tiny PVH kernel (`scripts/unikernel-image.sh tiny`)
 //!   served over HTTP on loopback, under QEMU with the accelerator the engine picks
 //!   (`CANOPY_BENCH_RUNS`, default 50: a start costs tens of milliseconds, so the VM runs no
@@ -20,11 +24,13 @@
 //!   runs it).
 #![allow(clippy::unwrap_used)]
 
+use canopy_e2e::lab::Lab;
 use canopy_e2e::stats::summarize;
 use canopy_e2e::unikernel::{FileServer, QEMU, qemu_installed, tiny_kernel, unikernel};
 use canopy_e2e::{Stack, container, ctr, demo_image, signal, sla};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -363,6 +369,71 @@ async fn failover(runs: u32) {
     stack.stop().await;
 }
 
+/// A worker vanishes without closing anything: in the lab (every worker a network namespace
+/// of its own on a LAN bridge), the LAN link of the worker running the instance goes down, so
+/// its packets are dropped and no connection closes. Time until the instance is `RUNNING` on
+/// the other worker; then the link comes back, the worker rejoins and is told to remove its
+/// stale copy before the next run.
+async fn failover_silent(runs: u32) {
+    let image = demo_image(&work());
+    let lab = Lab::start(1, &[0, 0], &[]).await;
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let ids = lab
+            .create(&sla(&format!("silent{run}"), vec![idler("svc", &image)]))
+            .await;
+        let id = ids[0].clone();
+        lab.scale_up(&id).await;
+        let running = lab.wait_running(&id, 1).await;
+        let node = running[0]["worker_id"].as_str().unwrap().to_owned();
+        let victim = lab.worker_of(&running[0]).await;
+        let t = Instant::now();
+        lab.cut(&victim);
+        loop {
+            let list = lab.instances(&id).await;
+            if list.len() == 1
+                && list[0]["status"] == "RUNNING"
+                && list[0]["worker_id"] != node.as_str()
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{id} did not move off {victim}: {list:?}\n{}",
+                lab.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("  run {run}: {victim} cut off → RUNNING elsewhere in {ms:.0} ms");
+        times.push(ms);
+        lab.mend(&victim);
+        // Back when it has rejoined and removed its stale copy (the cluster tells it to).
+        let ns = lab.worker(&victim).containerd_namespace.clone();
+        let back = Instant::now();
+        while !ctr::tasks(&ns).is_empty() {
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "{victim} kept its stale copy\n{}",
+                lab.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lab.wait_nodes(2).await;
+        lab.call("DELETE", &format!("/api/service/{id}"), None)
+            .await;
+    }
+    let s = summarize(times);
+    println!(
+        "silent failover over {runs} runs (ms): p50 {:.0}, p90 {:.0}, max {:.0}",
+        s.p50, s.p90, s.max
+    );
+    emit(
+        "failover_silent",
+        json!({"runs": runs, "failover_silent_ms": s.json()}),
+    );
+}
+
 /// (RSS MB, CPU seconds) of a process from /proc.
 fn usage(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -387,15 +458,63 @@ fn usage(pid: u32) -> (f64, f64) {
     (rss_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
 }
 
+/// Bytes both ways on each established TCP connection to `127.0.0.1:port`, summed by the pid
+/// holding the connecting end: the kernel's counters of payload bytes (`bytes_sent`,
+/// `bytes_received` in `ss -tinp`), so nothing in Canopy is asked what it sent.
+fn connection_bytes(port: u16) -> BTreeMap<u32, u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinpH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut bytes = BTreeMap::new();
+    let mut owner = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            owner = line
+                .split_once("pid=")
+                .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse::<u32>().ok());
+            continue;
+        }
+        let counter = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if let Some(pid) = owner.take() {
+            *bytes.entry(pid).or_default() += counter("bytes_sent:") + counter("bytes_received:");
+        }
+    }
+    bytes
+}
+
 async fn idle(workers: u32, secs: u64) {
     let stack = Stack::up(workers).await;
     let pid = |name: &str| stack.component(name)["pid"].as_u64().unwrap() as u32;
     let mut names = vec!["root".to_owned(), "cluster".to_owned()];
     names.extend((1..=workers).map(|w| format!("worker{w}")));
+    // Past the first reports of the new connections.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let before: Vec<f64> = names.iter().map(|n| usage(pid(n)).1).collect();
+    let uplink_before = connection_bytes(stack.mqtt_port());
     eprintln!("{workers} workers up; measuring {secs} s of idling...");
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let after: Vec<(f64, f64)> = names.iter().map(|n| usage(pid(n))).collect();
+    let uplink_after = connection_bytes(stack.mqtt_port());
+    let uplink: Vec<f64> = (1..=workers)
+        .map(|w| {
+            let p = pid(&format!("worker{w}"));
+            let (b0, b1) = (uplink_before.get(&p), uplink_after.get(&p));
+            let (Some(b0), Some(b1)) = (b0, b1) else {
+                panic!("worker{w} (pid {p}) has no connection to the broker: {uplink_after:?}");
+            };
+            b1.saturating_sub(*b0) as f64 * 8.0 / secs as f64
+        })
+        .collect();
+    let uplink_mean = uplink.iter().sum::<f64>() / uplink.len() as f64;
     let cpu = |i: usize| (after[i].1 - before[i]) / secs as f64 * 100.0;
     let nodes = (2..names.len()).collect::<Vec<_>>();
     let mean =
@@ -406,11 +525,16 @@ async fn idle(workers: u32, secs: u64) {
     println!("  root       {:>7.1} {:>6.2}", after[0].0, cpu(0));
     println!("  cluster    {:>7.1} {:>6.2}", after[1].0, cpu(1));
     println!("  node (mean){:>7.1} {:>6.2}", node_rss, node_cpu);
+    println!(
+        "  MQTT bytes both ways per idle worker: {uplink_mean:.0} bits/s (max {:.0})",
+        uplink.iter().copied().fold(0.0, f64::max)
+    );
     emit(
         "idle",
         json!({
             "workers": workers,
             "seconds": secs,
+            "idle_worker_uplink_bits_per_second": uplink_mean,
             "idle_rss_mb": {"root": after[0].0, "cluster": after[1].0, "node": node_rss},
             "idle_cpu_percent": {"root": cpu(0), "cluster": cpu(1), "node": node_cpu},
         }),
@@ -429,9 +553,15 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     if sections.is_empty() {
-        sections = ["latency", "placement", "failover", "idle"]
-            .map(String::from)
-            .to_vec();
+        sections = [
+            "latency",
+            "placement",
+            "failover",
+            "failover_silent",
+            "idle",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     for s in sections {
@@ -447,10 +577,13 @@ fn main() {
                     .await
                 }
                 "failover" => failover(env("CANOPY_BENCH_FAILOVER_RUNS", 10)).await,
+                "failover_silent" => {
+                    failover_silent(env("CANOPY_BENCH_FAILOVER_RUNS", 10)).await
+                }
                 "idle" => idle(10, u64::from(env("CANOPY_BENCH_IDLE_SECS", 60))).await,
                 "unikernel" => unikernel_section(env("CANOPY_BENCH_RUNS", 50)).await,
                 other => panic!(
-                    "unknown section {other:?} (latency, placement, failover, idle, unikernel)"
+                    "unknown section {other:?} (latency, placement, failover, failover_silent, idle, unikernel)"
                 ),
             }
         });

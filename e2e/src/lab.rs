@@ -376,7 +376,7 @@ impl Lab {
     }
 
     /// Waits until the root lists `n` active workers.
-    async fn wait_nodes(&self, n: usize) {
+    pub async fn wait_nodes(&self, n: usize) {
         let start = Instant::now();
         loop {
             let nodes = self.get("/api/nodes").await;
@@ -451,6 +451,27 @@ impl Lab {
             .and_then(|n| n["name"].as_str())
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Cuts worker `name` off the LAN: its end of the link on the LAN bridge goes down, so
+    /// every packet to and from it is dropped and nothing is closed (no FIN, no RST), as when
+    /// a machine loses its network or power.
+    pub fn cut(&self, name: &str) {
+        self.set_link(name, "down");
+    }
+
+    /// Undoes [`Lab::cut`].
+    pub fn mend(&self, name: &str) {
+        self.set_link(name, "up");
+    }
+
+    fn set_link(&self, name: &str, state: &str) {
+        let n = name.trim_start_matches('w');
+        let (lan, far) = (
+            format!("{}-lan", self.prefix),
+            format!("{}l{n}", self.prefix),
+        );
+        must(&["ip", "-n", &lan, "link", "set", &far, state]);
     }
 
     pub fn worker(&self, name: &str) -> &LabWorker {

@@ -421,15 +421,23 @@ impl Stack {
         api_call(&self.http, &self.api, &self.token, method, path, body).await
     }
 
-    /// The cluster's API, HOST:PORT (`--port-base` + 3): node registration, the installer.
-    pub fn cluster_addr(&self) -> String {
-        let base: u16 = self
-            .api
+    /// `--port-base`: the root's API port, the first of the block `canopy up` lays out.
+    fn port_base(&self) -> u16 {
+        self.api
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
-            .expect("the API has a port");
-        format!("127.0.0.1:{}", base + 3)
+            .expect("the API has a port")
+    }
+
+    /// The cluster's API, HOST:PORT (`--port-base` + 3): node registration, the installer.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port_base() + 3)
+    }
+
+    /// The cluster's embedded MQTT broker's port on loopback (`--port-base` + 4).
+    pub fn mqtt_port(&self) -> u16 {
+        self.port_base() + 4
     }
 
     pub async fn get(&self, path: &str) -> Value {

@@ -63,9 +63,18 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
-    /// How often node information and instance resources are reported.
+    /// How often node information and instance resources are sampled; a sample is sent only
+    /// when it differs noticeably from the last one sent (or at the refresh below).
     #[arg(long, env = "CANOPY_REPORT_INTERVAL_SECS", default_value_t = 2.0)]
     pub report_interval_secs: f64,
+    /// Reports are sent at least this often, changed or not.
+    #[arg(long, env = "CANOPY_REPORT_REFRESH_SECS", default_value_t = 30.0)]
+    pub report_refresh_secs: f64,
+    /// The MQTT keep-alive: with no other traffic the engine pings the broker this often, and
+    /// the broker gives the worker up (its last will tells the cluster) after 1.5 times this
+    /// much silence, e.g. when the worker's link is cut.
+    #[arg(long, env = "CANOPY_KEEPALIVE_SECS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=3600))]
+    pub keepalive_secs: u16,
     /// Grace between SIGTERM and SIGKILL when an instance is stopped.
     #[arg(long, env = "CANOPY_STOP_GRACE_SECS", default_value_t = 10.0)]
     pub stop_grace_secs: f64,
@@ -110,6 +119,14 @@ impl Config {
         Duration::from_secs_f64(self.report_interval_secs.clamp(0.1, 3600.0))
     }
 
+    pub fn report_refresh(&self) -> Duration {
+        Duration::from_secs_f64(self.report_refresh_secs.clamp(0.1, 86_400.0))
+    }
+
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keepalive_secs.max(1)))
+    }
+
     pub fn stop_grace(&self) -> Duration {
         Duration::from_secs_f64(self.stop_grace_secs.clamp(0.0, 3600.0))
     }
@@ -146,6 +163,8 @@ impl Config {
             containerd_namespace: namespace.to_owned(),
             insecure_registries: Vec::new(),
             report_interval_secs: 0.5,
+            report_refresh_secs: 30.0,
+            keepalive_secs: 1,
             stop_grace_secs: 2.0,
             remove_on_exit: false,
             untracked_check_secs: 30.0,

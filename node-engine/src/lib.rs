@@ -9,6 +9,7 @@ pub mod logs;
 pub mod metrics;
 pub mod overlay;
 pub mod probes;
+pub mod report;
 pub mod runtime;
 pub mod server;
 pub mod uplink;

@@ -154,6 +154,8 @@ impl Node {
                 join_token: self.config.join_token.clone(),
                 name: crate::host::node_name(self.config.name.as_deref()),
                 report_interval: self.config.report_interval(),
+                report_refresh: self.config.report_refresh(),
+                keep_alive: self.config.keep_alive(),
                 data_dir: self.config.data_dir.clone(),
                 overlay_address: self.config.overlay_address,
                 offer_memory_mb: self.config.offer_memory_mb,

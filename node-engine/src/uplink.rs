@@ -1,8 +1,11 @@
 //! The worker's side of the cluster protocol (spec §5): HTTP registration on the cluster's
 //! port 10100, then one MQTT session with the credentials it answered, a last will, and:
-//! `control/deploy` and `control/delete` in; `information` and `jobs/resources` every report
-//! interval and `job` on every status change out. On every (re)connect the status of every
-//! instance is sent again, so the cluster reconciles after an outage.
+//! `control/deploy` and `control/delete` in; `job` on every status change out, and
+//! `information` and `jobs/resources` when a sample (every report interval) differs noticeably
+//! from the last one sent, at least every refresh interval ([`crate::report`]). Liveness is the
+//! MQTT keep-alive: the broker gives a silent worker up after 1.5 keep-alives and publishes its
+//! last will. On every (re)connect the status of every instance and the node's information are
+//! sent again, so the cluster reconciles after an outage.
 //!
 //! Nothing here is needed for instances to run: the engine recovers and runs its instances
 //! whether or not a cluster answers. Registration and the broker are retried with back-off;
@@ -16,11 +19,12 @@
 use crate::engine::{Engine, Refused};
 use crate::host::{self, CpuMeter};
 use crate::logs::LogStreams;
+use crate::report::{Gate, NodeSample};
 use canopy_core::NodeId;
 use canopy_core::logs::{LogClose, LogCredit};
 use canopy_proto::worker::{
     DeleteMessage, DeployMessage, JobStatus, LogDataMessage, LogOpenMessage, NodeInformation,
-    NodeRegistration, RegistrationAnswer, WillMessage, topics,
+    NodeRegistration, RegistrationAnswer, ResourcesReport, WillMessage, topics,
 };
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
@@ -41,7 +45,12 @@ pub struct UplinkConfig {
     pub cluster_addr: String,
     pub join_token: String,
     pub name: String,
+    /// How often the load is sampled.
     pub report_interval: Duration,
+    /// A report goes out at least this often (else only when it changed noticeably).
+    pub report_refresh: Duration,
+    /// The MQTT keep-alive (the broker gives the worker up after 1.5 times it).
+    pub keep_alive: Duration,
     /// The filesystem whose use is reported as disk use.
     pub data_dir: PathBuf,
     /// `--overlay-address`: the LAN address of the worker's tunnel (default: the address the
@@ -105,13 +114,6 @@ impl Uplink {
         }
     }
 
-    /// The memory offered to the cluster: what is available, at most `--offer-memory-mb`.
-    fn offered_memory_mb(&self, available_mb: u64) -> u64 {
-        self.config
-            .offer_memory_mb
-            .map_or(available_mb, |cap| cap.min(available_mb))
-    }
-
     fn registration(&self) -> NodeRegistration {
         let (total, available) = host::memory();
         NodeRegistration {
@@ -120,7 +122,7 @@ impl Uplink {
             port: String::new(),
             architecture: crate::runtime::containerd::oci::host_arch().to_owned(),
             vcpus: host::vcpus(),
-            memory: self.offered_memory_mb(available >> 20),
+            memory: offered_memory_mb(self.config.offer_memory_mb, available >> 20),
             cpu_percent: 0.0,
             memory_percent: used_percent(total, available),
             vgpus: 0,
@@ -266,7 +268,7 @@ impl Uplink {
             connected: false,
         };
         let mut opts = MqttOptions::new(format!("{id}-ne"), host, port);
-        opts.set_keep_alive(Duration::from_secs(5))
+        opts.set_keep_alive(self.config.keep_alive)
             .set_clean_session(true)
             .set_credentials(answer.mqtt_username.clone(), answer.mqtt_password.clone())
             .set_max_packet_size(1 << 20, 1 << 20)
@@ -293,10 +295,14 @@ impl Uplink {
         let (client, mut events) = AsyncClient::new(opts, 1000);
         events.set_network_options(nodelay());
         let mut out = Outbox::default();
-        let mut ticker = tokio::time::interval(self.config.report_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut cpu = CpuMeter::default();
-        cpu.sample();
+        // Sampling (containerd stats, nvidia-smi) runs in a task of its own: this loop must
+        // keep polling the connection, or its keep-alive pings are late and the broker gives
+        // the worker up.
+        let (samples_tx, mut samples) = mpsc::channel(1);
+        let sampler = tokio::spawn(self.sampler().run(self.config.report_interval, samples_tx));
+        let mut latest: Option<NodeSample> = None;
+        let mut node_gate = Gate::<NodeSample>::new(self.config.report_refresh);
+        let mut resources_gate = Gate::<ResourcesReport>::new(self.config.report_refresh);
         let mut connected = false;
         let mut failures = 0u32;
         let mut pending_subacks = 0usize;
@@ -318,11 +324,18 @@ impl Uplink {
                         self.publish(&mut out, &client, topics::log_data(id), &LogDataMessage::new(&chunk), "log_data");
                     }
                 }
-                _ = ticker.tick(), if connected => {
-                    let info = self.information(&mut cpu).await;
-                    self.publish(&mut out, &client, topics::information(id), &info, "information");
-                    let resources = self.engine.resources().await;
-                    if !resources.services.is_empty() {
+                Some((sample, resources)) = samples.recv() => {
+                    latest = Some(sample.clone());
+                    if !connected {
+                        continue;
+                    }
+                    let now = std::time::Instant::now();
+                    if node_gate.admit(&sample, now) {
+                        let info = self.information(&sample);
+                        self.publish(&mut out, &client, topics::information(id), &info, "information");
+                    }
+                    // An empty report counts as sent (none is: nothing runs to report on).
+                    if resources_gate.admit(&resources, now) && !resources.services.is_empty() {
                         self.publish(&mut out, &client, topics::resources(id), &resources, "resources");
                     }
                 }
@@ -357,8 +370,15 @@ impl Uplink {
                         for s in self.engine.statuses().await {
                             self.publish(&mut out, &client, topics::job(id), &s, "job");
                         }
-                        let info = self.information(&mut cpu).await;
-                        self.publish(&mut out, &client, topics::information(id), &info, "information");
+                        // The node's information goes out now (the last sample, at most one
+                        // report interval old), the first resources whatever they are.
+                        node_gate = Gate::new(self.config.report_refresh);
+                        resources_gate = Gate::new(self.config.report_refresh);
+                        if let Some(sample) = &latest {
+                            node_gate.sent(sample, std::time::Instant::now());
+                            let info = self.information(sample);
+                            self.publish(&mut out, &client, topics::information(id), &info, "information");
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         pending_subacks = pending_subacks.saturating_sub(1);
@@ -440,6 +460,7 @@ impl Uplink {
                 }}
             }
         };
+        sampler.abort();
         if connected {
             let _ = client.try_disconnect();
             // Let the DISCONNECT go out (a clean disconnect does not fire the last will).
@@ -467,25 +488,71 @@ impl Uplink {
         out.flush(client, &self.engine.metrics);
     }
 
+    fn sampler(&self) -> Sampler {
+        let mut cpu = CpuMeter::default();
+        cpu.sample();
+        Sampler {
+            engine: self.engine.clone(),
+            data_dir: self.config.data_dir.clone(),
+            offer_memory_mb: self.config.offer_memory_mb,
+            cpu,
+        }
+    }
+
     /// The `information` report: Oakestra's dynamic fields plus disk use, architecture and
     /// runtimes (extra keys are ignored by clusters that do not read them).
-    async fn information(&self, cpu: &mut CpuMeter) -> serde_json::Value {
-        let (total, available) = host::memory();
-        let (vgpus, gpu_usage) = host::gpus().await;
-        let info = NodeInformation {
-            ip: host::primary_ipv4(),
-            cpu_percent: cpu.sample(),
-            vcpus: host::vcpus(),
-            memory_percent: used_percent(total, available),
-            memory: self.offered_memory_mb(available >> 20),
-            vgpus,
-            gpu_usage,
-        };
-        let mut v = serde_json::to_value(info).unwrap_or_default();
-        v["disk_info"] = serde_json::json!({ "/": host::disk_used_percent(&self.config.data_dir) });
+    fn information(&self, sample: &NodeSample) -> serde_json::Value {
+        let mut v = serde_json::to_value(&sample.info).unwrap_or_default();
+        v["disk_info"] = serde_json::json!({ "/": sample.disk_percent });
         v["architecture"] = crate::runtime::containerd::oci::host_arch().into();
         v["virtualization"] = self.engine.virtualizations().into();
         v
+    }
+}
+
+/// The memory offered to the cluster: what is available, at most `--offer-memory-mb`.
+fn offered_memory_mb(cap: Option<u64>, available_mb: u64) -> u64 {
+    cap.map_or(available_mb, |cap| cap.min(available_mb))
+}
+
+/// Takes the samples the reports are made of, every report interval, in a task of its own.
+struct Sampler {
+    engine: Arc<Engine>,
+    data_dir: PathBuf,
+    offer_memory_mb: Option<u64>,
+    cpu: CpuMeter,
+}
+
+impl Sampler {
+    /// Sends a sample every `interval` until the receiver is gone.
+    async fn run(mut self, interval: Duration, to: mpsc::Sender<(NodeSample, ResourcesReport)>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let sample = (self.node().await, self.engine.resources().await);
+            if to.send(sample).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The node's load now.
+    async fn node(&mut self) -> NodeSample {
+        let (total, available) = host::memory();
+        let (vgpus, gpu_usage) = host::gpus().await;
+        NodeSample {
+            info: NodeInformation {
+                ip: host::primary_ipv4(),
+                cpu_percent: self.cpu.sample(),
+                vcpus: host::vcpus(),
+                memory_percent: used_percent(total, available),
+                memory: offered_memory_mb(self.offer_memory_mb, available >> 20),
+                vgpus,
+                gpu_usage,
+            },
+            disk_percent: host::disk_used_percent(&self.data_dir),
+        }
     }
 }
 

@@ -84,7 +84,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// A worker with no message for this long is lost (a backstop to its last will).
+    /// A worker with no message for this long is lost: a backstop to its last will, which
+    /// the broker publishes after 1.5 keep-alives of silence (1.5 s by default). Idle workers
+    /// report only when their load changes or every refresh (30 s by default), so this must
+    /// be well above the workers' refresh interval.
     pub worker_timeout: Duration,
     /// How often [`Cluster::tick`] runs.
     pub tick: Duration,
@@ -96,7 +99,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            worker_timeout: Duration::from_secs(3),
+            worker_timeout: Duration::from_secs(75),
             tick: Duration::from_millis(200),
             drain: Duration::from_secs(2),
         }

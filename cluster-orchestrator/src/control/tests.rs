@@ -244,8 +244,9 @@ async fn a_silent_worker_is_lost_after_the_timeout_and_its_instance_moves() {
     let other = if first == a { b } else { a };
     published(&mut f.out);
 
-    // `other` keeps talking; `first` is silent for 3.5 s, past the 3 s timeout.
-    tokio::time::advance(Duration::from_secs(2)).await;
+    // `other` reports within the timeout; `first` is silent for half a second longer.
+    let timeout = Settings::default().worker_timeout;
+    tokio::time::advance(timeout - Duration::from_secs(1)).await;
     f.cluster
         .on_information(&other, canopy_proto::worker::NodeInformation::default())
         .await;
