@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Canopy's benchmarks (never part of the test suite's pass/fail). As root, on Debian:
 #
-#   bash scripts/bench.sh [latency] [placement] [failover] [idle] [overlay] [unikernel] [swarm]
-#                                                                        (default: all)
+#   bash scripts/bench.sh [latency] [placement] [failover] [failover_silent] [idle] [overlay]
+#                         [unikernel] [swarm]                                  (default: all)
 #
 # Builds in release mode, starts containerd if none answers, runs
 # `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`;
-# `unikernel` there is submit → RUNNING for a tiny kernel under QEMU), for `overlay`
+# `unikernel` there is submit → RUNNING for a tiny kernel under QEMU; `failover_silent` cuts a
+# worker's link in a lab of network namespaces), for `overlay`
 # `cargo bench -p canopy-e2e --bench overlay` (workers in network namespaces of their own,
 # iperf3 and ping through service IPs) and for `unikernel` also
 # `cargo bench -p node-engine --bench unikernel_boot` (QEMU spawned → the guest's marker; it
@@ -36,7 +37,7 @@ ensure_rust
 ensure_containerd "$RUN_DIR/containerd.log"
 
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover idle overlay unikernel swarm)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover failover_silent idle overlay unikernel swarm)
 STACK=()
 OVERLAY=no
 UNIKERNEL=no
@@ -86,7 +87,8 @@ for line in out.splitlines():
             data.setdefault("sections", {})[section] = v
             for k, x in v.items():
                 if k.endswith("_ms") or k in ("placements_per_second", "idle_rss_mb", "idle_cpu_percent",
-                                              "overlay_throughput_ratio", "overlay_rtt_overhead_us"):
+                                              "overlay_throughput_ratio", "overlay_rtt_overhead_us",
+                                              "idle_worker_uplink_bits_per_second"):
                     data[k] = x
 
 mem_kb = int(re.search(r"MemTotal:\s+(\d+)", open("/proc/meminfo").read()).group(1))
@@ -128,6 +130,7 @@ rows = [
     f"| QEMU spawned → the guest's marker on the console, p50 ms over {s.get('unikernel_boot', {}).get('runs', '—')}: tiny kernel KVM / TCG, Linux micro-VM TCG | {f(boot.get('tiny_kvm'))} / {f(boot.get('tiny_tcg'))} / {f(boot.get('linux_tcg'))} | (same) |",
     f"| placements per second: {s.get('placement', {}).get('instances', '—')} instances onto {s.get('placement', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second'), 0)} | `bash scripts/bench.sh placement` |",
     f"| worker killed → instance `RUNNING` on another, p50 ms over {s.get('failover', {}).get('runs', '—')} | {f((data.get('failover_to_running_ms') or {}).get('p50'), 0)} | `bash scripts/bench.sh failover` |",
+    f"| worker's link cut (nothing closed; workers in network namespaces) → instance `RUNNING` on another, p50 / p90 / p99 ms over {s.get('failover_silent', {}).get('runs', '—')} | {p('failover_silent_ms')} | `bash scripts/bench.sh failover_silent` |",
 ]
 o = s.get("overlay", {})
 rows += [
@@ -140,6 +143,7 @@ cpu_ = data.get("idle_cpu_percent") or {}
 for who in ("root", "cluster", "node"):
     label = "node engine (mean of 10)" if who == "node" else who
     rows.append(f"| idle {label} after {s.get('idle', {}).get('seconds', 60)} s with 10 workers: RSS MB / CPU % | {f(rss.get(who))} / {f(cpu_.get(who), 2)} | `bash scripts/bench.sh idle` |")
+rows.append(f"| idle worker's MQTT connection, bytes both ways, mean of 10 workers: bits/s | {f(data.get('idle_worker_uplink_bits_per_second'), 0)} | `bash scripts/bench.sh idle` |")
 table = "\n".join(rows) + "\n"
 
 md_path = "docs/benchmarks.md"

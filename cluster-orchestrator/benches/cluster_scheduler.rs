@@ -35,6 +35,7 @@ fn workers(n: usize) -> Vec<WorkerCandidate> {
             },
             cpu_percent: (next() % 100) as f64,
             memory_percent: (next() % 100) as f64,
+            unreported: (next() % 4) as u32,
         })
         .collect()
 }

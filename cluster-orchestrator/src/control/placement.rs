@@ -46,6 +46,7 @@ impl Cluster {
                     .saturating_sub(used.get(&w.doc.id).unwrap_or(&Resources::ZERO)),
                 cpu_percent: w.info.cpu_percent,
                 memory_percent: w.info.memory_percent,
+                unreported: w.unreported,
             })
             .collect()
     }
@@ -82,6 +83,10 @@ impl Cluster {
                 Ok(node) => {
                     if let Some(c) = candidates.iter_mut().find(|c| c.id == node) {
                         c.free = c.free.saturating_sub(&spec.resources);
+                        c.unreported += 1;
+                    }
+                    if let Some(w) = ch.workers.get_mut(&node) {
+                        w.unreported += 1;
                     }
                     let ip = ch.instances.get(&k).and_then(|i| i.ip);
                     if let Some(i) = ch.instances.get_mut(&k) {

@@ -65,6 +65,9 @@ pub struct WorkerState {
     pub info: NodeInformation,
     pub last_seen: Instant,
     pub online: bool,
+    /// Instances placed on it since its last `information` report, which cannot show their
+    /// load yet (the scheduler counts them, so a burst does not all land on one worker).
+    pub unreported: u32,
 }
 
 impl WorkerState {
@@ -124,6 +127,7 @@ impl State {
                     info: NodeInformation::default(),
                     last_seen: now + RESTART_GRACE,
                     online: true,
+                    unreported: 0,
                 },
             );
         }

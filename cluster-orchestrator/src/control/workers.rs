@@ -106,6 +106,7 @@ impl Cluster {
                     info,
                     last_seen: ch.now.at,
                     online: true,
+                    unreported: 0,
                 },
             );
             Ok(())
@@ -151,6 +152,7 @@ impl Cluster {
             return;
         };
         w.info = info;
+        w.unreported = 0;
     }
 
     /// `nodes/<id>/will`: the worker's connection died.
