@@ -144,6 +144,18 @@ for who in ("root", "cluster", "node"):
     label = "node engine (mean of 10)" if who == "node" else who
     rows.append(f"| idle {label} after {s.get('idle', {}).get('seconds', 60)} s with 10 workers: RSS MB / CPU % | {f(rss.get(who))} / {f(cpu_.get(who), 2)} | `bash scripts/bench.sh idle` |")
 rows.append(f"| idle worker's MQTT connection, bytes both ways, mean of 10 workers: bits/s | {f(data.get('idle_worker_uplink_bits_per_second'), 0)} | `bash scripts/bench.sh idle` |")
+legs = data.get("submit_spans_ms") or {}
+if legs:
+    rows += [
+        "",
+        "Where the milliseconds of submit → `RUNNING` go (span marks of the same `latency` run,",
+        "`canopy_core::span`; the daemons' clocks are one machine's), p50 / p90 ms per leg:",
+        "",
+        "| leg | container | wasm |",
+        "|---|---|---|",
+    ]
+    for c, w in zip(legs.get("container", []), legs.get("wasm", [])):
+        rows.append(f"| {c['leg']} | {f(c['p50'], 2)} / {f(c['p90'], 2)} | {f(w['p50'], 2)} / {f(w['p90'], 2)} |")
 table = "\n".join(rows) + "\n"
 
 md_path = "docs/benchmarks.md"

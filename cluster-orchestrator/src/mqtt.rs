@@ -10,9 +10,12 @@
 
 use crate::broker::{DYNSEC_RESPONSE_TOPIC, DynsecWaiters, dynsec_response};
 use crate::control::{Cluster, Publish, UsageReport};
-use canopy_core::InstanceNumber;
+use canopy_core::span::{self, Hop};
+use canopy_core::{InstanceNumber, InstanceStatus};
 use canopy_proto::worker::topics::{self, Incoming};
-use canopy_proto::worker::{JobStatus, LogDataMessage, NodeInformation, ResourcesReport};
+use canopy_proto::worker::{
+    DeployMessage, JobStatus, LogDataMessage, NodeInformation, ResourcesReport,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +62,19 @@ pub async fn run(
     let counter = cluster.clone();
     let publish_task = tokio::spawn(async move {
         while let Some(p) = outgoing.recv().await {
-            counter.metrics.mqtt_message("out", topic_kind(&p.topic));
+            let kind = topic_kind(&p.topic);
+            counter.metrics.mqtt_message("out", kind);
+            // The deploy's key, read back from the payload only when span marks are on.
+            let deploy = (kind == "deploy" && span::enabled())
+                .then(|| serde_json::from_slice::<DeployMessage>(&p.payload).ok())
+                .flatten();
             if let Err(e) = publisher
                 .publish(p.topic, QoS::AtLeastOnce, false, p.payload)
                 .await
             {
                 tracing::warn!(error = %e, "MQTT publish failed");
+            } else if let Some(d) = deploy {
+                span::mark(Hop::ClusterPublished, &d.job_name, d.instance_number);
             }
         }
     });
@@ -176,7 +186,12 @@ fn job_status(
             js.parse().map_err(|e| e.to_string())
         });
     match parsed {
-        Ok(event) => Some(event),
+        Ok(event) => {
+            if event.status == InstanceStatus::Running {
+                span::mark(Hop::ClusterStatus, &event.job, event.instance.0);
+            }
+            Some(event)
+        }
         Err(e) => {
             tracing::warn!(%node, error = %e, "bad job status dropped");
             None

@@ -7,9 +7,10 @@
 //! session's credentials.
 
 use crate::control::{AddressPlan, Cluster};
-use canopy_core::link::{ClusterLocation, Command, CommandAck, Registration};
+use canopy_core::link::{ClusterLocation, Command, CommandAck, CommandAction, Registration};
 use canopy_core::logs::{LogChunk, LogOpen};
 use canopy_core::overlay::GlobalView;
+use canopy_core::span::{self, Hop};
 use canopy_core::{ClusterId, NodeId};
 use canopy_proto::burst::run_of;
 use canopy_proto::pb::cluster_link_client::ClusterLinkClient;
@@ -197,13 +198,16 @@ impl Uplink {
         let mut log_chunks = cluster.attach_log_uplink();
         loop {
             // Everything queued and not sent yet goes first.
-            for r in cluster.pending_reports_after(last_sent).await {
+            for (r, job) in cluster.reports_to_send(last_sent).await {
                 last_sent = r.seq;
                 tx.send(send(cluster_message::Body::Instance(
                     pb::InstanceReport::from(&r),
                 )))
                 .await
                 .map_err(|_| closed())?;
+                if let Some(job) = job {
+                    span::mark(Hop::ClusterReported, &job, r.instance.0);
+                }
             }
             tokio::select! {
                 _ = cluster.reports_ready().notified() => {}
@@ -242,6 +246,11 @@ impl Uplink {
                                             .ok()
                                     })
                                     .collect();
+                                for c in &cmds {
+                                    if let CommandAction::Deploy { spec, instance, .. } = &c.action {
+                                        span::mark(Hop::ClusterReceived, &spec.job_name, instance.0);
+                                    }
+                                }
                                 let result = cluster.apply_commands(&cmds).await.map_err(|e| e.to_string());
                                 for cmd in cmds {
                                     let ack = CommandAck { id: cmd.id, result: result.clone() };

@@ -1,7 +1,9 @@
 //! Canopy's domain types, shared by every other crate.
 //!
 //! Nothing here does I/O or depends on an async runtime: these are the nouns of the system
-//! (ids, statuses, resources, names, jobs) and the rules that belong to them.
+//! (ids, statuses, resources, names, jobs) and the rules that belong to them. The one
+//! exception is [`span`]: marks along the submit path, emitted through `tracing` (off unless
+//! the `canopy_span=debug` filter is on), shared by the three daemons.
 
 pub mod addressing;
 pub mod autoscale;
@@ -13,6 +15,7 @@ pub mod naming;
 pub mod overlay;
 pub mod probe;
 pub mod resources;
+pub mod span;
 pub mod status;
 
 pub use ids::{

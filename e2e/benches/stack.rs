@@ -7,7 +7,9 @@
 //!
 //! - `latency`: submit (`POST /api/service/<id>/instance`) → `RUNNING` seen through the API,
 //!   for a cached container image and a wasm module, and a bare `ctr run -d` of the same image
-//!   (`CANOPY_BENCH_RUNS`, default 50);
+//!   (`CANOPY_BENCH_RUNS`, default 50), and where the time goes: the daemons run with span
+//!   marks on (`--log=info,canopy_span=debug`, `canopy_core::span`) and each leg of the path
+//!   (root accepted → sent → cluster → MQTT → engine → runtime → back) is printed as p50/p90;
 //! - `placement`: `--virtual-workers 200` (benchmark mode of the node engine), 5,000 instances
 //!   submitted, placements per second until all are `RUNNING`;
 //! - `failover`: two workers; the one holding the instance is killed (engine and containers),
@@ -25,6 +27,7 @@
 #![allow(clippy::unwrap_used)]
 
 use canopy_e2e::lab::Lab;
+use canopy_e2e::spans;
 use canopy_e2e::stats::summarize;
 use canopy_e2e::unikernel::{FileServer, QEMU, qemu_installed, tiny_kernel, unikernel};
 use canopy_e2e::{Stack, container, ctr, demo_image, signal, sla};
@@ -99,7 +102,15 @@ async fn submit_to_running(stack: &Stack, service: &str, runs: u32) -> Vec<f64> 
 
 async fn latency(runs: u32) {
     let image = demo_image(&work());
-    let stack = Stack::up_with(1, &["--node-arg=--stop-grace-secs=1"]).await;
+    // Span marks on (`canopy_core::span`): the legs of the path are read back from the logs.
+    let stack = Stack::up_with(
+        1,
+        &[
+            "--node-arg=--stop-grace-secs=1",
+            "--log=info,canopy_span=debug",
+        ],
+    )
+    .await;
     let module = stack.dir.path().join("ticker.wat");
     std::fs::copy(canopy_e2e::repo().join("examples/ticker.wat"), &module).unwrap();
     let wasm = json!({
@@ -146,6 +157,34 @@ async fn latency(runs: u32) {
         "  bare ctr run -d           {:>7.1} {:>7.1} {:>7.1}",
         b.p50, b.p90, b.p99
     );
+    let marks: Vec<spans::Mark> = ["root", "cluster", "worker1"]
+        .iter()
+        .flat_map(|d| {
+            let log = stack.dir.path().join(format!("up/logs/{d}.log"));
+            spans::parse(&std::fs::read_to_string(log).unwrap_or_default())
+        })
+        .collect();
+    let mut legs = serde_json::Map::new();
+    for (kind, service) in [("container", "idle"), ("wasm", "tick")] {
+        let job = spans::jobs(&marks)
+            .into_iter()
+            .find(|j| j.split('.').nth(2) == Some(service))
+            .unwrap_or_default();
+        // The warm-up instance is the first of each job.
+        let path = spans::legs(&marks, &job, 1);
+        let n = path.first().map_or(0, |l| l.ms.len());
+        println!("  {kind}: where the milliseconds go, {n} instances (ms): p50 / p90");
+        let mut total = 0.0;
+        let mut rows = Vec::new();
+        for leg in &path {
+            let s = leg.summary();
+            total += s.p50;
+            println!("    {:<38} {:>7.2} {:>7.2}", leg.label(), s.p50, s.p90);
+            rows.push(json!({"leg": leg.label(), "p50": s.p50, "p90": s.p90}));
+        }
+        println!("    {:<38} {:>7.2}", "sum of the p50s", total);
+        legs.insert(kind.to_owned(), Value::Array(rows));
+    }
     emit(
         "latency",
         json!({
@@ -153,6 +192,7 @@ async fn latency(runs: u32) {
             "container_submit_to_running_ms": c.json(),
             "wasm_submit_to_running_ms": w.json(),
             "ctr_run_baseline_ms": b.json(),
+            "submit_spans_ms": legs,
         }),
     );
 }

@@ -7,6 +7,7 @@
 //!   drop.
 //! - [`ctr`]: what containerd holds in a namespace, through the `ctr` tool.
 //! - [`demo_image`]: the busybox image the quickstart uses, built once per run.
+//! - [`spans`]: the submit path's span marks read back from the daemons' logs.
 //! - [`unikernel`]: tiny kernels for `virtualization: unikernel`, served over HTTP on
 //!   loopback, and the QEMU pids a worker records.
 //!
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod lab;
+pub mod spans;
 pub mod unikernel;
 
 pub const ADMIN_PASSWORD: &str = "e2e-admin-pw";

@@ -20,8 +20,9 @@ use crate::engine::{Engine, Refused};
 use crate::host::{self, CpuMeter};
 use crate::logs::LogStreams;
 use crate::report::{Gate, NodeSample};
-use canopy_core::NodeId;
 use canopy_core::logs::{LogClose, LogCredit};
+use canopy_core::span::{self, Hop};
+use canopy_core::{InstanceStatus, NodeId};
 use canopy_proto::worker::{
     DeleteMessage, DeployMessage, JobStatus, LogDataMessage, LogOpenMessage, NodeInformation,
     NodeRegistration, RegistrationAnswer, ResourcesReport, WillMessage, topics,
@@ -314,7 +315,12 @@ impl Uplink {
                 _ = shutdown.as_mut() => break SessionEnd::Shutdown,
                 u = updates.recv() => {
                     match u {
-                        Some(status) if connected => self.publish(&mut out, &client, topics::job(id), &status, "job"),
+                        Some(status) if connected => {
+                            self.publish(&mut out, &client, topics::job(id), &status, "job");
+                            if status.status == InstanceStatus::Running.as_str() {
+                                span::mark(Hop::EnginePublished, &status.sname, status.instance);
+                            }
+                        }
                         Some(_) => {} // sent with the full status list on reconnect
                         None => break SessionEnd::Shutdown,
                     }
@@ -393,6 +399,7 @@ impl Uplink {
                             engine.metrics.mqtt_message("in", "deploy");
                             match decode_deploy(&p.payload) {
                                 Ok(msg) => {
+                                    span::mark(Hop::EngineReceived, &msg.job_name, msg.instance_number);
                                     tokio::spawn(async move {
                                         if let Err(r) = engine.deploy(msg).await {
                                             engine.refuse(&r);

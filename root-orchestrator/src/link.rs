@@ -3,7 +3,10 @@
 //! Wire ⇄ domain conversions are in `canopy-proto`; the decisions are in [`crate::control`].
 
 use crate::control::{self, Outbound, Root};
-use canopy_core::link::{ClusterReport, CommandAck, InstanceReport, Registration};
+use canopy_core::link::{
+    ClusterReport, Command, CommandAck, CommandAction, InstanceReport, Registration,
+};
+use canopy_core::span::{self, Hop};
 use canopy_core::{ClusterId, NodeId};
 use canopy_proto::burst::run_of;
 use canopy_proto::pb::cluster_link_server::{ClusterLink, ClusterLinkServer};
@@ -145,15 +148,18 @@ impl ClusterLink for LinkService {
                 tokio::select! {
                     _ = stop.changed() => break,
                     cmd = commands.recv() => {
-                        let m = match cmd {
-                            Some(Outbound::Command(c)) => message(root_message::Body::Command(pb::Command::from(&c))),
-                            Some(Outbound::Overlay(v)) => message(root_message::Body::Overlay(pb::OverlayView::from(&*v))),
-                            Some(Outbound::LogOpen(o)) => message(root_message::Body::LogOpen(pb::LogOpen::from(&o))),
-                            Some(Outbound::LogCredit(c)) => message(root_message::Body::LogCredit(pb::LogCredit::from(&c))),
-                            Some(Outbound::LogClose(c)) => message(root_message::Body::LogClose(pb::LogClose::from(&c))),
-                            None => break,
+                        let Some(cmd) = cmd else { break };
+                        let m = match &cmd {
+                            Outbound::Command(c) => message(root_message::Body::Command(pb::Command::from(c))),
+                            Outbound::Overlay(v) => message(root_message::Body::Overlay(pb::OverlayView::from(&**v))),
+                            Outbound::LogOpen(o) => message(root_message::Body::LogOpen(pb::LogOpen::from(o))),
+                            Outbound::LogCredit(c) => message(root_message::Body::LogCredit(pb::LogCredit::from(c))),
+                            Outbound::LogClose(c) => message(root_message::Body::LogClose(pb::LogClose::from(c))),
                         };
                         if out_tx.send(Ok(m)).await.is_err() { break; }
+                        if let Outbound::Command(Command { action: CommandAction::Deploy { spec, instance, .. }, .. }) = &cmd {
+                            span::mark(Hop::RootSent, &spec.job_name, instance.0);
+                        }
                     }
                     burst = canopy_proto::burst::next_burst(&mut inbound) => {
                         let burst = match burst {

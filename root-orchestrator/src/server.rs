@@ -180,7 +180,20 @@ impl Server {
                 stopper.receiver(),
             ))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                // No Nagle on the cluster sessions: a command written right after another
+                // would otherwise wait for the delayed ACK of the first (~40 ms per deploy,
+                // measured by the submit path's span marks). `Server::tcp_nodelay` applies
+                // only to listeners tonic binds itself.
+                futures::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                    |conn| {
+                        conn.inspect(|tcp| {
+                            if let Err(e) = tcp.set_nodelay(true) {
+                                tracing::warn!(error = %e, "TCP_NODELAY on a cluster session");
+                            }
+                        })
+                    },
+                ),
                 stopped(),
             );
 

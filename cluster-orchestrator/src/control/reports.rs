@@ -9,7 +9,8 @@ use crate::scheduler::WorkerCandidate;
 use canopy_core::link::{
     ClusterReport, InstanceReport, InstanceUsage, NodeSummary, ResourceAggregate,
 };
-use canopy_core::{Architecture, InstanceStatus, NodeId};
+use canopy_core::span;
+use canopy_core::{Architecture, InstanceStatus, JobName, NodeId};
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::Notify;
 
@@ -42,10 +43,24 @@ impl Cluster {
     /// Reports the root has not acknowledged numbered above `seq` (those not sent yet),
     /// oldest first.
     pub async fn pending_reports_after(&self, seq: u64) -> Vec<InstanceReport> {
+        let reports = self.reports_to_send(seq).await;
+        reports.into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// [`Cluster::pending_reports_after`] for the root link, each with its job's name when it is
+    /// a `RUNNING` report and span marks are on ([`canopy_core::span`]; the uplink marks it sent).
+    pub async fn reports_to_send(&self, seq: u64) -> Vec<(InstanceReport, Option<JobName>)> {
         let st = self.state.lock().await;
+        let marks = span::enabled();
         st.outbox
             .range(seq.saturating_add(1)..)
-            .map(|(_, r)| r.clone())
+            .map(|(_, r)| {
+                let job = (marks && r.status == InstanceStatus::Running)
+                    .then(|| st.services.get(&r.service_id))
+                    .flatten()
+                    .map(|s| s.spec.job_name.clone());
+                (r.clone(), job)
+            })
             .collect()
     }
 

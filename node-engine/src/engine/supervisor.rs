@@ -19,6 +19,7 @@ use super::Engine;
 use crate::probes::{self, Probes};
 use crate::runtime::{Exit, RunState, Runtime, RuntimeError};
 use canopy_core::InstanceStatus;
+use canopy_core::span::{self, Hop};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -170,12 +171,17 @@ impl Engine {
                     },
                     None => Ok(()),
                 };
+                let (job, n) = (&w.spec.job_name, w.instance.0);
                 let started = match started {
-                    Ok(()) => self.timed(&*rt, "start", rt.start(&w)).await,
+                    Ok(()) => {
+                        span::mark(Hop::EngineStarting, job, n);
+                        self.timed(&*rt, "start", rt.start(&w)).await
+                    }
                     Err(e) => Err(e),
                 };
                 match started {
                     Ok(()) => {
+                        span::mark(Hop::EngineStarted, job, n);
                         self.set(&name, generation, InstanceStatus::Running, "")
                             .await;
                         true

@@ -5,6 +5,7 @@ use super::state::{Change, InstanceKey, State, event};
 use super::{Caller, Error, Now, Result, Root, conflict, new_id, not_found, quota};
 use crate::model::{Application, Instance, Service, ServiceEvent};
 use canopy_core::addressing::AddressError;
+use canopy_core::span::{self, Hop};
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, ServiceId};
 use canopy_sla::Sla;
 use canopy_store::StoreError;
@@ -307,6 +308,13 @@ impl Root {
         let why = format!("requested by {}", caller.name);
         let n = self.stage_scale_up(&st, &mut change, &key, ("scale up", why), now)?;
         let durable = self.enqueue(&mut st, change);
+        // Accepted: in memory, its write queued. Marked before the write is awaited: the
+        // committer sends the deploy as soon as the write is durable, before this wakes.
+        if span::enabled()
+            && let Some(s) = st.services.get(&key)
+        {
+            span::mark(Hop::RootAccepted, &s.spec.job_name, n.0);
+        }
         self.settle(st, durable).await?;
         Ok(n)
     }

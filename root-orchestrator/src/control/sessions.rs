@@ -9,7 +9,8 @@ use crate::model::{Cluster, PendingCommand};
 use canopy_core::link::{
     ClusterReport, CommandAck, CommandAction, InstanceReport, NodeSummary, Registration,
 };
-use canopy_core::{ClusterId, InstanceStatus, StatusClass};
+use canopy_core::span::{self, Hop};
+use canopy_core::{ClusterId, InstanceNumber, InstanceStatus, StatusClass};
 use canopy_store::secrets;
 use tokio::sync::mpsc;
 
@@ -241,7 +242,12 @@ impl Root {
         reports: Vec<InstanceReport>,
     ) -> Result<u64> {
         let now = Now::read();
+        let arrived = span::enabled().then(span::now_us);
         let mut st = self.state.lock().await;
+        let running = match arrived {
+            Some(at) => mark_running_reports(&st, &reports, at),
+            None => Vec::new(),
+        };
         let mut reports = reports.into_iter().peekable();
         let mut written = None;
         loop {
@@ -252,6 +258,10 @@ impl Root {
             let mut doc = e.doc.clone();
             if reports.peek().is_none() {
                 let seq = doc.last_acked_seq;
+                // Applied to memory by now (`enqueue`): what the API shows.
+                for (job, n) in &running {
+                    span::mark(Hop::RootVisible, job, *n);
+                }
                 if let Some(durable) = written {
                     self.settle(st, durable).await?;
                 }
@@ -389,4 +399,27 @@ impl Root {
     pub async fn pending_commands(&self) -> Vec<PendingCommand> {
         self.state.lock().await.outbox.values().cloned().collect()
     }
+}
+
+/// Marks the `RUNNING` reports among `reports` as arrived at `at` (Unix µs) and returns their
+/// job names and numbers (the span marks' keys), to be marked again once visible.
+fn mark_running_reports(
+    st: &State,
+    reports: &[InstanceReport],
+    at: u64,
+) -> Vec<(canopy_core::JobName, u32)> {
+    let running: Vec<(canopy_core::JobName, u32)> = reports
+        .iter()
+        .filter(|r| r.status == InstanceStatus::Running)
+        .filter_map(|r| {
+            let InstanceNumber(n) = r.instance;
+            st.services
+                .get(&r.service_id)
+                .map(|s| (s.spec.job_name.clone(), n))
+        })
+        .collect();
+    for (job, n) in &running {
+        span::mark_at(Hop::RootReport, job, *n, at);
+    }
+    running
 }
