@@ -1,6 +1,7 @@
 //! What every Canopy daemon shares, so each `main.rs` and server stays thin:
 //!
 //! - [`init_logging`]: tracing to stderr with an `EnvFilter`;
+//! - [`allocator`]: large blocks handed back to the system when freed;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM;
 //! - [`Stopper`]: one shutdown future fanned out to every task of a server;
 //! - [`every`]: a periodic loop that ends with the shutdown;
@@ -9,6 +10,7 @@
 //! - [`join_token`]: a join token from configuration or its file under the data directory;
 //! - [`config`]: layered settings — defaults, a TOML file, the environment, flags.
 
+pub mod allocator;
 pub mod config;
 
 use serde::de::DeserializeOwned;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    canopy_daemon::allocator::return_large_frees_to_the_system();
     let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("node engine", run(config).await)
