@@ -32,8 +32,9 @@ pub struct ContainerdRuntime {
     ctrd: Containerd,
     registry: Registry,
     scratch: PathBuf,
-    /// One image preparation at a time: two unpacks of one layer would collide.
-    images: tokio::sync::Mutex<()>,
+    /// One image preparation at a time: two unpacks of one layer would collide. Holds the
+    /// archives imported so far.
+    images: tokio::sync::Mutex<HashMap<PathBuf, image::Imported>>,
     /// The host mounts the unified cgroup v2 hierarchy (else v1, one tree per controller).
     cgroup_v2: bool,
 }
@@ -52,7 +53,7 @@ impl ContainerdRuntime {
             ctrd,
             registry: Registry::new(insecure_registries)?,
             scratch,
-            images: tokio::sync::Mutex::new(()),
+            images: tokio::sync::Mutex::new(HashMap::new()),
             cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         })
     }
@@ -76,11 +77,12 @@ impl ContainerdRuntime {
     /// Makes the image runnable without starting anything (used by `start`, and by tools
     /// that want an image ready ahead of time).
     pub async fn prepare_image(&self, code: &str, lease: &str) -> Result<image::Ready> {
-        let _one = self.images.lock().await;
+        let mut imported = self.images.lock().await;
         image::Images {
             ctrd: &self.ctrd,
             registry: &self.registry,
             scratch: &self.scratch,
+            imported: &mut imported,
         }
         .ensure(code, lease)
         .await
@@ -140,11 +142,23 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn start(&self, w: &Workload) -> Result<()> {
-        if self.status(&w.id).await? == RunState::Running {
-            return Ok(());
-        }
-        self.remove(&w.id).await?;
         let lease = Self::lease(&w.id);
+        if self.ctrd.container_get(&w.id).await?.is_some() {
+            if self.status(&w.id).await? == RunState::Running {
+                return Ok(());
+            }
+            self.remove(&w.id).await?;
+        } else {
+            // No container, so no task: only a snapshot or the lease of an earlier attempt
+            // can be left over (two calls at once; a new instance has neither).
+            let key = Self::snapshot_key(&w.id);
+            let (snapshot, leased) = tokio::join!(
+                self.ctrd.snapshot_remove(&key),
+                self.ctrd.lease_delete(&lease)
+            );
+            snapshot?;
+            leased?;
+        }
         self.ctrd.lease_create(&lease).await?;
         let r = self.create_and_start(w, &lease).await;
         if r.is_err() {
