@@ -60,12 +60,17 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A block of 20 free loopback ports.
+/// A block of 20 free loopback ports, below Linux's ephemeral range (32768–60999): a port in
+/// that range can be handed to some other socket bound to port 0 between this check and the
+/// daemon's bind (seen in CI: the unikernel test's file server took the cluster's MQTT port).
 fn port_block() -> u16 {
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 22_600; // blocks end by 32,600
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = 20_000 + (std::process::id() % 400) as u16 * 100;
+    let seed = (std::process::id() % 1_130) as u16 * 20;
     loop {
-        let base = seed + NEXT.fetch_add(20, Ordering::Relaxed) % 20_000;
+        let step = NEXT.fetch_add(20, Ordering::Relaxed) % SPAN;
+        let base = LOW + (seed + step) % SPAN;
         let free = (base..base + 20).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
             return base;
