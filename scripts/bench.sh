@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Canopy's benchmarks (never part of the test suite's pass/fail). As root, on Debian:
 #
-#   bash scripts/bench.sh [latency] [placement] [failover] [failover_silent] [idle] [overlay]
-#                         [unikernel] [swarm]                                  (default: all)
+#   bash scripts/bench.sh [latency] [placement] [placement_root] [scale] [failover]
+#                         [failover_silent] [idle] [overlay] [unikernel] [swarm] (default: all)
 #
 # Builds in release mode, starts containerd if none answers, runs
 # `cargo bench -p canopy-e2e --bench stack -- SECTIONS` (the real binaries under `canopy up`;
@@ -18,7 +18,10 @@
 # docs/benchmarks.md. Sections not run keep their previous figures.
 #
 # Environment: CANOPY_BENCH_RUNS (latency runs, 50), CANOPY_BENCH_VIRTUAL_WORKERS (200),
-# CANOPY_BENCH_INSTANCES (5000), CANOPY_BENCH_FAILOVER_RUNS (10), CANOPY_BENCH_IDLE_SECS (60),
+# CANOPY_BENCH_INSTANCES (5000), CANOPY_BENCH_CLUSTERS (placement_root, 10),
+# CANOPY_BENCH_ROOT_INSTANCES (placement_root and scale, 50000), CANOPY_BENCH_SCALE_CLUSTERS (5),
+# CANOPY_BENCH_SCALE_WORKERS (virtual workers per cluster in scale, 1000),
+# CANOPY_BENCH_FAILOVER_RUNS (10), CANOPY_BENCH_IDLE_SECS (60),
 # CANOPY_BENCH_BOOT_RUNS (QEMU boots per kind in unikernel_boot, 5; CANOPY_BENCH_RUNS also sets
 # the unikernel section's submissions, 50), CANOPY_BENCH_SWARM_RUNS (20).
 set -euo pipefail
@@ -37,7 +40,7 @@ ensure_rust
 ensure_containerd "$RUN_DIR/containerd.log"
 
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement failover failover_silent idle overlay unikernel swarm)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(latency placement placement_root scale failover failover_silent idle overlay unikernel swarm)
 STACK=()
 OVERLAY=no
 UNIKERNEL=no
@@ -86,7 +89,7 @@ for line in out.splitlines():
         for section, v in json.loads(line[len("BENCH_JSON "):]).items():
             data.setdefault("sections", {})[section] = v
             for k, x in v.items():
-                if k.endswith("_ms") or k in ("placements_per_second", "idle_rss_mb", "idle_cpu_percent",
+                if k.endswith("_ms") or k in ("placements_per_second", "placements_per_second_root", "scale", "idle_rss_mb", "idle_cpu_percent",
                                               "overlay_throughput_ratio", "overlay_rtt_overhead_us",
                                               "idle_worker_uplink_bits_per_second"):
                     data[k] = x
@@ -129,6 +132,8 @@ rows = [
     f"| submit → `RUNNING`, unikernel (tiny PVH kernel over HTTP, QEMU with {s.get('unikernel', {}).get('accel', '—')}), p50 / p90 / p99 ms over {s.get('unikernel', {}).get('runs', '—')} | {p('unikernel_submit_to_running_ms')} | `bash scripts/bench.sh unikernel` |",
     f"| QEMU spawned → the guest's marker on the console, p50 ms over {s.get('unikernel_boot', {}).get('runs', '—')}: tiny kernel KVM / TCG, Linux micro-VM TCG | {f(boot.get('tiny_kvm'))} / {f(boot.get('tiny_tcg'))} / {f(boot.get('linux_tcg'))} | (same) |",
     f"| placements per second: {s.get('placement', {}).get('instances', '—')} instances onto {s.get('placement', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second'), 0)} | `bash scripts/bench.sh placement` |",
+    f"| placements per second through the root: {s.get('placement_root', {}).get('instances', '—')} instances onto {s.get('placement_root', {}).get('clusters', '—')} clusters × {s.get('placement_root', {}).get('virtual_workers', '—')} virtual workers until all `RUNNING` | {f(data.get('placements_per_second_root'), 0)} | `bash scripts/bench.sh placement_root` |",
+    f"| at scale: {s.get('scale', {}).get('instances', '—')} instances `RUNNING` on {s.get('scale', {}).get('clusters', '—')} clusters × {s.get('scale', {}).get('virtual_workers', '—')} virtual workers: root RSS MB / largest cluster RSS MB / `GET /api/services` p50 / p99 ms | {f((data.get('scale') or {}).get('root_rss_mb'))} / {f((data.get('scale') or {}).get('cluster_rss_mb'))} / {f((data.get('scale') or {}).get('get_services_p50_ms'))} / {f((data.get('scale') or {}).get('get_services_p99_ms'))} | `bash scripts/bench.sh scale` |",
     f"| worker killed → instance `RUNNING` on another, p50 ms over {s.get('failover', {}).get('runs', '—')} | {f((data.get('failover_to_running_ms') or {}).get('p50'), 0)} | `bash scripts/bench.sh failover` |",
     f"| worker's link cut (nothing closed; workers in network namespaces) → instance `RUNNING` on another, p50 / p90 / p99 ms over {s.get('failover_silent', {}).get('runs', '—')} | {p('failover_silent_ms')} | `bash scripts/bench.sh failover_silent` |",
 ]

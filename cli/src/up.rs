@@ -2,18 +2,18 @@
 //! (each in its own process group, so a terminal's Ctrl-C reaches only `canopy up`):
 //!
 //! 1. `root-orchestrator` (embedded store) — waits for `/health`, reads `cluster-token`;
-//! 2. `cluster-orchestrator` (embedded store and MQTT broker) — waits for `/health`, reads
-//!    `node-token`;
+//! 2. `cluster-orchestrator` (embedded store and MQTT broker; `--clusters N` starts N of them)
+//!    — waits for each `/health`, reads each `node-token`;
 //! 3. N × `net-manager` (`--same-host`: every worker has its own bridge and nftables table in
 //!    this machine's network namespace, so their instances reach each other by service IPs
 //!    and names; not with `--no-overlay`);
 //! 4. N × `node-engine` (`--remove-on-exit`, namespace `<prefix>-workerI`, API port of its own;
 //!    containers, wasm and — where QEMU is installed — unikernels);
 //!
-//! then logs in as `Admin`, waits until the root sees the cluster with N active workers, saves
+//! then logs in as `Admin`, waits until the root sees every cluster and N active workers, saves
 //! the login for the CLI and prints what to do next. `<data-dir>/up.json` lists every child
 //! (pid, command line, log file). On SIGINT/SIGTERM the engines stop first (removing their
-//! instances), then the net managers (removing their networks), then the cluster, then the
+//! instances), then the net managers (removing their networks), then the clusters, then the
 //! root. A child that dies is reported, not restarted.
 //!
 //! [`plan`] decides everything from the arguments (ports, directories, command lines, health
@@ -30,9 +30,14 @@ pub use run::run;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Node engines to start.
+    /// Node engines to start (spread over the clusters in turn: worker I joins cluster
+    /// `(I - 1) % clusters + 1`).
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// Cluster orchestrators to start (`cluster`, `cluster2`, ...; each with its own store,
+    /// broker and data directory), at most 20.
+    #[arg(long, default_value_t = 1)]
+    pub clusters: u32,
     /// Where the daemons keep their state and logs (one directory each).
     #[arg(long, env = "CANOPY_UP_DIR", default_value = "/var/lib/canopy/up")]
     pub data_dir: PathBuf,
@@ -59,8 +64,9 @@ pub struct UpArgs {
     /// Log filter for the daemons.
     #[arg(long, default_value = "info")]
     pub log: String,
-    /// Benchmark mode: also start this many virtual workers (one `node-engine
-    /// --bench-virtual-workers` process) that speak the real protocol but run nothing.
+    /// Benchmark mode: also start this many virtual workers in every cluster (one `node-engine
+    /// --bench-virtual-workers` process per cluster) that speak the real protocol but run
+    /// nothing.
     #[arg(long, default_value_t = 0)]
     pub virtual_workers: u32,
     /// Keep containers on the host's network: no net managers, no service IPs or names.

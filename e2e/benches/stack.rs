@@ -3,7 +3,7 @@
 //! `scripts/bench.sh` collects into `docs/benchmarks.json` and `docs/benchmarks.md`.
 //!
 //!     cargo build --release --workspace --bins
-//!     cargo bench -p canopy-e2e --bench stack -- [latency] [placement] [failover] [failover_silent] [idle] [unikernel]
+//!     cargo bench -p canopy-e2e --bench stack -- [latency] [placement] [placement_root] [scale] [failover] [failover_silent] [idle] [unikernel]
 //!
 //! - `latency`: submit (`POST /api/service/<id>/instance`) → `RUNNING` seen through the API,
 //!   for a cached container image and a wasm module, and a bare `ctr run -d` of the same image
@@ -12,6 +12,10 @@
 //!   (root accepted → sent → cluster → MQTT → engine → runtime → back) is printed as p50/p90;
 //! - `placement`: `--virtual-workers 200` (benchmark mode of the node engine), 5,000 instances
 //!   submitted, placements per second until all are `RUNNING`;
+//! - `placement_root`: the same through the root onto `--clusters 10` clusters of 200 virtual
+//!   workers each, 50,000 instances;
+//! - `scale`: 5 clusters of 1,000 virtual workers holding 50,000 `RUNNING` instances: RSS of
+//!   the root and of the largest cluster, and `GET /api/services` p50/p99;
 //! - `failover`: two workers; the one holding the instance is killed (engine and containers),
 //!   time until the instance is `RUNNING` on the other; 10 runs;
 //! - `failover_silent`: in the lab (workers in network namespaces of their own), the LAN link
@@ -251,10 +255,21 @@ async fn unikernel_section(runs: u32) {
     );
 }
 
-async fn placement(workers: u32, instances: u32) {
-    let stack = Stack::up_with(0, &[&format!("--virtual-workers={workers}")]).await;
-    let services = 50u32;
-    let per = instances / services;
+/// How a [`place`] went.
+struct Placed {
+    /// Seconds to submit every instance.
+    submitted: f64,
+    /// Seconds until all were `RUNNING`, if they were within `CANOPY_BENCH_PLACE_WAIT_SECS`.
+    done: Option<f64>,
+    /// The most instances seen `RUNNING` at once.
+    most_running: f64,
+}
+
+/// `services` services of `per` instances each, every service submitting from a task of its
+/// own (one `POST /api/service/<id>/instance` per instance), then waiting until the root
+/// counts them all `RUNNING` (at most `CANOPY_BENCH_PLACE_WAIT_SECS`, 300, after the
+/// submissions: a stack that does not get there is reported as such, not waited for).
+async fn place(stack: std::sync::Arc<Stack>, app: &str, services: u32, per: u32) -> Placed {
     let micro: Vec<Value> = (0..services)
         .map(|i| {
             json!({
@@ -266,15 +281,13 @@ async fn placement(workers: u32, instances: u32) {
             })
         })
         .collect();
-    let ids = stack.create(&sla("placement", micro)).await;
-    let total = (per * services) as usize;
-    eprintln!(
-        "submitting {total} instances over {services} services to {workers} virtual workers..."
-    );
+    let ids = stack.create(&sla(app, micro)).await;
+    let total = f64::from(per * services);
+    let running = r#"canopy_root_instances{status="RUNNING"}"#;
+    let before = stack.root_metric(running).await;
     let t0 = Instant::now();
-    let stack = std::sync::Arc::new(stack);
     let mut tasks = Vec::new();
-    for id in ids.clone() {
+    for id in ids {
         let s = stack.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
@@ -290,44 +303,151 @@ async fn placement(workers: u32, instances: u32) {
     }
     let submitted = t0.elapsed().as_secs_f64();
     eprintln!("submitted in {submitted:.1} s; waiting for all RUNNING...");
-    let mut last = 0;
+    let wait: u64 = std::env::var("CANOPY_BENCH_PLACE_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let mut last = -1.0;
+    let mut most_running = 0.0f64;
     let done = loop {
-        let services = stack.get("/api/services").await;
-        let running = services
+        let now = stack.root_metric(running).await - before;
+        most_running = most_running.max(now);
+        if now != last {
+            eprintln!(
+                "  {:>6.1} s  {now}/{total} RUNNING",
+                t0.elapsed().as_secs_f64()
+            );
+            last = now;
+        }
+        if now >= total {
+            break Some(t0.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            eprintln!("not all RUNNING {wait} s after the submissions: giving up");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Placed {
+        submitted,
+        done,
+        most_running,
+    }
+}
+
+/// `canopy up` with `clusters` clusters of `workers` virtual workers each, and no real ones.
+async fn virtual_stack(clusters: u32, workers: u32) -> std::sync::Arc<Stack> {
+    let stack = Stack::up_with(
+        0,
+        &[
+            &format!("--clusters={clusters}"),
+            &format!("--virtual-workers={workers}"),
+        ],
+    )
+    .await;
+    std::sync::Arc::new(stack)
+}
+
+/// `placement` (one cluster) and `placement_root` (several, so the root's own path is what is
+/// measured): instances submitted through the root's API until all are `RUNNING`.
+async fn placement(section: &str, clusters: u32, workers: u32, instances: u32) {
+    let stack = virtual_stack(clusters, workers).await;
+    let services = (instances / 100).clamp(1, 100);
+    let per = instances / services;
+    let total = per * services;
+    eprintln!(
+        "submitting {total} instances over {services} services to {clusters} cluster(s) x {workers} virtual workers..."
+    );
+    let p = place(stack.clone(), "placement", services, per).await;
+    let submitted = p.submitted;
+    // Not all RUNNING: the rate is what was reached over the whole wait.
+    let done = p.done.unwrap_or(f64::INFINITY);
+    let rate = match p.done {
+        Some(d) => f64::from(total) / d,
+        None => 0.0,
+    };
+    println!(
+        "{section}: {total} instances on {clusters} cluster(s) x {workers} virtual workers, all RUNNING after {done:.1} s ({rate:.0}/s; submitted in {submitted:.1} s; at most {:.0} RUNNING at once)",
+        p.most_running
+    );
+    let key = if section == "placement" {
+        "placements_per_second"
+    } else {
+        "placements_per_second_root"
+    };
+    emit(
+        section,
+        json!({
+            "clusters": clusters,
+            "virtual_workers": workers,
+            "instances": total,
+            "seconds_to_all_running": p.done,
+            "submit_seconds": submitted,
+            "most_running": p.most_running,
+            key: rate,
+        }),
+    );
+}
+
+/// `scale`: `clusters` x `workers` virtual workers hold `instances` RUNNING instances; then the
+/// RSS of the root and of the largest cluster, and `GET /api/services` (every service with
+/// its instances) timed `CANOPY_BENCH_RUNS` times.
+async fn scale(clusters: u32, workers: u32, instances: u32, runs: u32) {
+    let stack = virtual_stack(clusters, workers).await;
+    let services = 100;
+    let per = instances / services;
+    eprintln!(
+        "placing {} instances on {clusters} clusters x {workers} virtual workers...",
+        per * services
+    );
+    let p = place(stack.clone(), "scale", services, per).await;
+    // Past the reports that follow the last placements.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = |name: &str| stack.component(name)["pid"].as_u64().unwrap() as u32;
+    let root_rss = usage(pid("root")).0;
+    let cluster_rss = (1..=clusters)
+        .map(|k| {
+            let name = if k == 1 {
+                "cluster".to_owned()
+            } else {
+                format!("cluster{k}")
+            };
+            usage(pid(&name)).0
+        })
+        .fold(0.0, f64::max);
+    let mut times = Vec::new();
+    let mut listed = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let list = stack.get("/api/services").await;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        listed = list
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|s| s["instance_list"].as_array().cloned().unwrap_or_default())
-            .filter(|i| i["status"] == "RUNNING")
-            .count();
-        if running != last {
-            eprintln!(
-                "  {:>6.1} s  {running}/{total} RUNNING",
-                t0.elapsed().as_secs_f64()
-            );
-            last = running;
-        }
-        if running >= total {
-            break t0.elapsed().as_secs_f64();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(900),
-            "not all RUNNING after 15 min"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let rate = total as f64 / done;
+            .map(|s| s["instance_list"].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+    }
+    let get = summarize(times);
     println!(
-        "placement: {total} instances on {workers} virtual workers, all RUNNING after {done:.1} s ({rate:.0}/s; submitted in {submitted:.1} s)"
+        "scale: {listed} instances on {clusters} clusters x {workers} virtual workers (all RUNNING after {:?} s, at most {:.0} RUNNING at once): root {root_rss:.1} MB, largest cluster {cluster_rss:.1} MB, GET /api/services p50 {:.1} / p99 {:.1} ms",
+        p.done, p.most_running, get.p50, get.p99
     );
     emit(
-        "placement",
+        "scale",
         json!({
+            "clusters": clusters,
             "virtual_workers": workers,
-            "instances": total,
-            "seconds_to_all_running": done,
-            "submit_seconds": submitted,
-            "placements_per_second": rate,
+            "instances": listed,
+            "seconds_to_all_running": p.done,
+            "most_running": p.most_running,
+            "scale": {
+                "root_rss_mb": root_rss,
+                "cluster_rss_mb": cluster_rss,
+                "get_services_p99_ms": get.p99,
+                "get_services_p50_ms": get.p50,
+            },
         }),
     );
 }
@@ -596,6 +716,8 @@ fn main() {
         sections = [
             "latency",
             "placement",
+            "placement_root",
+            "scale",
             "failover",
             "failover_silent",
             "idle",
@@ -611,8 +733,28 @@ fn main() {
                 "latency" => latency(env("CANOPY_BENCH_RUNS", 50)).await,
                 "placement" => {
                     placement(
+                        "placement",
+                        1,
                         env("CANOPY_BENCH_VIRTUAL_WORKERS", 200),
                         env("CANOPY_BENCH_INSTANCES", 5000),
+                    )
+                    .await
+                }
+                "placement_root" => {
+                    placement(
+                        "placement_root",
+                        env("CANOPY_BENCH_CLUSTERS", 10),
+                        env("CANOPY_BENCH_VIRTUAL_WORKERS", 200),
+                        env("CANOPY_BENCH_ROOT_INSTANCES", 50_000),
+                    )
+                    .await
+                }
+                "scale" => {
+                    scale(
+                        env("CANOPY_BENCH_SCALE_CLUSTERS", 5),
+                        env("CANOPY_BENCH_SCALE_WORKERS", 1000),
+                        env("CANOPY_BENCH_ROOT_INSTANCES", 50_000),
+                        env("CANOPY_BENCH_RUNS", 50),
                     )
                     .await
                 }
@@ -623,7 +765,7 @@ fn main() {
                 "idle" => idle(10, u64::from(env("CANOPY_BENCH_IDLE_SECS", 60))).await,
                 "unikernel" => unikernel_section(env("CANOPY_BENCH_RUNS", 50)).await,
                 other => panic!(
-                    "unknown section {other:?} (latency, placement, failover, failover_silent, idle, unikernel)"
+                    "unknown section {other:?} (latency, placement, placement_root, scale, failover, failover_silent, idle, unikernel)"
                 ),
             }
         });

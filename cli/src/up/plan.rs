@@ -17,7 +17,12 @@ pub enum PlanError {
     NoWorkers,
     #[error("--port-base {0} leaves no room for the ports after it")]
     PortBase(u16),
+    #[error("--clusters must be from 1 to {MAX_CLUSTERS}")]
+    Clusters,
 }
+
+/// The most clusters one `canopy up` starts.
+pub const MAX_CLUSTERS: u32 = 20;
 
 /// The checks that need nothing but the arguments.
 pub fn validate(args: &UpArgs) -> Result<(), PlanError> {
@@ -29,6 +34,9 @@ pub fn validate(args: &UpArgs) -> Result<(), PlanError> {
     }
     if args.workers + args.virtual_workers == 0 {
         return Err(PlanError::NoWorkers);
+    }
+    if args.clusters == 0 || args.clusters > MAX_CLUSTERS {
+        return Err(PlanError::Clusters);
     }
     Ok(())
 }
@@ -51,9 +59,14 @@ pub struct Ports {
     pub root_metrics: u16,
     pub cluster_api: u16,
     pub mqtt: u16,
-    /// Worker I's API is `first_node + I - 1`; the virtual workers' process follows them.
+    /// Worker I's API is `first_node + I - 1`; the virtual workers' processes (one per
+    /// cluster) follow them.
     pub first_node: u16,
 }
+
+/// Where the ports of clusters 2.. start, after `first_node`: room for 1,000 workers and the
+/// virtual workers' processes.
+const EXTRA_CLUSTERS_AFTER_FIRST_NODE: u16 = 1100;
 
 impl Ports {
     /// Oakestra's ports, or a block from `base`.
@@ -68,7 +81,8 @@ impl Ports {
                 first_node: 10110,
             },
             Some(b) => {
-                if b.checked_add(10 + 1000).is_none() {
+                let last = 10 + EXTRA_CLUSTERS_AFTER_FIRST_NODE + 2 * MAX_CLUSTERS as u16;
+                if b.checked_add(last).is_none() {
                     return Err(PlanError::PortBase(b));
                 }
                 Ports {
@@ -81,6 +95,25 @@ impl Ports {
                 }
             }
         })
+    }
+
+    /// Cluster `k`'s (from 1) API and MQTT ports: the first cluster's are `cluster_api` and
+    /// `mqtt`, the others' a pair each after the workers'.
+    pub fn cluster(&self, k: u32) -> (u16, u16) {
+        if k <= 1 {
+            return (self.cluster_api, self.mqtt);
+        }
+        let api = self.first_node + EXTRA_CLUSTERS_AFTER_FIRST_NODE + 2 * (k as u16 - 2);
+        (api, api + 1)
+    }
+}
+
+/// Cluster `k`'s (from 1) name in `up.json` and its data directory: `cluster`, `cluster2`, ...
+pub fn cluster_name(k: u32) -> String {
+    if k <= 1 {
+        "cluster".to_owned()
+    } else {
+        format!("cluster{k}")
     }
 }
 
@@ -114,7 +147,7 @@ pub struct Token {
 /// One child process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildPlan {
-    /// `root`, `cluster`, `workerN` or `virtual`.
+    /// `root`, `cluster`/`clusterK`, `workerN`, `net-workerN` or `virtual`/`virtualK`.
     pub name: String,
     /// What is printed as it starts.
     pub step: String,
@@ -135,18 +168,20 @@ pub struct Plan {
     pub dir: PathBuf,
     /// The root's API URL.
     pub api: String,
-    /// The root's metrics URL and the cluster's API URL, as `up.json` records them.
+    /// The root's metrics URL and the first cluster's API URL, as `up.json` records them.
     pub root_metrics: String,
     pub cluster_api: String,
     /// The password the root generates on its first start.
     pub admin_password: PathBuf,
     pub root: ChildPlan,
-    pub cluster: ChildPlan,
+    /// `cluster`, then `cluster2`..`clusterN`.
+    pub clusters: Vec<ChildPlan>,
     /// `net-worker1`..`net-workerN`: each worker's net manager (none with `--no-overlay`).
     pub nets: Vec<ChildPlan>,
-    /// `worker1`..`workerN`, then `virtual` (one process for every virtual worker) if asked.
+    /// `worker1`..`workerN`, then `virtual`, `virtual2`, ... (one process per cluster for its
+    /// virtual workers) if asked.
     pub engines: Vec<ChildPlan>,
-    /// Active workers the cluster must report before `canopy up` is ready.
+    /// Active workers the clusters must report before `canopy up` is ready.
     pub workers: u32,
 }
 
@@ -186,38 +221,50 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
         token: None,
     };
 
-    let cluster_dir = dir.join("cluster");
-    let mut command = vec![
-        bins.path("cluster-orchestrator"),
-        format!("--root-addr={}", SocketAddr::new(local, ports.grpc)),
-        "--name=local".to_owned(),
-        format!("--data-dir={}", cluster_dir.display()),
-        format!("--api-addr={}", SocketAddr::new(host, ports.cluster_api)),
-        format!("--mqtt-addr={}", SocketAddr::new(host, ports.mqtt)),
-        format!("--log={}", args.log),
-    ];
-    command.extend(args.cluster_args.iter().cloned());
-    let cluster = ChildPlan {
-        name: "cluster".to_owned(),
-        step: "starting the cluster orchestrator (embedded MQTT broker)".to_owned(),
-        command,
-        log: log("cluster"),
-        health: format!("{cluster_api}/health"),
-        namespace: None,
-        token: Some(Token {
-            var: "CANOPY_CLUSTER_TOKEN",
-            file: root_dir.join("cluster-token"),
-        }),
-    };
+    let mut clusters = Vec::new();
+    let mut node_tokens = Vec::new();
+    let mut cluster_addrs = Vec::new();
+    for k in 1..=args.clusters {
+        let name = cluster_name(k);
+        let (api_port, mqtt_port) = ports.cluster(k);
+        let cluster_dir = dir.join(&name);
+        let local_name = if k == 1 {
+            "local".to_owned()
+        } else {
+            format!("local{k}")
+        };
+        let mut command = vec![
+            bins.path("cluster-orchestrator"),
+            format!("--root-addr={}", SocketAddr::new(local, ports.grpc)),
+            format!("--name={local_name}"),
+            format!("--data-dir={}", cluster_dir.display()),
+            format!("--api-addr={}", SocketAddr::new(host, api_port)),
+            format!("--mqtt-addr={}", SocketAddr::new(host, mqtt_port)),
+            format!("--log={}", args.log),
+        ];
+        command.extend(args.cluster_args.iter().cloned());
+        clusters.push(ChildPlan {
+            step: format!("starting cluster orchestrator {name} (embedded MQTT broker)"),
+            command,
+            log: log(&name),
+            health: format!("{}/health", url(api_port)),
+            namespace: None,
+            token: Some(Token {
+                var: "CANOPY_CLUSTER_TOKEN",
+                file: root_dir.join("cluster-token"),
+            }),
+            name,
+        });
+        node_tokens.push(Token {
+            var: "CANOPY_NODE_TOKEN",
+            file: cluster_dir.join("node-token"),
+        });
+        cluster_addrs.push(format!(
+            "--cluster-addr={}",
+            SocketAddr::new(local, api_port)
+        ));
+    }
 
-    let node_token = Token {
-        var: "CANOPY_NODE_TOKEN",
-        file: cluster_dir.join("node-token"),
-    };
-    let cluster_addr = format!(
-        "--cluster-addr={}",
-        SocketAddr::new(local, ports.cluster_api)
-    );
     let mut engines = Vec::new();
     let mut nets = Vec::new();
     // Links and tables of this `canopy up`, told apart from another's by its API port.
@@ -253,9 +300,10 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
             });
             format!("--net-manager-socket={}", socket.display())
         };
+        let home = ((i - 1) % args.clusters) as usize;
         let mut command = vec![
             bins.path("node-engine"),
-            cluster_addr.clone(),
+            cluster_addrs[home].clone(),
             format!("--name={name}"),
             format!("--data-dir={}", dir.join(&name).display()),
             format!("--api-addr={}", SocketAddr::new(local, port)),
@@ -273,33 +321,40 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
             log: log(&name),
             health: format!("{}/health", url(port)),
             namespace: Some(ns),
-            token: Some(node_token.clone()),
+            token: Some(node_tokens[home].clone()),
             name,
         });
     }
-    if args.virtual_workers > 0 {
-        let port = ports.first_node + args.workers as u16;
+    for k in (1..=args.clusters).filter(|_| args.virtual_workers > 0) {
+        let name = if k == 1 {
+            "virtual".to_owned()
+        } else {
+            format!("virtual{k}")
+        };
+        let port = ports.first_node + (args.workers + k - 1) as u16;
+        let home = (k - 1) as usize;
         let mut command = vec![
             bins.path("node-engine"),
-            cluster_addr,
-            "--name=virtual".to_owned(),
-            format!("--data-dir={}", dir.join("virtual").display()),
+            cluster_addrs[home].clone(),
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.join(&name).display()),
             format!("--api-addr={}", SocketAddr::new(local, port)),
             format!("--bench-virtual-workers={}", args.virtual_workers),
             format!("--log={}", args.log),
         ];
         command.extend(args.node_args.iter().cloned());
         engines.push(ChildPlan {
-            name: "virtual".to_owned(),
             step: format!(
-                "starting {} virtual workers (benchmark mode: no workloads run)",
-                args.virtual_workers
+                "starting {} virtual workers for {} (benchmark mode: no workloads run)",
+                args.virtual_workers,
+                cluster_name(k)
             ),
             command,
-            log: log("virtual"),
+            log: log(&name),
             health: format!("{}/health", url(port)),
             namespace: None,
-            token: Some(node_token),
+            token: Some(node_tokens[home].clone()),
+            name,
         });
     }
     Plan {
@@ -312,10 +367,10 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
         api,
         admin_password: root_dir.join("admin-password"),
         root,
-        cluster,
+        clusters,
         nets,
         engines,
-        workers: args.workers + args.virtual_workers,
+        workers: args.workers + args.virtual_workers * args.clusters,
     }
 }
 
@@ -358,7 +413,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            p.cluster.command,
+            p.clusters[0].command,
             [
                 "/bin/cluster-orchestrator",
                 "--root-addr=127.0.0.1:50052",
@@ -388,7 +443,7 @@ mod tests {
         );
         assert_eq!(p.api, "http://127.0.0.1:20000");
         assert_eq!(p.root.health, "http://127.0.0.1:20000/health");
-        assert_eq!(p.cluster.health, "http://127.0.0.1:20003/health");
+        assert_eq!(p.clusters[0].health, "http://127.0.0.1:20003/health");
         let health: Vec<&str> = p.engines.iter().map(|e| e.health.as_str()).collect();
         assert_eq!(
             health,
@@ -452,7 +507,7 @@ mod tests {
         let token = w2.token.as_ref().expect("a token");
         assert_eq!(token.var, "CANOPY_NODE_TOKEN");
         assert_eq!(token.file, Path::new("/d/cluster/node-token"));
-        let token = p.cluster.token.as_ref().expect("a token");
+        let token = p.clusters[0].token.as_ref().expect("a token");
         assert_eq!(token.var, "CANOPY_CLUSTER_TOKEN");
         assert_eq!(token.file, Path::new("/d/root/cluster-token"));
         assert_eq!(p.root.token, None);
@@ -471,7 +526,10 @@ mod tests {
             "--root-arg=--y",
         ]);
         assert_eq!(p.root.command.last().map(String::as_str), Some("--y"));
-        assert_eq!(p.cluster.command.last().map(String::as_str), Some("--x=1"));
+        assert_eq!(
+            p.clusters[0].command.last().map(String::as_str),
+            Some("--x=1")
+        );
         for e in &p.engines {
             assert_eq!(
                 e.command.last().map(String::as_str),
@@ -514,6 +572,61 @@ mod tests {
                 .contains(&"--metrics-addr=127.0.0.1:10009".to_owned())
         );
         assert_eq!(p.api, "http://127.0.0.1:10000");
+    }
+
+    #[test]
+    fn clusters_get_ports_after_the_workers_and_workers_join_them_in_turn() {
+        let p = plan_of(&[
+            "--port-base=20000",
+            "--clusters=3",
+            "--workers=4",
+            "--virtual-workers=7",
+        ]);
+        let names: Vec<&str> = p.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["cluster", "cluster2", "cluster3"]);
+        let c3 = &p.clusters[2];
+        assert_eq!(
+            c3.command,
+            [
+                "/bin/cluster-orchestrator",
+                "--root-addr=127.0.0.1:20001",
+                "--name=local3",
+                "--data-dir=/d/cluster3",
+                "--api-addr=127.0.0.1:21112",
+                "--mqtt-addr=127.0.0.1:21113",
+                "--log=info",
+            ]
+        );
+        assert_eq!(c3.health, "http://127.0.0.1:21112/health");
+        assert_eq!(p.clusters[1].health, "http://127.0.0.1:21110/health");
+        // Worker I joins cluster (I - 1) % 3 + 1, with that cluster's node token.
+        let home: Vec<(&str, &str)> = p
+            .engines
+            .iter()
+            .map(|e| (e.name.as_str(), e.command[1].as_str()))
+            .collect();
+        assert_eq!(
+            home,
+            [
+                ("worker1", "--cluster-addr=127.0.0.1:20003"),
+                ("worker2", "--cluster-addr=127.0.0.1:21110"),
+                ("worker3", "--cluster-addr=127.0.0.1:21112"),
+                ("worker4", "--cluster-addr=127.0.0.1:20003"),
+                ("virtual", "--cluster-addr=127.0.0.1:20003"),
+                ("virtual2", "--cluster-addr=127.0.0.1:21110"),
+                ("virtual3", "--cluster-addr=127.0.0.1:21112"),
+            ]
+        );
+        let token = p.engines[1].token.as_ref().expect("a token");
+        assert_eq!(token.file, Path::new("/d/cluster2/node-token"));
+        assert_eq!(p.engines[6].health, "http://127.0.0.1:20016/health");
+        assert_eq!(p.workers, 4 + 3 * 7);
+        assert_eq!(validate(&args(&["--clusters=0"])), Err(PlanError::Clusters));
+        assert_eq!(
+            validate(&args(&["--clusters=21"])),
+            Err(PlanError::Clusters)
+        );
+        assert_eq!(Ports::new(Some(64400)), Err(PlanError::PortBase(64400)));
     }
 
     #[test]

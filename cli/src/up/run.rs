@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 /// One child as recorded in `up.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Component {
-    /// `root`, `cluster` or `workerN`.
+    /// `root`, `cluster`/`clusterK`, `workerN`, `net-workerN` or `virtual`/`virtualK`.
     pub name: String,
     pub pid: u32,
     /// Program and arguments, to start it again by hand.
@@ -65,22 +65,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let mut kids: Vec<Running> = Vec::new();
     let started = async {
-        // 1. the root, 2. the cluster: each must answer before the next starts
-        for tier in [&plan.root, &plan.cluster] {
+        // 1. the root, 2. the clusters: each must answer before the next starts
+        for tier in std::iter::once(&plan.root).chain(&plan.clusters) {
             kids.push(spawn(tier).await?);
             wait_healthy(kids.last_mut()).await?;
         }
+        let tiers = kids.len();
         // 3. the net managers, then the workers, all at once
         for net in &plan.nets {
             kids.push(spawn(net).await?);
         }
-        for k in kids.iter_mut().skip(2) {
+        for k in kids.iter_mut().skip(tiers) {
             wait_healthy(Some(k)).await?;
         }
         for engine in &plan.engines {
             kids.push(spawn(engine).await?);
         }
-        for k in kids.iter_mut().skip(2) {
+        for k in kids.iter_mut().skip(tiers) {
             wait_healthy(Some(k)).await?;
         }
         write_state(&plan, &kids)?;
@@ -91,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         client.login("Admin", &password).await.context(
             "cannot log in as Admin (was CANOPY_ADMIN_PASSWORD changed after the first start?)",
         )?;
-        wait_cluster(&mut client, plan.workers, &mut kids).await?;
+        wait_clusters(&mut client, plan.clusters.len(), plan.workers, &mut kids).await?;
         Ok::<String, anyhow::Error>(password)
     };
     let password = tokio::select! {
@@ -111,8 +112,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .collect();
     println!();
     println!(
-        "Canopy is up: 1 root, 1 cluster, {} worker(s).",
-        args.workers
+        "Canopy is up: 1 root, {} cluster(s), {} worker(s).",
+        args.clusters, args.workers
     );
     println!();
     println!("  API          {api}   (OpenAPI: {api}/api/docs)");
@@ -287,8 +288,13 @@ async fn healthy(http: &reqwest::Client, health: &str) -> bool {
     answer.is_ok_and(|r| r.status().is_success())
 }
 
-/// Waits until the root lists an active cluster with `workers` active nodes.
-async fn wait_cluster(client: &mut Client, workers: u32, kids: &mut [Running]) -> Result<()> {
+/// Waits until the root lists `want_clusters` active clusters with `workers` active nodes.
+async fn wait_clusters(
+    client: &mut Client,
+    want_clusters: usize,
+    workers: u32,
+    kids: &mut [Running],
+) -> Result<()> {
     let start = Instant::now();
     let mut last = String::new();
     loop {
@@ -308,17 +314,18 @@ async fn wait_cluster(client: &mut Client, workers: u32, kids: &mut [Running]) -
             .fold((0, 0), |(a, n), c| {
                 (a + 1, n + u64::from(c.total.active_nodes))
             });
-        let now =
-            format!("waiting: {active}/1 cluster(s) active, {nodes}/{workers} worker(s) ready");
+        let now = format!(
+            "waiting: {active}/{want_clusters} cluster(s) active, {nodes}/{workers} worker(s) ready"
+        );
         if now != last {
             println!("    {now}");
             last = now;
         }
-        if active >= 1 && nodes >= u64::from(workers) {
+        if active >= want_clusters && nodes >= u64::from(workers) {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(120) {
-            bail!("the cluster and its workers were not all ready after 120 s: see the logs");
+            bail!("the clusters and their workers were not all ready after 120 s: see the logs");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -339,21 +346,27 @@ fn reap(kids: &mut [Running]) {
     }
 }
 
-/// Stops the workers, then their net managers, then the cluster, then the root: SIGTERM,
+/// The order children stop in: workers (0), net managers (1), clusters (2), the root (3).
+fn stop_rank(name: &str) -> u8 {
+    if name == "root" {
+        3
+    } else if name.starts_with("cluster") {
+        2
+    } else if name.starts_with("net-") {
+        1
+    } else {
+        0
+    }
+}
+
+/// Stops the workers, then their net managers, then the clusters, then the root: SIGTERM,
 /// then SIGKILL after a grace.
 async fn stop_all(kids: &mut [Running]) {
-    let is_net = |k: &Running| k.info.name.starts_with("net-");
-    let workers: Vec<usize> = (0..kids.len())
-        .filter(|&i| !matches!(kids[i].info.name.as_str(), "cluster" | "root") && !is_net(&kids[i]))
-        .collect();
-    stop_group(kids, &workers, Duration::from_secs(30)).await;
-    let nets: Vec<usize> = (0..kids.len()).filter(|&i| is_net(&kids[i])).collect();
-    stop_group(kids, &nets, Duration::from_secs(15)).await;
-    for name in ["cluster", "root"] {
+    for (rank, grace) in [(0, 30), (1, 15), (2, 15), (3, 15)] {
         let idx: Vec<usize> = (0..kids.len())
-            .filter(|&i| kids[i].info.name == name)
+            .filter(|&i| stop_rank(&kids[i].info.name) == rank)
             .collect();
-        stop_group(kids, &idx, Duration::from_secs(15)).await;
+        stop_group(kids, &idx, Duration::from_secs(grace)).await;
     }
 }
 

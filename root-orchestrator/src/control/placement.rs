@@ -17,7 +17,7 @@ use super::state::{Change, ClusterEntry, InstanceKey, State};
 use super::{Now, Result, Root};
 use crate::model::Instance;
 use crate::scheduler::{self, ClusterCandidate, Rejection};
-use canopy_core::link::CommandAction;
+use canopy_core::link::{ClusterReport, CommandAction};
 use canopy_core::{ClusterId, InstanceStatus, ServiceId, ServiceSpec, StatusClass};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -86,7 +86,17 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
             name: e.doc.name.clone(),
             active: e.active(grace, now),
             location: e.doc.location,
-            report: e.report.clone().unwrap_or_default(),
+            // The scheduler reads the aggregates: not the per-node and per-instance lists
+            // (thousands of entries per cluster, copied per placement otherwise).
+            report: e
+                .report
+                .as_ref()
+                .map(|r| ClusterReport {
+                    total: r.total.clone(),
+                    per_architecture: r.per_architecture.clone(),
+                    ..Default::default()
+                })
+                .unwrap_or_default(),
         })
         .collect();
     let gone: Vec<&ClusterId> = snapshot
@@ -144,6 +154,9 @@ fn decide(
     inst: &Instance,
     exclude: Option<&ClusterId>,
 ) -> Result<ClusterId, Rejection> {
+    if exclude.is_none() && inst.refused_by.is_empty() {
+        return scheduler::schedule(spec, candidates);
+    }
     let allowed: Vec<ClusterCandidate> = candidates
         .iter()
         .filter(|c| exclude != Some(&c.id) && !inst.refused_by.contains(&c.id))

@@ -7,7 +7,7 @@ use crate::model::{
     SubnetGrant, User, collections as col, outbox_key,
 };
 use canopy_api::FeedItem;
-use canopy_core::addressing::{AddressError, Ipv4Pool};
+use canopy_core::addressing::{AddressError, Ipv4Pool, Taken};
 use canopy_core::link::{ClusterReport, Command, CommandAction, NodeSummary};
 use canopy_core::{ApplicationId, ClusterId, InstanceNumber, OrganizationId, ServiceId};
 use canopy_store::{Collection, SharedStore, Tx};
@@ -324,9 +324,7 @@ impl State {
             }
         }
         self.next_command = apply.next_command;
-        if let Some(pool) = apply.pool {
-            self.pool = pool;
-        }
+        self.pool.apply(apply.taken);
         for ip in apply.released {
             self.pool.release(ip);
         }
@@ -352,7 +350,8 @@ enum Op {
 pub(super) struct Apply {
     ops: Vec<Op>,
     next_command: u64,
-    pool: Option<Ipv4Pool>,
+    /// Addresses taken from the state's pool, added to it when applied.
+    taken: Taken,
     released: Vec<Ipv4Addr>,
 }
 
@@ -460,7 +459,7 @@ impl Change {
             apply: Apply {
                 ops: Vec::new(),
                 next_command: st.next_command,
-                pool: None,
+                taken: Taken::default(),
                 released: Vec::new(),
             },
             events: BTreeMap::new(),
@@ -641,16 +640,12 @@ impl Change {
         self.apply.ops.push(Op::Subnet(key.to_owned(), None));
     }
 
-    /// The address pool as this change sees it (a copy of `st`'s, taken when first needed).
-    fn pool<'a>(&'a mut self, st: &State) -> &'a mut Ipv4Pool {
-        self.apply.pool.get_or_insert_with(|| st.pool.clone())
-    }
-
+    /// An address from `st`'s pool, free there and in this change.
     pub fn allocate(&mut self, st: &State) -> Result<Ipv4Addr, AddressError> {
-        self.pool(st).allocate()
+        st.pool.allocate_in(&mut self.apply.taken)
     }
 
     pub fn reserve(&mut self, st: &State, ip: Ipv4Addr) -> Result<(), AddressError> {
-        self.pool(st).reserve(ip)
+        st.pool.reserve_in(&mut self.apply.taken, ip)
     }
 }
