@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Messages, and bytes, the broker keeps for one subscriber that is behind (the cluster's own
+/// client, in a burst) before it drops the oldest.
+pub const QUEUED_PER_CLIENT: usize = 1_000_000;
+pub const QUEUED_BYTES_PER_CLIENT: usize = 512 << 20;
+
 /// The broker in this process.
 pub struct EmbeddedBroker {
     access: Arc<Access>,
@@ -39,6 +44,11 @@ impl EmbeddedBroker {
             .with_storage(StorageConfig {
                 backend: StorageBackend::Memory,
                 enable_persistence: false,
+                // What waits for a subscriber that reads slower than it is sent to. The
+                // cluster's own client hears every worker: with the default (10,000) a burst
+                // of statuses from a thousand workers dropped acknowledged messages.
+                max_queued_messages_per_client: QUEUED_PER_CLIENT,
+                max_queued_bytes_per_client: QUEUED_BYTES_PER_CLIENT,
                 ..StorageConfig::default()
             });
         let mut broker = MqttBroker::with_config(config)
@@ -102,5 +112,77 @@ impl Drop for EmbeddedBroker {
 impl NodeAuth for EmbeddedBroker {
     async fn allow(&self, node: &NodeId, password: &str) -> Result<(), String> {
         self.access.allow_hash(node.as_str(), sha256_hex(password))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    /// A subscriber that does not read while 40,000 QoS 1 messages (four times the broker's
+    /// default queue of 10,000) are published gets every one of them once it reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_falls_behind_loses_nothing() {
+        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), "cluster", "pw")
+            .await
+            .unwrap();
+        let port = broker.local_addr().port();
+        let node = NodeId::parse("burst-node").unwrap();
+        broker.allow(&node, "node-pw").await.unwrap();
+
+        let mut opts = MqttOptions::new("cluster-sub", "127.0.0.1", port);
+        opts.set_credentials("cluster", "pw")
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true);
+        let (sub, mut sub_events) = AsyncClient::new(opts, 64);
+        sub.subscribe("nodes/+/job", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sub_events.poll().await.unwrap() {
+                break;
+            }
+        }
+
+        const N: usize = 40_000;
+        let mut opts = MqttOptions::new("burst-node-ne", "127.0.0.1", port);
+        opts.set_credentials("burst-node", "node-pw")
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(100);
+        let (publisher, mut pub_events) = AsyncClient::new(opts, 1000);
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                publisher
+                    .publish(
+                        "nodes/burst-node/job",
+                        QoS::AtLeastOnce,
+                        false,
+                        format!("{i:0>200}"),
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut acked = 0;
+        while acked < N {
+            if let Event::Incoming(Packet::PubAck(_)) = pub_events.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+        sender.await.unwrap();
+
+        // Every message was acknowledged to its sender before the subscriber read one.
+        let mut seen = std::collections::BTreeSet::new();
+        let reading = async {
+            while seen.len() < N {
+                if let Event::Incoming(Packet::Publish(p)) = sub_events.poll().await.unwrap() {
+                    seen.insert(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+            }
+        };
+        let done = tokio::time::timeout(Duration::from_secs(60), reading).await;
+        assert!(done.is_ok(), "the subscriber got {} of {N}", seen.len());
+        broker.stop().await;
     }
 }
