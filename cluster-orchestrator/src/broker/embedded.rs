@@ -1,6 +1,10 @@
-//! The embedded broker: `mqtt5`'s broker on the cluster's tokio runtime, with [`Access`] as
-//! its authentication provider. It sets TCP_NODELAY on every accepted connection, keeps
-//! nothing on disk and stops with the cluster ([`EmbeddedBroker::stop`], or on drop).
+//! The embedded broker: `mqtt5`'s broker with [`Access`] as its authentication provider, on a
+//! tokio runtime of its own (threads `mqtt-broker`): keep-alive answers and deliveries to
+//! a thousand workers do not wait behind the cluster's control work on a busy machine (on the
+//! cluster's runtime, a placement burst made the broker miss workers' 1.5 s keep-alive
+//! deadlines, and each such worker was declared lost). It sets TCP_NODELAY on every accepted
+//! connection, keeps nothing on disk and stops with the cluster ([`EmbeddedBroker::stop`], or
+//! on drop).
 
 use super::access::Access;
 use crate::control::NodeAuth;
@@ -12,7 +16,7 @@ use mqtt5::broker::{BrokerConfig, BrokerShutdownHandle, MqttBroker};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 /// Messages, and bytes, the broker keeps for one subscriber that is behind (the cluster's own
 /// client, in a burst) before it drops the oldest.
@@ -24,12 +28,16 @@ pub struct EmbeddedBroker {
     access: Arc<Access>,
     addr: SocketAddr,
     shutdown: BrokerShutdownHandle,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Resolves when the broker's thread has finished.
+    finished: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
+/// Worker threads of the broker's runtime.
+const BROKER_THREADS: usize = 2;
+
 impl EmbeddedBroker {
-    /// Binds `listen` and serves on the current runtime; `cluster_user`/`cluster_password` are
-    /// the cluster's own credentials.
+    /// Binds `listen` and serves on a runtime of its own; `cluster_user`/`cluster_password`
+    /// are the cluster's own credentials.
     pub async fn start(
         listen: SocketAddr,
         cluster_user: &str,
@@ -51,18 +59,40 @@ impl EmbeddedBroker {
                 max_queued_bytes_per_client: QUEUED_BYTES_PER_CLIENT,
                 ..StorageConfig::default()
             });
-        let mut broker = MqttBroker::with_config(config)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(BROKER_THREADS)
+            .thread_name("mqtt-broker")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the broker's runtime: {e}"))?;
+        let (started_tx, started) = oneshot::channel();
+        let (finished_tx, finished) = oneshot::channel();
+        let provider = access.clone();
+        std::thread::Builder::new()
+            .name("mqtt-broker".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut broker = match MqttBroker::with_config(config).await {
+                        Ok(b) => b.with_auth_provider(provider),
+                        Err(e) => {
+                            let _ = started_tx.send(Err(format!("cannot listen on {listen}: {e}")));
+                            return;
+                        }
+                    };
+                    let addr = broker.local_addr().unwrap_or(listen);
+                    let shutdown = broker.shutdown_handle();
+                    let ready = broker.ready_receiver();
+                    let _ = started_tx.send(Ok((addr, shutdown, ready)));
+                    if let Err(e) = broker.run().await {
+                        tracing::error!(error = %e, "embedded MQTT broker stopped");
+                    }
+                });
+                let _ = finished_tx.send(());
+            })
+            .map_err(|e| format!("cannot start the broker's thread: {e}"))?;
+        let (addr, shutdown, mut ready) = started
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?
-            .with_auth_provider(access.clone());
-        let addr = broker.local_addr().unwrap_or(listen);
-        let shutdown = broker.shutdown_handle();
-        let mut ready = broker.ready_receiver();
-        let task = tokio::spawn(async move {
-            if let Err(e) = broker.run().await {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
-        });
+            .map_err(|_| "the broker's thread ended before it listened".to_owned())??;
         // Ready means accepting: the cluster's own client connects right after this.
         let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
         tracing::info!(%addr, "embedded MQTT broker listening");
@@ -70,7 +100,7 @@ impl EmbeddedBroker {
             access,
             addr,
             shutdown,
-            task: Mutex::new(Some(task)),
+            finished: Mutex::new(Some(finished)),
         }))
     }
 
@@ -91,13 +121,13 @@ impl EmbeddedBroker {
     /// Stops accepting, closes every connection and waits (at most 5 s) until it is done.
     pub async fn stop(&self) {
         self.shutdown.shutdown();
-        let task = self
-            .task
+        let finished = self
+            .finished
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+        if let Some(finished) = finished {
+            let _ = tokio::time::timeout(Duration::from_secs(6), finished).await;
         }
     }
 }
