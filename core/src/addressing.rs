@@ -23,7 +23,7 @@ pub enum AddressError {
 /// pool holds one entry per address in use: copying 50,000 of them per placement was most of
 /// the root's time). [`Ipv4Pool::apply`] adds them once the change is applied; a change that
 /// is dropped simply drops them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Taken {
     addrs: BTreeSet<u32>,
     /// The pool's cursor after these allocations.

@@ -406,15 +406,13 @@ async fn scale(clusters: u32, workers: u32, instances: u32, runs: u32) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = |name: &str| stack.component(name)["pid"].as_u64().unwrap() as u32;
     let root_rss = usage(pid("root")).0;
-    let cluster_rss = (1..=clusters)
-        .map(|k| {
-            let name = if k == 1 {
-                "cluster".to_owned()
-            } else {
-                format!("cluster{k}")
-            };
-            usage(pid(&name)).0
-        })
+    // `cluster`, `cluster2`, ... as `canopy up` names them in up.json.
+    let cluster_rss = stack.state()["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("cluster")))
+        .map(|c| usage(c["pid"].as_u64().unwrap() as u32).0)
         .fold(0.0, f64::max);
     let mut times = Vec::new();
     let mut listed = 0;

@@ -108,12 +108,14 @@ impl Ports {
     }
 }
 
-/// Cluster `k`'s (from 1) name in `up.json` and its data directory: `cluster`, `cluster2`, ...
-pub fn cluster_name(k: u32) -> String {
+/// The name of cluster `k`'s (from 1) own one of `base`: `base` for the first cluster, then
+/// `base2`, `base3`, ... (`cluster`/`cluster2` in `up.json` and as data directories, `local`/
+/// `local2` as cluster names, `virtual`/`virtual2` for the virtual workers' processes).
+fn numbered(base: &str, k: u32) -> String {
     if k <= 1 {
-        "cluster".to_owned()
+        base.to_owned()
     } else {
-        format!("cluster{k}")
+        format!("{base}{k}")
     }
 }
 
@@ -225,18 +227,13 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
     let mut node_tokens = Vec::new();
     let mut cluster_addrs = Vec::new();
     for k in 1..=args.clusters {
-        let name = cluster_name(k);
+        let name = numbered("cluster", k);
         let (api_port, mqtt_port) = ports.cluster(k);
         let cluster_dir = dir.join(&name);
-        let local_name = if k == 1 {
-            "local".to_owned()
-        } else {
-            format!("local{k}")
-        };
         let mut command = vec![
             bins.path("cluster-orchestrator"),
             format!("--root-addr={}", SocketAddr::new(local, ports.grpc)),
-            format!("--name={local_name}"),
+            format!("--name={}", numbered("local", k)),
             format!("--data-dir={}", cluster_dir.display()),
             format!("--api-addr={}", SocketAddr::new(host, api_port)),
             format!("--mqtt-addr={}", SocketAddr::new(host, mqtt_port)),
@@ -326,11 +323,7 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
         });
     }
     for k in (1..=args.clusters).filter(|_| args.virtual_workers > 0) {
-        let name = if k == 1 {
-            "virtual".to_owned()
-        } else {
-            format!("virtual{k}")
-        };
+        let name = numbered("virtual", k);
         let port = ports.first_node + (args.workers + k - 1) as u16;
         let home = (k - 1) as usize;
         let mut command = vec![
@@ -347,7 +340,7 @@ pub fn plan(args: &UpArgs, ports: &Ports, dir: &Path, bins: &BinDir) -> Plan {
             step: format!(
                 "starting {} virtual workers for {} (benchmark mode: no workloads run)",
                 args.virtual_workers,
-                cluster_name(k)
+                numbered("cluster", k)
             ),
             command,
             log: log(&name),

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 
 /// Messages, and bytes, the broker keeps for one subscriber that is behind (the cluster's own
 /// client, in a burst) before it drops the oldest.
-pub const QUEUED_PER_CLIENT: usize = 1_000_000;
-pub const QUEUED_BYTES_PER_CLIENT: usize = 512 << 20;
+const QUEUED_PER_CLIENT: usize = 1_000_000;
+const QUEUED_BYTES_PER_CLIENT: usize = 512 << 20;
 
 /// The broker in this process.
 pub struct EmbeddedBroker {
