@@ -207,6 +207,11 @@ impl Cluster {
         let (tx, writes) = ch.finish();
         let effects = tx.commit(self.store.as_ref()).await?;
         st.apply(writes);
+        debug_assert_eq!(
+            st.placement,
+            placement::PlacementIndex::of(&st.instances, &st.services),
+            "the placement index follows the instances"
+        );
         self.overlay_changed();
         let mut reported = false;
         for e in effects {

@@ -7,6 +7,7 @@
 //! dropped and memory is as it was.
 
 use super::Effect;
+use super::placement::PlacementIndex;
 use crate::model::{Identity, Instance, Service, Worker, collections as col, instance_key};
 use canopy_core::link::InstanceReport;
 use canopy_core::{InstanceNumber, JobName, NodeId, ServiceId};
@@ -95,6 +96,8 @@ pub struct State {
     /// Reports not yet acknowledged by the root, by sequence number.
     pub outbox: BTreeMap<u64, InstanceReport>,
     pub outbox_by_instance: BTreeMap<InstanceKey, u64>,
+    /// Derived from `instances` and `services`, for placement.
+    pub placement: PlacementIndex,
 }
 
 impl State {
@@ -114,6 +117,7 @@ impl State {
             instances: BTreeMap::new(),
             outbox: BTreeMap::new(),
             outbox_by_instance: BTreeMap::new(),
+            placement: PlacementIndex::default(),
         };
         for (_, w) in Collection::<Worker>::new(store.clone(), col::WORKERS)
             .list()
@@ -152,6 +156,7 @@ impl State {
                 .insert(InstanceKey::of_report(&r), r.seq);
             st.outbox.insert(r.seq, r);
         }
+        st.placement = PlacementIndex::of(&st.instances, &st.services);
         Ok(st)
     }
 
@@ -174,9 +179,21 @@ impl State {
         }
         apply(&mut self.workers, w.workers);
         apply(&mut self.names, w.names);
+        // A service's spec is what its instances without one of their own hold: when services
+        // change (rarely: a new service or revision) the index is built again.
+        let services_changed = !w.services.is_empty();
         apply(&mut self.services, w.services);
         apply(&mut self.jobs, w.jobs);
+        if !services_changed {
+            for (k, i) in &w.instances {
+                let service = i.as_ref().and_then(|i| self.services.get(&i.service_id));
+                self.placement.set(k, i.as_ref(), service);
+            }
+        }
         apply(&mut self.instances, w.instances);
+        if services_changed {
+            self.placement = PlacementIndex::of(&self.instances, &self.services);
+        }
         apply(&mut self.outbox, w.outbox);
         apply(&mut self.outbox_by_instance, w.outbox_by_instance);
     }
@@ -193,6 +210,8 @@ pub struct Change<'a> {
     pub instances: Staged<'a, InstanceKey, Instance>,
     pub outbox: Staged<'a, u64, InstanceReport>,
     pub outbox_by_instance: Staged<'a, InstanceKey, u64>,
+    /// The state's placement index, as of before this change (see [`Staged::touched`]).
+    pub placement: &'a PlacementIndex,
     /// The store writes and the effects that go out once they are durable.
     pub tx: Tx<Effect>,
 }
@@ -221,6 +240,7 @@ impl<'a> Change<'a> {
             instances: Staged::new(&st.instances),
             outbox: Staged::new(&st.outbox),
             outbox_by_instance: Staged::new(&st.outbox_by_instance),
+            placement: &st.placement,
             tx: Tx::new(),
         }
     }
@@ -340,6 +360,16 @@ impl<'a, K: Ord + Clone, V: Clone> Staged<'a, K, V> {
                 }
             }
         })
+    }
+
+    /// The entries this change wrote, as it leaves them (`None`: removed).
+    pub fn touched(&self) -> impl Iterator<Item = (&K, Option<&V>)> + '_ {
+        self.over.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// This change wrote `k`.
+    pub fn touches(&self, k: &K) -> bool {
+        self.over.contains_key(k)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {

@@ -566,3 +566,65 @@ async fn an_instance_is_in_its_service_table_only_while_ready() {
         "one pending report per instance"
     );
 }
+
+/// Deploys instance `n` of `svc` asking for `vcpus`.
+fn deploy_sized(n: u32, vcpus: u32) -> Command {
+    let mut c = deploy("svc");
+    c.id = u64::from(n) + 1;
+    if let CommandAction::Deploy { instance, spec, .. } = &mut c.action {
+        *instance = InstanceNumber(n);
+        spec.resources.vcpus = vcpus;
+    }
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_without_room_waits_until_another_frees_its_share() {
+    use InstanceStatus::{Completed, NoWorkerCapacity, NodeScheduled, Running};
+    let mut f = fixture().await;
+    let w = f.join("a").await;
+    // 4 vcpus: two instances of 2 fit, the third and fourth do not.
+    let cmds: Vec<Command> = (0..4).map(|n| deploy_sized(n, 2)).collect();
+    f.cluster.apply_commands(&cmds).await.unwrap();
+    let statuses = |list: Vec<crate::model::Instance>| -> Vec<InstanceStatus> {
+        list.iter().map(|i| i.status).collect()
+    };
+    assert_eq!(
+        statuses(f.cluster.instances().await),
+        [
+            NodeScheduled,
+            NodeScheduled,
+            NoWorkerCapacity,
+            NoWorkerCapacity
+        ]
+    );
+    assert_eq!(published(&mut f.out).len(), 2, "two deploys");
+
+    // A status that frees nothing places nothing; a finished instance frees its share, and
+    // the first of the waiting ones (in order) takes it.
+    f.cluster.on_job_status(&w, status_of(0, Running)).await;
+    assert!(published(&mut f.out).is_empty());
+    f.cluster.on_job_status(&w, status_of(1, Completed)).await;
+    assert_eq!(
+        published(&mut f.out),
+        [canopy_proto::worker::topics::deploy(&w)]
+    );
+    assert_eq!(
+        statuses(f.cluster.instances().await),
+        [Running, Completed, NodeScheduled, NoWorkerCapacity]
+    );
+
+    // Removing a running instance frees its share too.
+    let undeploy = Command {
+        id: 9,
+        action: CommandAction::Undeploy {
+            service_id: ServiceId::parse("svc").unwrap(),
+            instance: Some(InstanceNumber(0)),
+        },
+    };
+    f.cluster.apply_command(&undeploy).await.unwrap();
+    f.cluster.tick().await;
+    let list = f.cluster.instances().await;
+    let last = list.iter().find(|i| i.number == InstanceNumber(3)).unwrap();
+    assert_eq!(last.status, NodeScheduled, "{list:?}");
+}
