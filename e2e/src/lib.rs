@@ -453,6 +453,22 @@ impl Stack {
         v
     }
 
+    /// GET `path`'s body as it arrived, not parsed (to time the API, not the client's JSON).
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the API answers");
+        let status = r.status();
+        let body = r.bytes().await.expect("a body").to_vec();
+        assert!(status.is_success(), "GET {path}: {status}");
+        body
+    }
+
     /// Posts an SLA (no instance yet); returns the ids of its first application's services.
     pub async fn create(&self, sla: &Value) -> Vec<String> {
         let (status, apps) = self.call("POST", "/api/application", Some(sla)).await;

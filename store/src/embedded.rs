@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "canopy.redb";
+/// redb's page cache (its default is 1 GiB). The daemons keep their state in memory and read
+/// the store only when they start, so a large cache holds nothing that is read again: at
+/// 10,000 instances the default left a cluster 60 MB larger (248 → 185 MB in the scale bench).
+const CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -45,7 +49,9 @@ impl EmbeddedStore {
             StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(FILE_NAME);
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         Ok(EmbeddedStore {
             db: Arc::new(db),

@@ -302,8 +302,11 @@ pub async fn list_services(
     caller: Caller,
     Path(appid): Path<String>,
 ) -> ApiResult<Json<Vec<ServiceView>>> {
-    let list = s.root.services(&caller, Some(&appid)).await?;
-    Ok(Json(list.iter().map(ServiceView::from).collect()))
+    Ok(Json(
+        s.root
+            .services(&caller, Some(&appid), |v| ServiceView::from(v))
+            .await?,
+    ))
 }
 
 /// Every service the caller may see (all for an admin).
@@ -314,8 +317,11 @@ pub async fn list_all_services(
     State(s): State<ApiState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<ServiceView>>> {
-    let list = s.root.services(&caller, None).await?;
-    Ok(Json(list.iter().map(ServiceView::from).collect()))
+    Ok(Json(
+        s.root
+            .services(&caller, None, |v| ServiceView::from(v))
+            .await?,
+    ))
 }
 
 /// Deploys one more instance of a service.

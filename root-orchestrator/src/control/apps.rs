@@ -254,7 +254,14 @@ impl Root {
     }
 
     /// Services of one application, or every service the caller may see.
-    pub async fn services(&self, caller: &Caller, app: Option<&str>) -> Result<Vec<Service>> {
+    /// Every service of `app` (all the caller may see with `None`), each as `view` makes it
+    /// from the state, under the lock (nothing is copied that the view does not take).
+    pub async fn services<T>(
+        &self,
+        caller: &Caller,
+        app: Option<&str>,
+        view: fn(&Service) -> T,
+    ) -> Result<Vec<T>> {
         let st = self.state.lock().await;
         let ids: Vec<ServiceId> = match app {
             Some(id) => owned_app(&st, caller, id)?
@@ -272,7 +279,7 @@ impl Root {
         };
         Ok(ids
             .iter()
-            .filter_map(|id| st.services.get(id).cloned())
+            .filter_map(|id| st.services.get(id).map(&view))
             .collect())
     }
 
