@@ -32,9 +32,9 @@ fn unplaced(i: &Instance) -> bool {
 }
 
 /// The worker instance `i` holds resources on, and how much it holds.
-fn occupancy(i: &Instance, service: Option<&Service>) -> Option<(NodeId, Resources)> {
+fn occupancy<'a>(i: &'a Instance, service: Option<&Service>) -> Option<(&'a NodeId, Resources)> {
     let node = i.node.as_ref().filter(|_| i.status.occupies_worker())?;
-    Some((node.clone(), spec_in(i, service)?.resources))
+    Some((node, spec_in(i, service)?.resources))
 }
 
 /// What placement reads instead of every instance: the unplaced instances and what the placed
@@ -81,7 +81,7 @@ impl PlacementIndex {
         if let Some((node, r)) = occupancy(i, service).filter(|(_, r)| *r != Resources::ZERO) {
             let u = self.used.entry(node.clone()).or_insert(Resources::ZERO);
             *u = u.saturating_add(&r);
-            self.holds.insert(k.clone(), (node, r));
+            self.holds.insert(k.clone(), (node.clone(), r));
         }
     }
 }
@@ -115,11 +115,10 @@ impl Change<'_> {
                 *u = u.saturating_sub(r);
             }
             if let Some(i) = i
-                && let Some(node) = i.node.as_ref().filter(|_| i.status.occupies_worker())
-                && let Some(spec) = spec_of(self, i)
+                && let Some((node, r)) = occupancy(i, self.services.get(&i.service_id))
             {
                 let u = used.entry(node).or_insert(Resources::ZERO);
-                *u = u.saturating_add(&spec.resources);
+                *u = u.saturating_add(&r);
             }
         }
         used
@@ -179,14 +178,15 @@ impl Cluster {
             };
             let decision = match refused.iter().find(|(s, _)| *s == spec) {
                 Some((_, r)) => Err(r.clone()),
-                None => scheduler::schedule(&spec, &candidates, &BTreeSet::new()),
+                None => {
+                    let d = scheduler::schedule(&spec, &candidates, &BTreeSet::new());
+                    if let Err(r) = &d {
+                        refused.push((spec.clone(), r.clone()));
+                    }
+                    d
+                }
             };
             self.metrics.schedule_decision(decision.is_ok());
-            if let Err(r) = &decision
-                && !refused.iter().any(|(s, _)| *s == spec)
-            {
-                refused.push((spec.clone(), r.clone()));
-            }
             let result = match decision {
                 Ok(node) => {
                     if let Some(c) = candidates.iter_mut().find(|c| c.id == node) {
