@@ -21,7 +21,7 @@
 //! memory, then more free vcpus, then the smaller node id. `exclude` lets the caller keep an instance off workers (e.g. the one it just failed on).
 
 use canopy_core::job::Constraint;
-use canopy_core::resources::load_headroom;
+use canopy_core::resources::{UNREPORTED_COST, load_headroom};
 use canopy_core::{Architecture, InstanceStatus, NodeId, Resources, ServiceSpec, Virtualization};
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -42,11 +42,6 @@ pub struct WorkerCandidate {
     /// Instances placed on it since its last load report.
     pub unreported: u32,
 }
-
-/// The load headroom (of [`load_headroom`]'s 200 points) an instance placed since the worker's
-/// last report is taken to use until the next report shows what it really uses: a worker 20
-/// points less loaded than another takes 10 instances of a burst before the other takes one.
-pub const UNREPORTED_COST: f64 = 2.0;
 
 impl WorkerCandidate {
     /// Its reported headroom less what was placed on it since.

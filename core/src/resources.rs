@@ -165,6 +165,14 @@ pub fn load_headroom(cpu_percent: f64, memory_percent: f64) -> f64 {
     (100.0 - cpu_percent.clamp(0.0, 100.0)) + (100.0 - memory_percent.clamp(0.0, 100.0))
 }
 
+/// The load headroom (of [`load_headroom`]'s 200 points) an instance placed on a worker since
+/// its last report is taken to use until the next report shows what it really uses: a worker
+/// 20 points less loaded than another takes 10 instances of a burst before the other takes
+/// one. A report is seconds old and cannot show them; without this, a burst of placements all
+/// lands on the worker (or the cluster) whose last report was best. A cluster spreads the cost
+/// over its active workers.
+pub const UNREPORTED_COST: f64 = 2.0;
+
 #[cfg(test)]
 mod tests {
     use super::*;

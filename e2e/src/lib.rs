@@ -464,8 +464,13 @@ impl Stack {
             .await
             .expect("the API answers");
         let status = r.status();
-        let body = r.bytes().await.expect("a body").to_vec();
         assert!(status.is_success(), "GET {path}: {status}");
+        // Into one buffer of the announced size, as it arrives (not gathered, then copied).
+        let mut r = r;
+        let mut body = Vec::with_capacity(r.content_length().unwrap_or(0) as usize);
+        while let Some(chunk) = r.chunk().await.expect("a body") {
+            body.extend_from_slice(&chunk);
+        }
         body
     }
 

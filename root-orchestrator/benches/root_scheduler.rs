@@ -56,6 +56,7 @@ fn clusters(n: usize) -> Vec<ClusterCandidate> {
                     total: agg,
                     ..Default::default()
                 },
+                unreported: 0,
             }
         })
         .collect()

@@ -23,13 +23,16 @@
 //! # Score
 //!
 //! Among the clusters left, the least loaded wins (spreading, as Oakestra's scheduler does in
-//! effect): score = (100 − cpu%) + (100 − memory%) of the aggregate that fits. Ties go to more
+//! effect): score = (100 − cpu%) + (100 − memory%) of the aggregate that fits, less
+//! [`UNREPORTED_COST`] spread over its active workers for every instance given to the cluster
+//! since that report (else a burst of deploys all lands on the cluster whose last report was
+//! best, until its next report). Ties go to more
 //! free memory, then more free vcpus, then the smaller cluster id, so the choice is
 //! deterministic.
 
 use canopy_core::job::Constraint;
 use canopy_core::link::{ClusterLocation, ClusterReport, ResourceAggregate};
-use canopy_core::resources::load_headroom;
+use canopy_core::resources::{UNREPORTED_COST, load_headroom};
 use canopy_core::{ClusterId, InstanceStatus, ServiceSpec};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -43,6 +46,8 @@ pub struct ClusterCandidate {
     pub active: bool,
     pub location: Option<ClusterLocation>,
     pub report: ClusterReport,
+    /// Instances given to it since `report` (which cannot show them yet).
+    pub unreported: u32,
 }
 
 /// Why no cluster was chosen: the negative status to store and a human-readable detail.
@@ -166,13 +171,13 @@ fn evaluate(spec: &ServiceSpec, c: &ClusterCandidate) -> Result<Score, &'static 
         }
     }
     if spec.architectures.is_empty() {
-        return fits(spec, &c.report.total);
+        return fits(spec, &c.report.total, c.unreported);
     }
     let mut last_err = "no worker of the required architecture";
     let mut best: Option<Score> = None;
     for arch in &spec.architectures {
         if let Some(agg) = c.report.per_architecture.get(arch) {
-            match fits(spec, agg) {
+            match fits(spec, agg, c.unreported) {
                 Ok(s) if best.is_none_or(|b| s.headroom > b.headroom) => best = Some(s),
                 Ok(_) => {}
                 Err(e) => last_err = e,
@@ -182,7 +187,13 @@ fn evaluate(spec: &ServiceSpec, c: &ClusterCandidate) -> Result<Score, &'static 
     best.ok_or(last_err)
 }
 
-fn fits(spec: &ServiceSpec, agg: &ResourceAggregate) -> Result<Score, &'static str> {
+/// Whether `agg` can take one instance of `spec`; `unreported`: instances given to its
+/// cluster since it was reported.
+fn fits(
+    spec: &ServiceSpec,
+    agg: &ResourceAggregate,
+    unreported: u32,
+) -> Result<Score, &'static str> {
     if agg.active_nodes == 0 {
         return Err("no active workers");
     }
@@ -200,7 +211,8 @@ fn fits(spec: &ServiceSpec, agg: &ResourceAggregate) -> Result<Score, &'static s
         return Err("too few free GPUs");
     }
     Ok(Score {
-        headroom: load_headroom(agg.cpu_percent, agg.memory_percent),
+        headroom: load_headroom(agg.cpu_percent, agg.memory_percent)
+            - UNREPORTED_COST * f64::from(unreported) / f64::from(agg.active_nodes),
         free_memory_mb: agg.free.memory_mb,
         free_vcpus: agg.free.vcpus,
     })
@@ -262,6 +274,7 @@ mod tests {
                     .into(),
                 ..Default::default()
             },
+            unreported: 0,
         }
     }
 
@@ -285,6 +298,35 @@ mod tests {
         assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("a")));
         let cs = [cluster("b", 4, 2000, 10.0), cluster("a", 4, 1000, 10.0)];
         assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("b")));
+    }
+
+    /// Instances given since the last report count against a cluster, spread over its
+    /// workers: equal clusters share a burst; a much less loaded one takes more of it.
+    #[test]
+    fn instances_given_since_the_report_count_against_a_cluster() {
+        let mut cs = [cluster("a", 4, 1000, 10.0), cluster("b", 4, 1000, 10.0)];
+        cs[0].unreported = 1;
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("b")));
+        cs[1].unreported = 1;
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("a")));
+        // 10 points of headroom are 5 instances on a one-worker cluster, 50 on ten workers.
+        let mut cs = [
+            cluster("idle", 4, 1000, 0.0),
+            cluster("busy", 4, 1000, 10.0),
+        ];
+        cs[0].unreported = 5;
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("busy")));
+        for a in [&mut cs[0].report.total]
+            .into_iter()
+            .chain(cs[0].report.per_architecture.values_mut())
+        {
+            a.active_nodes = 10;
+        }
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("idle")));
+        cs[0].unreported = 49;
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("idle")));
+        cs[0].unreported = 51;
+        assert_eq!(schedule(&spec(1, 1), &cs), Ok(id("busy")));
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl Server {
             root: self.root.clone(),
             keys: self.keys.clone(),
             max_body_bytes: self.max_body_bytes,
+            jobs: Default::default(),
         };
         let api = axum::serve(listeners.api, api::service(state))
             .with_graceful_shutdown(stopped())

@@ -7,6 +7,7 @@ use crate::control::{Caller, Operation};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use canopy_sla::{Sla, SlaError};
 
 /// Validates an SLA body: 422 with every problem when it is not a valid SLA.
@@ -198,9 +199,9 @@ pub async fn get_service(
     State(s): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<ServiceView>> {
+) -> ApiResult<Response> {
     let svc = s.root.service(&caller, &id).await?;
-    Ok(Json(ServiceView::from(&svc)))
+    Ok(json_body(s.jobs.one(&svc)))
 }
 
 /// Validates a microservice body as part of its application's SLA: 422 with every problem,
@@ -301,26 +302,18 @@ pub async fn list_services(
     State(s): State<ApiState>,
     caller: Caller,
     Path(appid): Path<String>,
-) -> ApiResult<Json<Vec<ServiceView>>> {
-    Ok(Json(
-        s.root
-            .services(&caller, Some(&appid), |v| ServiceView::from(v))
-            .await?,
-    ))
+) -> ApiResult<Response> {
+    let list = s.root.services(&caller, Some(&appid), |l| s.jobs.list(l));
+    Ok(json_body(list.await?))
 }
 
 /// Every service the caller may see (all for an admin).
 #[utoipa::path(get, path = "/api/services", tag = "services",
     responses((status = 200, body = Vec<ServiceView>)),
     security(("bearerAuth" = [])))]
-pub async fn list_all_services(
-    State(s): State<ApiState>,
-    caller: Caller,
-) -> ApiResult<Json<Vec<ServiceView>>> {
-    Ok(Json(
-        s.root
-            .services(&caller, None, |v| ServiceView::from(v))
-            .await?,
+pub async fn list_all_services(State(s): State<ApiState>, caller: Caller) -> ApiResult<Response> {
+    Ok(json_body(
+        s.root.services(&caller, None, |l| s.jobs.list(l)).await?,
     ))
 }
 

@@ -22,6 +22,7 @@ pub mod clusters;
 pub mod dashboard;
 pub mod docs;
 pub mod events;
+pub mod jobs;
 pub mod logs;
 pub mod views;
 
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub keys: TokenKeys,
     /// Request bodies above this are refused with 413 before they are read whole.
     pub max_body_bytes: usize,
+    /// Services as the API shows them, kept per instance.
+    pub jobs: Arc<jobs::JobDocs>,
 }
 
 /// An error answer.

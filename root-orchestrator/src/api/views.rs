@@ -2,7 +2,7 @@
 //! CLI; the OpenAPI document is generated from them). Here: how the root's documents become them.
 
 use crate::control::ClusterView;
-use crate::model::{Application, Instance, Organization, Service, User};
+use crate::model::{Application, Organization, Service, User};
 pub use canopy_api::*;
 use canopy_core::link::NodeSummary;
 
@@ -47,51 +47,11 @@ impl From<&Application> for ApplicationView {
     }
 }
 
-impl From<&Instance> for InstanceView {
-    fn from(i: &Instance) -> Self {
-        InstanceView {
-            instance_number: i.number.0,
-            status: i.status.as_str().to_owned(),
-            status_detail: i.detail.clone(),
-            cluster_id: i.cluster_id.as_ref().map(ToString::to_string),
-            worker_id: i.node_id.as_ref().map(ToString::to_string),
-            instance_ip: i.ip.to_string(),
-            cpu_percent: i.cpu_percent,
-            memory: i.memory_mb,
-            logs: i.logs.clone(),
-            last_modified_timestamp: i.updated_at,
-            revision: i.revision,
-            ready: i.ready,
-        }
-    }
-}
-
-impl From<&Service> for ServiceView {
-    fn from(s: &Service) -> Self {
-        let (status, detail) = s.status();
-        let mut sla = s.sla.as_object().cloned().unwrap_or_default();
-        for k in ["microserviceID", "applicationID", "status", "image", "_id"] {
-            sla.remove(k);
-        }
-        let j = &s.spec.job_name;
-        ServiceView {
-            _id: Oid::new(&s.id),
-            microserviceID: s.id.clone(),
-            applicationID: s.application_id.clone(),
-            job_name: j.to_string(),
-            app_name: j.app().to_owned(),
-            app_ns: j.app_namespace().to_owned(),
-            service_name: j.service().to_owned(),
-            service_ns: j.service_namespace().to_owned(),
-            image: s.spec.code.clone(),
-            RR_ip: s.rr_ip.to_string(),
-            next_instance_progressive_number: s.next_instance,
-            status: status.as_str().to_owned(),
-            status_detail: detail,
-            instance_list: s.instances.values().map(InstanceView::from).collect(),
-            sla,
-        }
-    }
+/// A `200` with `body`, already JSON.
+pub fn json_body(body: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let json = axum::http::HeaderValue::from_static("application/json");
+    ([(axum::http::header::CONTENT_TYPE, json)], body).into_response()
 }
 
 impl From<&ClusterView> for ClusterInfo {

@@ -253,34 +253,30 @@ impl Root {
         owned_service(&st, caller, id).map(|(_, s)| s.clone())
     }
 
-    /// Services of one application, or every service the caller may see.
-    /// Every service of `app` (all the caller may see with `None`), each as `view` makes it
-    /// from the state, under the lock (nothing is copied that the view does not take).
-    pub async fn services<T>(
+    /// Every service of `app` (all the caller may see with `None`), as `render` makes them
+    /// from the state, under the lock (nothing is copied that `render` does not take).
+    pub async fn services<R>(
         &self,
         caller: &Caller,
         app: Option<&str>,
-        view: fn(&Service) -> T,
-    ) -> Result<Vec<T>> {
+        render: impl FnOnce(&[&Service]) -> R,
+    ) -> Result<R> {
         let st = self.state.lock().await;
-        let ids: Vec<ServiceId> = match app {
+        let list: Vec<&Service> = match app {
             Some(id) => owned_app(&st, caller, id)?
                 .1
                 .services
                 .iter()
                 .filter_map(|s| ServiceId::parse(s.as_str()).ok())
+                .filter_map(|id| st.services.get(&id))
                 .collect(),
             None => st
                 .services
-                .iter()
-                .filter(|(_, s)| caller.may_touch(&s.owner))
-                .map(|(id, _)| id.clone())
+                .values()
+                .filter(|s| caller.may_touch(&s.owner))
                 .collect(),
         };
-        Ok(ids
-            .iter()
-            .filter_map(|id| st.services.get(id).map(&view))
-            .collect())
+        Ok(render(&list))
     }
 
     pub async fn delete_service(&self, caller: &Caller, id: &str) -> Result<()> {

@@ -86,6 +86,7 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
             name: e.doc.name.clone(),
             active: e.active(grace, now),
             location: e.doc.location,
+            unreported: e.unreported,
             // The scheduler reads the aggregates: not the per-node and per-instance lists
             // (thousands of entries per cluster, copied per placement otherwise).
             report: e
@@ -105,6 +106,7 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
         .filter(|e| e.gone(grace, now))
         .map(|e| &e.doc.id)
         .collect();
+    let mut candidates = candidates;
     let mut effects = Vec::new();
     for s in &snapshot.services {
         for inst in &s.instances {
@@ -114,11 +116,14 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
                     && inst.status.class() == StatusClass::NegativeScheduling;
                 if refused {
                     effects.push(match decide(s.spec, &candidates, inst, Some(refuser)) {
-                        Ok(to) => PlacementEffect::Move {
-                            key: key(),
-                            from: refuser.clone(),
-                            to,
-                        },
+                        Ok(to) => {
+                            given(&mut candidates, &to);
+                            PlacementEffect::Move {
+                                key: key(),
+                                from: refuser.clone(),
+                                to,
+                            }
+                        }
                         Err(_) => PlacementEffect::Stays { key: key() },
                     });
                 }
@@ -136,7 +141,10 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
                 _ => continue,
             }
             effects.push(match decide(s.spec, &candidates, inst, None) {
-                Ok(to) => PlacementEffect::Assign { key: key(), to },
+                Ok(to) => {
+                    given(&mut candidates, &to);
+                    PlacementEffect::Assign { key: key(), to }
+                }
                 Err(rejection) => PlacementEffect::Unplaced {
                     key: key(),
                     rejection,
@@ -145,6 +153,13 @@ pub(super) fn plan(snapshot: &PlacementSnapshot<'_>, now: Instant) -> Vec<Placem
         }
     }
     effects
+}
+
+/// One more instance given to cluster `to` in this plan: later choices in it count it.
+fn given(candidates: &mut [ClusterCandidate], to: &ClusterId) {
+    if let Some(c) = candidates.iter_mut().find(|c| &c.id == to) {
+        c.unreported += 1;
+    }
 }
 
 /// Runs the scheduler for `inst`, leaving out `exclude` and the clusters that refused it.

@@ -175,6 +175,7 @@ impl Root {
             return;
         };
         e.report = Some(report);
+        e.unreported = 0;
         let overlay_moved = e
             .nodes
             .iter()
@@ -189,6 +190,7 @@ impl Root {
         e.last_seen = now.at;
         e.last_report_unix = now.unix;
         // Live figures and log tails: kept in memory, written with the next status change.
+        let stamp = st.stamp();
         for u in usage {
             if let Some(i) = st
                 .services
@@ -196,9 +198,15 @@ impl Root {
                 .and_then(|s| s.instances.get_mut(&u.instance))
                 .filter(|i| i.cluster_id.as_ref() == Some(cluster))
             {
-                i.cpu_percent = u.cpu_percent;
-                i.memory_mb = u.memory_mb;
-                i.logs = u.logs;
+                let same = i.cpu_percent == u.cpu_percent
+                    && i.memory_mb == u.memory_mb
+                    && i.logs == u.logs;
+                if !same {
+                    i.cpu_percent = u.cpu_percent;
+                    i.memory_mb = u.memory_mb;
+                    i.logs = u.logs;
+                    i.stamp = stamp;
+                }
             }
         }
     }

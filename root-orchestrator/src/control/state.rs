@@ -3,7 +3,7 @@
 
 use super::{Delivery, Now, Result};
 use crate::model::{
-    Application, Cluster, Instance, Organization, PendingCommand, Service, ServiceEvent,
+    Application, Cluster, Instance, Organization, PendingCommand, Service, ServiceEvent, Stamp,
     SubnetGrant, User, collections as col, outbox_key,
 };
 use canopy_api::FeedItem;
@@ -50,6 +50,8 @@ pub(super) struct ClusterEntry {
     pub nodes: Vec<NodeSummary>,
     pub last_seen: Instant,
     pub last_report_unix: f64,
+    /// Instances given to it since its last report (which cannot show them yet).
+    pub unreported: u32,
 }
 
 impl ClusterEntry {
@@ -60,6 +62,7 @@ impl ClusterEntry {
             nodes: Vec::new(),
             last_seen: now,
             last_report_unix: 0.0,
+            unreported: 0,
         }
     }
 
@@ -92,6 +95,8 @@ pub(super) struct State {
     pub subnet_pool: Ipv4Pool,
     /// The latest [`EVENTS_KEPT`] events of each service, oldest first.
     pub events: BTreeMap<ServiceId, Vec<ServiceEvent>>,
+    /// The last [`Stamp`] given to a changed instance.
+    stamps: u64,
 }
 
 /// A new event (its `seq` is given by [`Change::record`]).
@@ -159,6 +164,7 @@ impl State {
             subnets: BTreeMap::new(),
             subnet_pool: Ipv4Pool::worker_subnets(),
             events: BTreeMap::new(),
+            stamps: 0,
         };
         for (key, g) in Collection::<SubnetGrant>::new(store.clone(), col::SUBNETS)
             .list()
@@ -264,6 +270,12 @@ impl State {
         Ok(st)
     }
 
+    /// A stamp for instances changed now: larger than every one given before.
+    pub fn stamp(&mut self) -> Stamp {
+        self.stamps += 1;
+        Stamp(self.stamps)
+    }
+
     pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
         self.services.get(&key.service)?.instances.get(&key.number)
     }
@@ -295,9 +307,20 @@ impl State {
                     list.drain(..extra);
                 }
                 Op::Instance(key, i) => {
+                    let stamp = self.stamp();
                     if let Some(s) = self.services.get_mut(&key.service) {
                         match i {
-                            Some(i) => _ = s.instances.insert(key.number, i),
+                            Some(mut i) => {
+                                i.stamp = stamp;
+                                let to = i.cluster_id.clone();
+                                let old = s.instances.insert(key.number, i);
+                                let moved = old.is_none_or(|o| o.cluster_id != to);
+                                if let Some(e) = to.and_then(|c| self.clusters.get_mut(&c))
+                                    && moved
+                                {
+                                    e.unreported += 1;
+                                }
+                            }
                             None => _ = s.instances.remove(&key.number),
                         }
                     }

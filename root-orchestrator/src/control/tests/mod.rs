@@ -378,3 +378,73 @@ async fn worker_subnets_are_kept_per_worker_across_restarts_and_returned() {
     assert_eq!(view.peers.len(), 1);
     assert_eq!(view.peers[0].peer.subnet, b);
 }
+
+/// Every change of an instance in memory gives it a stamp larger than before (what the API's
+/// job documents are rewritten by); a report that changes nothing leaves it.
+#[tokio::test(start_paused = true)]
+async fn every_change_of_an_instance_gives_it_a_new_stamp() {
+    use canopy_core::link::InstanceUsage;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = root(&dir).await;
+    let a = cluster(&root, "a", 8).await;
+    let id = service(&root).await;
+    root.scale_up(&admin(), id.as_str()).await.unwrap();
+    let stamp = || async {
+        let s = root.service(&admin(), id.as_str()).await.unwrap();
+        s.instances[&InstanceNumber(0)].stamp.0
+    };
+    let placed = stamp().await;
+    assert!(placed > 0);
+    let r = status_report(1, &id, 0, InstanceStatus::Running);
+    root.instance_report(&a, r).await.unwrap();
+    let running = stamp().await;
+    assert!(running > placed);
+    let usage = |cpu_percent| {
+        let mut rep = report(8);
+        rep.usage = vec![InstanceUsage {
+            service_id: id.clone(),
+            instance: InstanceNumber(0),
+            cpu_percent,
+            memory_mb: 10,
+            logs: "up".into(),
+        }];
+        rep
+    };
+    root.cluster_report(&a, usage(40.0)).await;
+    let busy = stamp().await;
+    assert!(busy > running, "live figures changed in place are stamped");
+    root.cluster_report(&a, usage(40.0)).await;
+    assert_eq!(stamp().await, busy, "the same figures again change nothing");
+    root.cluster_report(&a, usage(41.0)).await;
+    assert!(stamp().await > busy);
+}
+
+/// A burst of deploys between two reports is spread over equal clusters, not all sent to the
+/// one whose last report was best; a report starts the count again.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_deploys_is_spread_over_equal_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = root(&dir).await;
+    let a = cluster(&root, "a", 8).await;
+    let b = cluster(&root, "b", 8).await;
+    let id = service(&root).await;
+    for _ in 0..6 {
+        root.scale_up(&admin(), id.as_str()).await.unwrap();
+    }
+    let on = |c: &ClusterId, s: &Service| {
+        s.instances
+            .values()
+            .filter(|i| i.cluster_id.as_ref() == Some(c))
+            .count()
+    };
+    let s = root.service(&admin(), id.as_str()).await.unwrap();
+    assert_eq!((on(&a, &s), on(&b, &s)), (3, 3));
+    let unreported = |c: ClusterId| {
+        let root = root.clone();
+        async move { root.state.lock().await.clusters[&c].unreported }
+    };
+    assert_eq!(unreported(a.clone()).await, 3);
+    root.cluster_report(&a, report(8)).await;
+    assert_eq!(unreported(a).await, 0);
+    assert_eq!(unreported(b).await, 3);
+}
