@@ -142,11 +142,17 @@ impl Server {
         });
         let overlay = tokio::spawn(self.root.clone().run_overlay(stopped()));
 
+        let jobs = Arc::new(api::jobs::JobDocs::default());
+        tokio::spawn(api::jobs::keep_current(
+            self.root.clone(),
+            jobs.clone(),
+            stopped(),
+        ));
         let state = ApiState {
             root: self.root.clone(),
             keys: self.keys.clone(),
             max_body_bytes: self.max_body_bytes,
-            jobs: Default::default(),
+            jobs,
         };
         let api = axum::serve(listeners.api, api::service(state))
             .with_graceful_shutdown(stopped())

@@ -2,15 +2,19 @@
 //! Oakestra's), written straight from the root's model. A full list holds every instance of
 //! every service (tens of thousands), so each instance's part is kept once written, with the
 //! instance's [`Stamp`](crate::model::Stamp) then, and written again when the instance carries
-//! another: the root's state stamps every instance it changes.
+//! another: the root's state stamps every instance it changes. [`keep_current`] writes what
+//! changed once a second, so a list finds its parts written (the first list after a burst
+//! would otherwise write tens of thousands while it holds the root's state).
 
+use crate::control::{Caller, Root};
 use crate::model::{Instance, Service};
 use canopy_core::{InstanceNumber, JobName};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A service's documents are dropped when this many lists were written without it (a
 /// deleted service, or one nobody lists any more).
@@ -83,12 +87,35 @@ impl Written {
     }
 }
 
+impl Cache {
+    /// Brings the parts of `list`'s services up to date; forgets services not seen for
+    /// [`KEPT_FOR_PASSES`] passes.
+    fn refresh(&mut self, list: &[&Service]) {
+        self.pass += 1;
+        let pass = self.pass;
+        for s in list {
+            let w = self.services.entry(s.id.clone()).or_default();
+            w.pass = pass;
+            w.refresh(s);
+        }
+        self.services.retain(|_, w| pass - w.pass < KEPT_FOR_PASSES);
+    }
+}
+
 impl JobDocs {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the parts of `list`'s instances that changed, and nothing else.
+    pub fn refresh(&self, list: &[&Service]) {
+        self.cache().refresh(list);
+    }
+
     /// `list` as a JSON array of job documents.
     pub fn list(&self, list: &[&Service]) -> Vec<u8> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.pass += 1;
-        let pass = cache.pass;
+        let mut cache = self.cache();
+        cache.refresh(list);
         let size: usize = list
             .iter()
             .map(|s| {
@@ -99,18 +126,13 @@ impl JobDocs {
         let mut out = Vec::with_capacity(size);
         out.push(b'[');
         for (n, s) in list.iter().enumerate() {
-            let w = cache.services.entry(s.id.clone()).or_default();
-            w.pass = pass;
-            w.refresh(s);
             if n > 0 {
                 out.push(b',');
             }
-            write_doc(&mut out, s, &w.instances);
+            let parts = cache.services.get(&s.id).map_or(&[][..], |w| &w.instances);
+            write_doc(&mut out, s, parts);
         }
         out.push(b']');
-        cache
-            .services
-            .retain(|_, w| pass - w.pass < KEPT_FOR_PASSES);
         out
     }
 
@@ -123,6 +145,29 @@ impl JobDocs {
         out
     }
 }
+
+/// Every service's parts brought up to date once a second until `stop`.
+pub async fn keep_current(root: Arc<Root>, docs: Arc<JobDocs>, stop: impl Future<Output = ()>) {
+    let everyone = Caller {
+        name: String::new(),
+        admin: true,
+        organization: String::new(),
+    };
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {
+                let _ = root.services(&everyone, None, |l| docs.refresh(l)).await;
+            }
+        }
+    }
+}
+
+/// How often [`keep_current`] writes what changed.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn write_doc(out: &mut Vec<u8>, s: &Service, parts: &[Part]) {
     let (status, detail) = s.status();
@@ -371,6 +416,12 @@ mod tests {
         assert_eq!(l[0].instance_list[0].status, "RUNNING");
         assert_eq!(l[0].instance_list[1].instance_ip, "10.30.0.9");
         assert_eq!(l[0].status, "REQUESTED");
+        // What a refresh wrote is what a list shows.
+        s.instances.get_mut(&InstanceNumber(5)).unwrap().status = InstanceStatus::Failed;
+        s.instances.get_mut(&InstanceNumber(5)).unwrap().stamp = Stamp(3);
+        docs.refresh(&[&s]);
+        let l = read(&docs.list(&[&s]));
+        assert_eq!(l[0].instance_list[1].status, "FAILED");
         // And nothing of a service listed no more stays for long.
         let mut other = service();
         other.id = "svc2".into();
