@@ -9,6 +9,7 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> ExitCode {
     canopy_daemon::allocator::return_large_frees_to_the_system();
+    tokio::spawn(canopy_daemon::allocator::keep_giving_back());
     let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("net manager", run(config).await)

@@ -3,7 +3,31 @@
 //! architecture, GPUs when `nvidia-smi` answers.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a reading of the machine is reused: half the shortest report interval, so a worker's
+/// own samples are always fresh; in benchmark mode the thousand virtual workers of one process
+/// (one machine) share one reading instead of each making the same system calls.
+const READING_KEPT: Duration = Duration::from_millis(50);
+
+/// The last reading of something about the machine, and when it was taken.
+type Reading<T> = Mutex<Option<(Instant, T)>>;
+
+/// `read()`, or the value it gave less than [`READING_KEPT`] ago.
+fn shared<T: Clone>(slot: &Reading<T>, read: impl FnOnce() -> T) -> T {
+    let mut slot = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, v)) = &*slot
+        && at.elapsed() < READING_KEPT
+    {
+        return v.clone();
+    }
+    let v = read();
+    *slot = Some((Instant::now(), v.clone()));
+    v
+}
 
 /// A host name the cluster accepts (letters, digits, `-`, `_`; at most 63).
 pub fn node_name(given: Option<&str>) -> String {
@@ -32,6 +56,11 @@ pub fn node_name(given: Option<&str>) -> String {
 
 /// The first non-loopback IPv4 address, else 127.0.0.1.
 pub fn primary_ipv4() -> String {
+    static LAST: Reading<String> = Mutex::new(None);
+    shared(&LAST, read_primary_ipv4)
+}
+
+fn read_primary_ipv4() -> String {
     nix::ifaddrs::getifaddrs()
         .ok()
         .and_then(|addrs| {
@@ -51,6 +80,11 @@ pub fn vcpus() -> u32 {
 
 /// `(total, available)` memory in bytes, from `/proc/meminfo`.
 pub fn memory() -> (u64, u64) {
+    static LAST: Reading<(u64, u64)> = Mutex::new(None);
+    shared(&LAST, read_memory)
+}
+
+fn read_memory() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| -> u64 {
         text.lines()
@@ -144,6 +178,11 @@ impl CpuMeter {
 }
 
 fn read_proc_stat() -> Option<(u64, u64)> {
+    static LAST: Reading<Option<(u64, u64)>> = Mutex::new(None);
+    shared(&LAST, read_proc_stat_now)
+}
+
+fn read_proc_stat_now() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -167,6 +206,20 @@ mod tests {
         assert_eq!(node_name(Some("edge.site-1")), "edge-site-1");
         assert_eq!(node_name(Some("")), "worker");
         assert_eq!(node_name(Some(&"x".repeat(80))).len(), 63);
+    }
+
+    #[test]
+    fn a_reading_is_shared_only_while_it_is_fresh() {
+        static SLOT: Reading<u32> = Mutex::new(None);
+        let mut reads = 0;
+        let mut read = || {
+            reads += 1;
+            reads
+        };
+        assert_eq!(shared(&SLOT, &mut read), 1);
+        assert_eq!(shared(&SLOT, &mut read), 1, "fresh: shared");
+        std::thread::sleep(READING_KEPT + Duration::from_millis(20));
+        assert_eq!(shared(&SLOT, &mut read), 2, "old: read again");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     canopy_daemon::allocator::return_large_frees_to_the_system();
+    tokio::spawn(canopy_daemon::allocator::keep_giving_back());
     let config: Config = canopy_daemon::config::parse();
     canopy_daemon::init_logging(&config.log);
     canopy_daemon::exit_code("root orchestrator", run(config).await)

@@ -153,17 +153,10 @@ pub async fn keep_current(root: Arc<Root>, docs: Arc<JobDocs>, stop: impl Future
         admin: true,
         organization: String::new(),
     };
-    let mut tick = tokio::time::interval(REFRESH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {
-                let _ = root.services(&everyone, None, |l| docs.refresh(l)).await;
-            }
-        }
-    }
+    canopy_daemon::every(REFRESH, stop, || async {
+        let _ = root.services(&everyone, None, |l| docs.refresh(l)).await;
+    })
+    .await
 }
 
 /// How often [`keep_current`] writes what changed.
